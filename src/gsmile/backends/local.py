@@ -1,0 +1,143 @@
+"""A local Hugging Face causal LM (the embedded SmolLM2 by default), used through the
+:class:`~gsmile.backends.LanguageModel` protocol.
+
+The user's text is placed in the chat template as the user turn (the template's own
+system prompt and markup are never units); the response follows the generation prompt
+and is scored teacher-forced: one forward pass per perturbed prompt gives the next-token
+distribution at every response position. Batches are right-padded with an attention
+mask, so a sequence's result does not depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+
+# Never reach a hub: every load is from local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class HFCausalLM:
+    """A causal LM loaded from a local directory (``save_pretrained`` layout)."""
+
+    def __init__(self, path: str | os.PathLike, model_id: str | None = None, system_prompt: str | None = None):
+        self.path = Path(path)
+        self.model_id = model_id or f"hf:{self.path}"
+        self.system_prompt = system_prompt
+        self._model = None
+        self._tokenizer = None
+
+    @classmethod
+    def embedded(cls) -> "HFCausalLM":
+        from .embedded import EMBEDDED_ID, ensure_converted
+
+        return cls(ensure_converted(), model_id=EMBEDDED_ID)
+
+    @classmethod
+    def from_path(cls, path: str) -> "HFCausalLM":
+        p = Path(path).expanduser()
+        if not (p / "config.json").is_file():
+            raise ModelError(f"hf:{path}: no config.json there; give a directory saved with save_pretrained")
+        return cls(p)
+
+    # ------------------------------------------------------------- loading
+    def load(self) -> "HFCausalLM":
+        if self._model is not None:
+            return self
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, local_files_only=True)
+        except Exception as exc:
+            raise ModelError(f"could not load the model from {self.path}: {type(exc).__name__}: {exc}") from exc
+        model.eval()
+        self._model = model
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self
+
+    @property
+    def model(self):
+        return self.load()._model
+
+    @property
+    def tokenizer(self):
+        return self.load()._tokenizer
+
+    # ------------------------------------------------------------- prompts
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of the chat-formatted prompt, up to and including the assistant header."""
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_response(self, response: str) -> list[int]:
+        return self.tokenizer(response, add_special_tokens=False)["input_ids"]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([int(t)]) for t in token_ids]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [tuple(span) for span in enc["offset_mapping"]]
+
+    def token_embeddings(self) -> np.ndarray:
+        return self.model.get_input_embeddings().weight.detach().float().numpy()
+
+    # ---------------------------------------------------------- generation
+    def generate(self, prompt: str, max_new_tokens: int = 48) -> list[int]:
+        import torch
+
+        ids = torch.tensor([self.prompt_ids(prompt)])
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[0, ids.shape[1] :].tolist()
+        stop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        for i, tok in enumerate(new):
+            if tok in stop:
+                return new[:i]
+        return new
+
+    # ------------------------------------------------------------- scoring
+    def logprobs(self, prompts: Sequence[str], response_ids: Sequence[int]) -> np.ndarray:
+        import torch
+
+        response = list(response_ids)
+        n_resp = len(response)
+        rows = [self.prompt_ids(p) + response for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        # Position j of row b predicts token j+1: the response tokens are predicted at
+        # positions [len(prompt_b) - 1, len(prompt_b) - 1 + n_resp).
+        gather = torch.empty((len(rows), n_resp), dtype=torch.long)
+        for b, r in enumerate(rows):
+            input_ids[b, : len(r)] = torch.tensor(r)
+            attention[b, : len(r)] = 1
+            start = len(r) - n_resp - 1
+            gather[b] = torch.arange(start, start + n_resp)
+        with torch.inference_mode():
+            hidden = self.model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            picked = torch.gather(hidden, 1, gather[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            logits = self.model.lm_head(picked).float()
+            return torch.log_softmax(logits, dim=-1).numpy()

@@ -1,0 +1,44 @@
+"""Error types. Every user mistake raises a subclass of :class:`GsmileError`.
+
+The CLI and the server catch ``GsmileError`` once and print its message; anything
+else is a bug and is reported as such.
+"""
+
+from __future__ import annotations
+
+
+class GsmileError(Exception):
+    """Base class of every error gsmile raises on purpose."""
+
+
+class InvalidInputError(GsmileError, ValueError):
+    """An argument has a value gsmile cannot use (empty prompt, rate out of range...)."""
+
+
+class UnknownNameError(GsmileError, KeyError):
+    """A name looked up in a registry (unit, target, method...) does not exist."""
+
+    def __init__(self, kind: str, name: object, valid: list[str] | tuple[str, ...]):
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class ModelError(GsmileError, RuntimeError):
+    """The model could not be loaded or called (missing wheel, failing callable...)."""
+
+
+class SchemaError(GsmileError, ValueError):
+    """A serialized explanation cannot be read (wrong schema, unsupported version)."""
+
+
+def lookup(registry: dict, name: object, kind: str):
+    """Return ``registry[name]`` or raise :class:`UnknownNameError` listing the valid names."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise UnknownNameError(kind, name, list(registry)) from None

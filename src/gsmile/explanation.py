@@ -1,0 +1,240 @@
+"""The result of an explanation: a plain dataclass with versioned JSON (de)serialization.
+
+The JSON form is plain data (strings, numbers, lists, dicts): no class paths, no pickles.
+``SCHEMA`` and ``VERSION`` identify it; :meth:`Explanation.from_dict` refuses anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import SchemaError
+from .units import Unit
+
+SCHEMA = "gsmile.explanation"
+VERSION = 1
+
+#: Below this weighted R² the surrogate does not describe the model well enough to trust.
+FIDELITY_THRESHOLD = 0.7
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One unit with its attribution, as returned by :meth:`Explanation.top`."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+    coefficient: float
+    score: float
+
+
+def normalized_scores(coefficients: np.ndarray) -> np.ndarray:
+    """|coef| / max |coef|, in [0, 1]; all zeros when every coefficient is zero."""
+    magnitude = np.abs(np.asarray(coefficients, dtype=float))
+    top = magnitude.max(initial=0.0)
+    return magnitude / top if top > 0 else np.zeros_like(magnitude)
+
+
+@dataclass
+class Explanation:
+    """Per-unit importances of an input for a model's output.
+
+    ``coefficients`` are signed: positive means the unit's presence keeps the output
+    where it is (removing it moves the output away), negative the opposite.
+    ``scores`` are ``|coefficients|`` scaled to [0, 1].
+    """
+
+    prompt: str
+    response: str | None
+    units: list[Unit]
+    coefficients: np.ndarray
+    intercept: float
+    fidelity_r2: float
+    method: str = "gsmile"
+    target: str = "wasserstein"
+    unit_type: str = "word"
+    n_samples: int = 0
+    n_unique: int = 0
+    sigma: float | None = None
+    effective_sample_size: float | None = None
+    model_id: str = ""
+    random_state: int | None = None
+    explained: str = "prompt"
+    context: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    response_tokens: list[str] | None = None
+    token_coefficients: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.coefficients = np.asarray(self.coefficients, dtype=float)
+        if self.coefficients.shape != (len(self.units),):
+            raise SchemaError(
+                f"{len(self.units)} units but {self.coefficients.shape} coefficients"
+            )
+        if self.token_coefficients is not None:
+            self.token_coefficients = np.asarray(self.token_coefficients, dtype=float)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def scores(self) -> np.ndarray:
+        """Normalized importance in [0, 1] per unit, in prompt order."""
+        return normalized_scores(self.coefficients)
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the surrogate's fidelity R² reaches :data:`FIDELITY_THRESHOLD`."""
+        return bool(np.isfinite(self.fidelity_r2) and self.fidelity_r2 >= FIDELITY_THRESHOLD)
+
+    @property
+    def text(self) -> str:
+        """The text the units index into (the context when the context is explained)."""
+        return self.context if self.explained == "context" and self.context is not None else self.prompt
+
+    def attributions(self) -> list[Attribution]:
+        """Every unit with its coefficient and score, in input order."""
+        scores = self.scores
+        return [
+            Attribution(i, u.text, u.start, u.end, float(c), float(s))
+            for i, (u, c, s) in enumerate(zip(self.units, self.coefficients, scores))
+        ]
+
+    def top(self, k: int = 3) -> list[Attribution]:
+        """The ``k`` units with the highest score (ties keep input order)."""
+        ranked = sorted(self.attributions(), key=lambda a: (-a.score, a.index))
+        return ranked[: max(int(k), 0)]
+
+    # ---------------------------------------------------------- serialization
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready data, tagged with ``schema`` and ``version``."""
+        return {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "prompt": self.prompt,
+            "context": self.context,
+            "explained": self.explained,
+            "response": self.response,
+            "units": [{"text": u.text, "start": u.start, "end": u.end} for u in self.units],
+            "coefficients": _floats(self.coefficients),
+            "scores": _floats(self.scores),
+            "intercept": _float(self.intercept),
+            "fidelity_r2": _float(self.fidelity_r2),
+            "reliable": self.reliable,
+            "method": self.method,
+            "target": self.target,
+            "unit_type": self.unit_type,
+            "n_samples": int(self.n_samples),
+            "n_unique": int(self.n_unique),
+            "sigma": _float(self.sigma),
+            "effective_sample_size": _float(self.effective_sample_size),
+            "model_id": self.model_id,
+            "random_state": self.random_state,
+            "params": _plain(self.params),
+            "timings": {k: float(v) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
+            "response_tokens": self.response_tokens,
+            "token_coefficients": None
+            if self.token_coefficients is None
+            else [_floats(row) for row in self.token_coefficients],
+            "extras": _plain(self.extras),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Explanation":
+        """Rebuild an explanation from :meth:`to_dict` output; raises :class:`SchemaError`."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise SchemaError(f"not a gsmile explanation (expected schema {SCHEMA!r})")
+        version = data.get("version")
+        if version != VERSION:
+            raise SchemaError(f"unsupported explanation version {version!r}; this gsmile reads version {VERSION}")
+        try:
+            units = [Unit(str(u["text"]), int(u["start"]), int(u["end"])) for u in data["units"]]
+            token_coefficients = data.get("token_coefficients")
+            return cls(
+                prompt=data["prompt"],
+                response=data.get("response"),
+                units=units,
+                coefficients=np.array(_unfloats(data["coefficients"]), dtype=float),
+                intercept=_unfloat(data["intercept"]),
+                fidelity_r2=_unfloat(data["fidelity_r2"]),
+                method=data["method"],
+                target=data["target"],
+                unit_type=data["unit_type"],
+                n_samples=int(data["n_samples"]),
+                n_unique=int(data["n_unique"]),
+                sigma=_optfloat(data.get("sigma")),
+                effective_sample_size=_optfloat(data.get("effective_sample_size")),
+                model_id=data.get("model_id", ""),
+                random_state=data.get("random_state"),
+                explained=data.get("explained", "prompt"),
+                context=data.get("context"),
+                params=dict(data.get("params") or {}),
+                timings=dict(data.get("timings") or {}),
+                warnings=list(data.get("warnings") or []),
+                response_tokens=data.get("response_tokens"),
+                token_coefficients=None
+                if token_coefficients is None
+                else np.array([_unfloats(r) for r in token_coefficients], dtype=float),
+                extras=dict(data.get("extras") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"malformed explanation: {exc!s}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Explanation":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        return cls.from_dict(data)
+
+
+# JSON has no NaN/inf: they are written as null and read back as NaN.
+def _float(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _floats(xs: Any) -> list[float | None]:
+    return [_float(x) for x in np.asarray(xs, dtype=float).ravel()]
+
+
+def _unfloat(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _optfloat(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _unfloats(xs: list) -> list[float]:
+    return [_unfloat(x) for x in xs]
+
+
+def _plain(value: Any) -> Any:
+    """Convert numpy scalars/arrays nested in dicts/lists into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

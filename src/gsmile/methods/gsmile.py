@@ -1,0 +1,18 @@
+"""gSMILE: random dropout masks, Gaussian proximity kernel, weighted least squares."""
+
+from __future__ import annotations
+
+from ..kernels import GaussianKernel
+from ..samplers import DropoutSampler
+from ..surrogates import WeightedLinearRegression
+from .base import SurrogateMethod
+
+
+def gsmile(dropout: float = 0.2, sigma: float | None = None, random_state=None) -> SurrogateMethod:
+    return SurrogateMethod(
+        "gsmile",
+        sampler=DropoutSampler(dropout=dropout, random_state=random_state),
+        kernel=GaussianKernel(sigma=sigma),
+        surrogate_factory=WeightedLinearRegression,
+        params={"dropout": dropout, "sigma": sigma},
+    )

@@ -1,0 +1,174 @@
+"""Output shifts Δ between the model's output for the original prompt and for a perturbed one.
+
+A target sees next-token log-probabilities at every position of the response, shaped
+``(batch, positions, vocab)``, and returns Δ per position ``(batch, positions)``;
+:meth:`Target.__call__` aggregates them to one Δ per input. Δ is 0 when the
+perturbed output equals the original one.
+
+Targets store parameters in ``__init__``; :meth:`Target.prepare` records the reference
+(original) output, stored in attributes ending in ``_``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import InvalidInputError, lookup
+
+
+def _softmax_from_log(logprobs: np.ndarray) -> np.ndarray:
+    return np.exp(logprobs.astype(np.float64, copy=False))
+
+
+class Target:
+    name = "target"
+    #: How per-position shifts combine into one Δ: "mean" or "sum".
+    aggregate = "mean"
+
+    def prepare(self, reference: np.ndarray, response_ids: np.ndarray, embeddings: np.ndarray | None = None) -> "Target":
+        """Record the reference log-probs ``(positions, vocab)`` and the response token ids."""
+        reference = np.asarray(reference)
+        if reference.ndim != 2:
+            raise InvalidInputError(f"reference log-probs must be (positions, vocab), got {reference.shape}")
+        self.reference_ = reference
+        self.response_ids_ = np.asarray(response_ids, dtype=np.int64)
+        return self
+
+    def per_position(self, logprobs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, logprobs: np.ndarray) -> np.ndarray:
+        per = self.per_position(logprobs)
+        return per.sum(axis=1) if self.aggregate == "sum" else per.mean(axis=1)
+
+
+class LogProbTarget(Target):
+    """Drop in log p(response): Σ_t [log p_orig(y_t) − log p_pert(y_t)] (can be negative)."""
+
+    name = "logprob"
+    aggregate = "sum"
+
+    def per_position(self, logprobs):
+        logprobs = np.asarray(logprobs, dtype=np.float64)
+        t = np.arange(len(self.response_ids_))
+        ref = self.reference_[t, self.response_ids_].astype(np.float64)
+        return ref[None, :] - logprobs[:, t, self.response_ids_]
+
+
+class KLTarget(Target):
+    """KL(p_orig || p_pert) per position, in nats, averaged over the response."""
+
+    name = "kl"
+
+    def per_position(self, logprobs):
+        ref = self.reference_.astype(np.float64)[None]
+        return np.sum(np.exp(ref) * (ref - np.asarray(logprobs, dtype=np.float64)), axis=-1).clip(min=0.0)
+
+
+class JSTarget(Target):
+    """Jensen-Shannon divergence per position, in nats (bounded by ln 2), averaged."""
+
+    name = "js"
+
+    def per_position(self, logprobs):
+        p = np.exp(self.reference_.astype(np.float64))[None]
+        q = _softmax_from_log(np.asarray(logprobs))
+        m = 0.5 * (p + q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl_pm = np.where(p > 0, p * (np.log(p) - np.log(m)), 0.0).sum(-1)
+            kl_qm = np.where(q > 0, q * (np.log(q) - np.log(m)), 0.0).sum(-1)
+        return (0.5 * (kl_pm + kl_qm)).clip(min=0.0)
+
+
+class TVTarget(Target):
+    """Total variation distance ½ Σ |p − q| per position, averaged."""
+
+    name = "tv"
+
+    def per_position(self, logprobs):
+        p = np.exp(self.reference_.astype(np.float64))[None]
+        q = _softmax_from_log(np.asarray(logprobs))
+        return 0.5 * np.abs(p - q).sum(-1)
+
+
+class WassersteinTarget(Target):
+    """1-Wasserstein distance between next-token distributions, averaged over the response.
+
+    Ground cost between two tokens: the cosine distance ``1 − cos(e_i, e_j)`` of the model's
+    own token embeddings. Per position the transport problem is solved exactly (POT's
+    network simplex) on the union of the ``top_k`` most likely tokens of each distribution.
+    The probability mass outside that union is not dropped: each distribution keeps it on
+    one extra "rest" atom, which is at cost ``rest_cost`` (default 1.0, the cosine distance
+    of unrelated, orthogonal embeddings) from every token and at cost 0 from the other
+    distribution's rest atom. So two distributions that agree on their top tokens and on
+    their leftover mass are at distance 0, and mass that leaves the top tokens counts as
+    moved to an unrelated token.
+    """
+
+    name = "wasserstein"
+
+    def __init__(self, top_k: int = 20, rest_cost: float = 1.0):
+        self.top_k = top_k
+        self.rest_cost = rest_cost
+
+    def prepare(self, reference, response_ids, embeddings=None):
+        super().prepare(reference, response_ids)
+        if embeddings is None:
+            raise InvalidInputError("the wasserstein target needs the model's token embeddings")
+        emb = np.asarray(embeddings, dtype=np.float32)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        self.embeddings_ = emb / np.maximum(norms, 1e-12)
+        self.k_ = int(min(self.top_k, self.reference_.shape[1]))
+        self.reference_top_ = _top_k(self.reference_, self.k_)
+        return self
+
+    def per_position(self, logprobs):
+        import ot  # POT; imported lazily, it pulls in scipy.
+
+        logprobs = np.asarray(logprobs)
+        batch, positions, _ = logprobs.shape
+        top = _top_k(logprobs.reshape(batch * positions, -1), self.k_).reshape(batch, positions, -1)
+        out = np.empty((batch, positions))
+        for t in range(positions):
+            ref_row = self.reference_[t]
+            for b in range(batch):
+                support = np.union1d(self.reference_top_[t], top[b, t])
+                out[b, t] = self._distance(ref_row, logprobs[b, t], support, ot)
+        return out
+
+    def _distance(self, p_log: np.ndarray, q_log: np.ndarray, support: np.ndarray, ot) -> float:
+        p = np.exp(p_log[support].astype(np.float64))
+        q = np.exp(q_log[support].astype(np.float64))
+        a = np.append(p, max(0.0, 1.0 - p.sum()))
+        b = np.append(q, max(0.0, 1.0 - q.sum()))
+        a /= a.sum()
+        b /= b.sum()
+        e = self.embeddings_[support].astype(np.float64)
+        cost = np.empty((len(support) + 1, len(support) + 1))
+        cost[:-1, :-1] = np.clip(1.0 - e @ e.T, 0.0, 2.0)
+        np.fill_diagonal(cost, 0.0)
+        cost[-1, :] = cost[:, -1] = self.rest_cost
+        cost[-1, -1] = 0.0
+        return float(max(ot.emd2(a, b, cost), 0.0))
+
+
+def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
+    return np.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+
+
+#: target name -> factory. CLI choices come from this dict.
+TARGETS: dict[str, Callable[[], Target]] = {
+    "wasserstein": WassersteinTarget,
+    "logprob": LogProbTarget,
+    "kl": KLTarget,
+    "js": JSTarget,
+    "tv": TVTarget,
+}
+
+
+def make_target(name: str | Target) -> Target:
+    if isinstance(name, Target):
+        return name
+    return lookup(TARGETS, name, "target")()
