@@ -90,7 +90,8 @@ class Explainer:
         self.progress = progress
 
     # ----------------------------------------------------------- checks
-    def _check_params(self):
+    def validate(self):
+        """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
         n_samples = _int_in("n_samples", self.n_samples, *SAMPLES_RANGE)
         batch_size = _int_in("batch_size", self.batch_size, 1, 4096)
         max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
@@ -107,7 +108,7 @@ class Explainer:
             raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
         if response is not None and (not isinstance(response, str) or not response.strip()):
             raise InvalidInputError("the response is empty; leave it out to let the model generate one")
-        n_samples, batch_size, max_new_tokens, method = self._check_params()
+        n_samples, batch_size, max_new_tokens, method = self.validate()
         if self.dropout > DROPOUT_WARN:
             notes.append(f"dropout {self.dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
 
