@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import LanguageModel, ScalarModel, resolve_model
+from .backends import LanguageModel, ScalarModel, prepare_backend, resolve_model
 from .errors import InvalidInputError
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method
@@ -48,11 +48,14 @@ class Explainer:
     Parameters are stored as given; they are checked and used by :meth:`explain`.
 
     model: None or "local" for the embedded SmolLM2, "hf:PATH" for a local Hugging Face
-        model directory, a :class:`~gsmile.backends.LanguageModel`, or a callable
-        ``list[str] -> list[float]`` (a scalar black box, explained on its own value).
+        model directory, "openai:NAME" or an :class:`~gsmile.backends.openai.OpenAIBackend`
+        (a model behind an OpenAI-compatible API), a :class:`~gsmile.backends.LanguageModel`,
+        or a callable: ``list[str] -> list[float]`` (a scalar black box, explained on its own
+        value) or ``list[str] -> list[str]`` (a text model: the text-only path).
     method: attribution method name (see ``gsmile.methods.METHODS``).
     unit: "word", "token" or "sentence".
-    target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv".
+    target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv", or
+        "embedding" (regenerate each perturbation and compare texts by MiniLM embedding).
     n_samples: perturbed prompts drawn (identical ones are evaluated once).
     dropout: share of units each perturbation drops (0.05-0.5).
     sigma: Gaussian kernel width; default 0.5·sqrt(number of units).
@@ -113,7 +116,9 @@ class Explainer:
             notes.append(f"dropout {self.dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
 
         tic = time.perf_counter()
-        backend = resolve_model(self.model)
+        backend, response, route = prepare_backend(
+            resolve_model(self.model), prompt=prompt, response=response, target=self.target, max_new_tokens=max_new_tokens
+        )
         is_lm = isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
         target = make_target(self.target) if is_lm else None
         if is_lm and hasattr(backend, "load"):
@@ -176,6 +181,11 @@ class Explainer:
                 f"surrogate fidelity R² {result.fidelity_r2:.2f} is below {FIDELITY_THRESHOLD}: the linear "
                 f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
             )
+        extras: dict[str, Any] = dict(route)
+        if is_lm and getattr(backend, "embedding_note", None) and target.name == "wasserstein":
+            extras["ground_cost"] = backend.embedding_note
+        if hasattr(backend, "call_stats") and backend.call_stats() is not None:
+            extras["calls"] = backend.call_stats()
         for note in notes:
             warnings.warn(note, GsmileWarning, stacklevel=2)
 
@@ -187,7 +197,7 @@ class Explainer:
             intercept=result.intercept,
             fidelity_r2=result.fidelity_r2,
             method=method.name,
-            target=target.name if is_lm else "model_output",
+            target=target.name if is_lm else getattr(backend, "target_name", "model_output"),
             unit_type=self.unit,
             n_samples=n_samples,
             n_unique=n_calls,
@@ -200,6 +210,7 @@ class Explainer:
             warnings=notes,
             response_tokens=response_tokens,
             token_coefficients=result.token_coefficients,
+            extras=extras,
         )
 
     def _evaluate(self, backend, target, texts: list[str], full_row: int, batch_size: int, is_lm: bool):
