@@ -144,9 +144,9 @@ class FakeOpenAI:
                 if fault == "429":
                     fake.faulted += 1
                     return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": fake.retry_after})
-                if fault == "500":
+                if fault and fault.isdigit():
                     fake.faulted += 1
-                    return self._send(500, {"error": {"message": "internal error"}})
+                    return self._send(int(fault), {"error": {"message": "injected failure"}})
                 if fault == "drop":
                     fake.faulted += 1
                     self.close_connection = True

@@ -34,9 +34,10 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import MODELS
+    from .backends.openai import PROMPT_TEMPLATES
     from .explainer import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES
     from .methods import METHODS
-    from .targets import TARGETS
+    from .targets import TARGETS, TEXT_TARGETS
     from .units import SEGMENTERS
 
     parser = _Parser(prog="gsmile", description="Explain which parts of a prompt drive a generative model's output.")
@@ -48,22 +49,54 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Explain which units of PROMPT drive the model's response.")
     ex.add_argument("prompt", metavar="PROMPT", help="the prompt to explain")
     ex.add_argument("--response", help="explain this response instead of the model's greedy one")
-    ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2) or hf:PATH (default: local)")
+    ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
     ex.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
     ex.add_argument("--unit", default="word", choices=list(SEGMENTERS), help="unit of the prompt (default: word)")
-    ex.add_argument("--target", default="wasserstein", choices=list(TARGETS), help="output shift measured (default: wasserstein)")
+    ex.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
     ex.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     ex.add_argument("--dropout", type=_positive_float, default=0.2, metavar="P", help="share of units each perturbation drops, 0.05-0.5 (default: 0.2)")
     ex.add_argument("--sigma", type=_positive_float, default=None, metavar="S", help="kernel width (default: 0.5*sqrt(number of units))")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
     ex.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"prompts per forward pass; never changes results (default: {DEFAULT_BATCH_SIZE})")
     ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
+    api = ex.add_argument_group("models behind an API (--model openai:NAME)")
+    api.add_argument("--base-url", metavar="URL", help="the API's base URL, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
+    api.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (default: OPENAI_API_KEY; none sent when unset)")
+    api.add_argument("--prompt-template", metavar="T", help=f"chat markup for the log-prob path: {', '.join(PROMPT_TEMPLATES)} or a text with {{prompt}} (default: chatml)")
+    api.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight at once (default: 4)")
+    api.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a call on 429, 5xx, timeouts and dropped connections (default: 6)")
+    api.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds to wait for one answer (default: 60)")
+    api.add_argument("--cache-dir", metavar="DIR", help="where the call cache lives (default: <gsmile cache>/calls)")
+    api.add_argument("--no-cache", action="store_true", help="neither read nor write the call cache")
     ex.add_argument("--json", metavar="PATH", help="write the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="write an HTML report")
     ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     ex.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the terminal output (default: auto)")
     return parser
+
+
+def _model(args):
+    """The --model value, or an API backend built from the API flags."""
+    if not args.model.startswith("openai:"):
+        given = [flag for flag, value in (("--base-url", args.base_url), ("--api-key-env", args.api_key_env), ("--prompt-template", args.prompt_template), ("--cache-dir", args.cache_dir)) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} apply only to --model openai:NAME")
+        return args.model
+    from .backends import resolve_model
+
+    return resolve_model(
+        args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        prompt_template=args.prompt_template or "chatml",
+        concurrency=args.concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        random_state=args.seed,
+    )
 
 
 def _explain(args) -> int:
@@ -75,7 +108,7 @@ def _explain(args) -> int:
     if not args.prompt.strip():
         raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
     explainer = Explainer(
-        args.model,
+        _model(args),
         method=args.method,
         unit=args.unit,
         target=args.target,
@@ -94,6 +127,13 @@ def _explain(args) -> int:
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(render_terminal(exp, color=color))
+    calls = exp.extras.get("calls")
+    if calls and not args.quiet:
+        print(
+            f"Path: {exp.extras.get('path')} ({exp.extras.get('path_reason')}); calls made: {calls['calls']}, "
+            f"cache hits: {calls['cache_hits']}, retries: {calls['retries']}, tokens used: {calls['tokens']}",
+            file=sys.stderr,
+        )
     renderers = {"json": lambda e: e.to_json() + "\n", "html": render_html, "png": render_png}
     for kind, path in outputs.items():
         write_atomic(path, renderers[kind](exp))

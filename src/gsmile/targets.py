@@ -208,6 +208,10 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "kl": KLTarget,
     "js": JSTarget,
     "tv": TVTarget,
+}
+
+#: targets that compare regenerated texts instead of distributions (the text-only path).
+TEXT_TARGETS: dict[str, Callable[[], EmbeddingTarget]] = {
     "embedding": EmbeddingTarget,
 }
 

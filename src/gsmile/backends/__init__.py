@@ -62,8 +62,15 @@ class ScalarModel:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         memo = getattr(self, "_memo", None)
-        if memo and all(t in memo for t in texts):
-            return np.array([memo[t] for t in texts], dtype=float)
+        if memo and any(t in memo for t in texts):  # reuse values already known (prepare_backend's probe)
+            todo = [t for t in texts if t not in memo]
+            values = dict(memo)
+            if todo:
+                values.update(zip(todo, self._call(todo)))
+            return np.array([values[t] for t in texts], dtype=float)
+        return self._call(texts)
+
+    def _call(self, texts: Sequence[str]) -> np.ndarray:
         try:
             out = self.func(list(texts))
         except Exception as exc:  # the user's function failed; say so without our traceback
@@ -197,6 +204,8 @@ def _one_number(raw) -> float:
         values = np.asarray(raw, dtype=float).reshape(-1)
     except (TypeError, ValueError):
         raise ModelError("the model function must return a list of numbers or of strings, one per input text") from None
-    if values.shape != (1,) or not np.isfinite(values[0]):
-        raise ModelError(f"the model function returned {values.size} values for 1 text (or a non-finite value)")
+    if values.shape != (1,):
+        raise ModelError(f"the model function returned {values.size} values for 1 texts")
+    if not np.isfinite(values[0]):
+        raise ModelError("the model function returned NaN or infinite values")
     return float(values[0])

@@ -14,6 +14,7 @@ or a kill stays in the cache.
 from __future__ import annotations
 
 import email.utils
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from ..errors import ModelError
 from ..samplers import make_rng
 from .cache import CallCache, call_key
 
+log = logging.getLogger("gsmile")
 RETRY_STATUS = frozenset({429}) | frozenset(range(500, 600))
 
 
@@ -116,6 +118,7 @@ class JSONClient:
             if self._client is None:
                 import httpx
 
+                logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
                 headers = {"Content-Type": "application/json"}
                 if self.api_key:
                     headers["Authorization"] = f"Bearer {self.api_key}"
@@ -191,7 +194,9 @@ class JSONClient:
                 retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
             if attempt < self.max_retries:
                 self.stats.add(retries=1)
-                self._sleep(self._delay(attempt, retry_after))
+                delay = self._delay(attempt, retry_after)
+                log.info("%s: %s; retry %d of %d in %.1f s", self.label, last, attempt + 1, self.max_retries, delay)
+                self._sleep(delay)
         raise ModelError(
             f"{self.label} at {url}: giving up after {self.max_retries} retries; last attempt: {last}. "
             f"Answers obtained so far are cached; rerun to resume (or raise --max-retries)"
