@@ -183,7 +183,7 @@ class OpenAIBackend:
 
     def _echo(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         answers = self.client.post_many("/completions", [self._echo_body(t) for t in texts])
-        return [_echo_logprobs(a, self.model_id) for a in answers]
+        return [_echo_logprobs(a, t, self.model_id) for a, t in zip(answers, texts)]
 
     # ------------------------------------------------------ path detection
     def supports_logprobs(self, prompt: str) -> tuple[bool, str]:
@@ -194,6 +194,10 @@ class OpenAIBackend:
             return False, f"the server refused /completions with echo and logprobs ({exc})"
         if sum(v is not None for v in lp["token_logprobs"]) == 0 or not any(lp["top_logprobs"][1:]):
             return False, "the server's /completions answer carried no log-probabilities for the echoed prompt"
+        if lp["generated"] and _generated_entries(lp) == 0:
+            # The generated token is missing from the echoed lists: the server pairs each token
+            # with the distribution of the next one (llama-cpp-python without a leading BOS).
+            return False, "the server's echoed log-probabilities are not aligned with their tokens (the generated token is missing)"
         return True, "the server's /completions endpoint returns echoed prompt log-probabilities (echo + logprobs)"
 
     # ----------------------------------------------------------- text path
@@ -228,7 +232,7 @@ class OpenAIBackend:
 
     def _response_tokens(self, prompt_text: str, response: str) -> list[str]:
         lp = self._echo([prompt_text + response])[0]
-        tokens, _ = _split_at(lp, len(prompt_text), len(prompt_text) + len(response), self.model_id)
+        tokens, _ = _split_response(lp, response, self.model_id)
         return tokens
 
     def generate(self, prompt: str, max_new_tokens: int = 48) -> list[int]:
@@ -261,11 +265,14 @@ class OpenAIBackend:
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         lp = self._echo([text])[0]
-        spans = []
-        for tok, off in zip(lp["tokens"], lp["text_offset"]):
-            start, end = max(0, int(off)), min(len(text), int(off) + len(tok))
-            if end > start:
-                spans.append((start, end))
+        tokens = lp["tokens"][: len(lp["tokens"]) - _generated_entries(lp)]
+        if "".join(tokens) != text:
+            raise ModelError(f"{self.model_id}: the server's tokens do not spell the prompt exactly; use --unit word or sentence")
+        spans, pos = [], 0
+        for tok in tokens:
+            if tok:
+                spans.append((pos, pos + len(tok)))
+                pos += len(tok)
         return spans
 
     def logprobs(self, prompts: Sequence[str], response_ids: Sequence[int]) -> np.ndarray:
@@ -275,7 +282,7 @@ class OpenAIBackend:
         texts = [self.format_prompt(p) for p in prompts]
         rows = []
         for text, lp in zip(texts, self._echo([t + response for t in texts])):
-            tokens, positions = _split_at(lp, len(text), len(text) + len(response), self.model_id)
+            tokens, positions = _split_response(lp, response, self.model_id)
             if tokens != expected:
                 raise ModelError(
                     f"{self.model_id}: the server split the response into different tokens after a perturbed prompt "
@@ -333,22 +340,54 @@ class OpenAIBackend:
         return np.eye(V)
 
 
-def _echo_logprobs(answer: dict[str, Any], label: str) -> dict[str, list]:
+def _echo_logprobs(answer: dict[str, Any], sent: str, label: str) -> dict[str, Any]:
+    """The logprobs lists of an echo answer, plus ``generated``: the text generated after
+    ``sent`` (None when the answer does not echo ``sent``)."""
     try:
-        lp = answer["choices"][0]["logprobs"]
-        out = {k: list(lp[k]) for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+        choice = answer["choices"][0]
+        lp = choice["logprobs"]
+        out: dict[str, Any] = {k: list(lp[k]) for k in ("tokens", "token_logprobs", "top_logprobs")}
     except (KeyError, IndexError, TypeError):
-        raise RequestRejected(f"{label}: /completions answered without logprobs (tokens, token_logprobs, top_logprobs, text_offset)") from None
+        raise RequestRejected(f"{label}: /completions answered without logprobs (tokens, token_logprobs, top_logprobs)") from None
     n = len(out["tokens"])
-    if n == 0 or any(len(v) != n for v in out.values()):
-        raise RequestRejected(f"{label}: /completions returned logprobs lists of different lengths")
+    if n == 0 or any(len(v) != n for v in out.values()) or not all(isinstance(t, str) for t in out["tokens"]):
+        raise RequestRejected(f"{label}: /completions returned malformed logprobs lists")
+    text = choice.get("text")
+    out["generated"] = text[len(sent) :] if isinstance(text, str) and text.startswith(sent) else None
     return out
 
 
-def _split_at(lp: dict[str, list], boundary: int, end: int, label: str) -> tuple[list[str], list[int]]:
-    """Tokens of the echoed text that start in characters ``[boundary, end)``, and their
-    positions. (The answer also holds the one generated token, at offset ``end``.)"""
-    positions = [j for j, off in enumerate(lp["text_offset"]) if boundary <= off < end and lp["tokens"][j] != ""]
-    if positions and lp["text_offset"][positions[0]] != boundary:
-        raise ModelError(f"{label}: a token crosses the end of the prompt text; use a prompt template that ends with a special token or newline")
-    return [lp["tokens"][j] for j in positions], positions
+def _generated_entries(lp: dict[str, Any]) -> int:
+    """How many trailing entries of the echoed lists are the generated text (0 if absent)."""
+    g = lp["generated"]
+    if not g:
+        return 0
+    tokens = lp["tokens"]
+    for m in range(1, min(len(tokens), 16) + 1):
+        tail = "".join(tokens[len(tokens) - m :])
+        if tail == g:
+            return m
+        if len(tail) > len(g):
+            break
+    return 0
+
+
+def _split_response(lp: dict[str, Any], response: str, label: str) -> tuple[list[str], list[int]]:
+    """The response's tokens (the echoed tokens that spell ``response`` at the end of the
+    sent text, before the generated ones) and their positions in the lists.
+
+    Matched by the token strings, not by ``text_offset``: servers count offsets differently
+    (llama.cpp leaves special tokens out of them). Empty strings (special tokens) are skipped."""
+    tokens = lp["tokens"]
+    end = len(tokens) - _generated_entries(lp)
+    start, size = end, 0
+    while size < len(response) and start > 0:
+        start -= 1
+        size += len(tokens[start])
+    if size != len(response) or "".join(tokens[start:end]) != response:
+        raise ModelError(
+            f"{label}: the server's tokens do not end with the response text exactly (a token crosses the end of the "
+            f"prompt text?); use a prompt template that ends with a special token or a newline"
+        )
+    positions = [j for j in range(start, end) if tokens[j] != ""]
+    return [tokens[j] for j in positions], positions
