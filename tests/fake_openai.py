@@ -51,8 +51,9 @@ def chat_reply(message: str) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, *, logprobs: bool = True, chat: bool = True, retry_after: str = "1", stall_s: float = 3.0):
+    def __init__(self, *, logprobs: bool = True, chat: bool = True, retry_after: str = "1", stall_s: float = 3.0, misaligned: bool = False):
         self.logprobs = logprobs
+        self.misaligned = misaligned  # echo lists without the generated token, as llama-cpp-python without BOS
         self.chat = chat
         self.retry_after = retry_after
         self.stall_s = stall_s
@@ -90,6 +91,8 @@ class FakeOpenAI:
             gen = "."  # the one generated token
             out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
             seq = toks + [(gen, len(text))] if body.get("echo") else [(gen, len(text))]
+            if self.misaligned and body.get("echo"):
+                seq = toks
             for j, (tok, off) in enumerate(seq):
                 dist = next_logprobs(text[:off], tok)
                 first = body.get("echo") and j == 0

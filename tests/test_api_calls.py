@@ -185,6 +185,19 @@ def test_api_rows_are_distributions_over_a_fixed_vocabulary(server, tmp_path):
     np.testing.assert_array_equal(b.logprobs(["capital Lyon of"], ids)[0], rows[1])
 
 
+def test_misaligned_echo_is_detected(tmp_path):
+    with FakeOpenAI(misaligned=True) as srv:
+        ok, reason = backend(srv, tmp_path).supports_logprobs(PROMPT)
+    assert not ok and "not aligned" in reason
+
+
+def test_no_cache_still_never_repeats_a_request_in_one_run(server, tmp_path):
+    exp = explain(backend(server, tmp_path, use_cache=False), response=None)
+    assert not (tmp_path / "cache").exists()
+    assert server.ok == exp.extras["calls"]["calls"] == exp.n_unique + 3  # probe, generate, echo of the response
+    assert exp.extras["calls"]["cache"] is None
+
+
 @pytest.mark.parametrize("target", ["kl", "tv"])
 def test_distribution_targets_on_the_api(server, tmp_path, target):
     exp = explain(backend(server, tmp_path), target=target)

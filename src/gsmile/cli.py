@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--base-url", metavar="URL", help="the API's base URL, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
     api.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (default: OPENAI_API_KEY; none sent when unset)")
     api.add_argument("--prompt-template", metavar="T", help=f"chat markup for the log-prob path: {', '.join(PROMPT_TEMPLATES)} or a text with {{prompt}} (default: chatml)")
+    api.add_argument("--top-logprobs", type=int, default=5, metavar="K", help="alternatives per position asked for on the log-prob path (default: 5; OpenAI allows 5, vLLM 20)")
     api.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight at once (default: 4)")
     api.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a call on 429, 5xx, timeouts and dropped connections (default: 6)")
     api.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds to wait for one answer (default: 60)")
@@ -90,6 +91,7 @@ def _model(args):
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         prompt_template=args.prompt_template or "chatml",
+        top_logprobs=args.top_logprobs,
         concurrency=args.concurrency,
         max_retries=args.max_retries,
         timeout=args.timeout,

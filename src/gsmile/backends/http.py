@@ -109,6 +109,7 @@ class JSONClient:
         self._rng = make_rng(random_state)
         self._rng_lock = threading.Lock()
         self._sleep = sleep
+        self._memo: dict[str, dict] = {}
         self._client = None
         self._client_lock = threading.Lock()
 
@@ -140,8 +141,8 @@ class JSONClient:
     def post(self, path: str, body: dict[str, Any], *, use_cache: bool = True) -> dict[str, Any]:
         """The JSON answer to one request: from the cache, else from the server (then cached)."""
         key = self.request_key(path, body)
-        if use_cache and self.cache is not None:
-            hit = self.cache.get(key)
+        if use_cache:
+            hit = self.cache.get(key) if self.cache is not None else self._memo.get(key)
             if hit is not None:
                 self.stats.add(cache_hits=1)
                 return hit
@@ -150,6 +151,9 @@ class JSONClient:
         self.stats.add(calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
         if self.cache is not None:
             self.cache.put(key, answer)
+        else:  # no persistent cache: still never repeat a request within this process
+            with self._rng_lock:
+                self._memo[key] = answer
         return answer
 
     def post_many(self, path: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
