@@ -315,3 +315,11 @@ def test_cli_api_flag_errors(tmp_path):
         capture_output=True, text=True, env=env,
     )
     assert r.returncode == 2 and "GSMILE_NO_SUCH_KEY" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.model
+def test_embedding_target_on_the_local_model_regenerates_greedily(lm):
+    exp = Explainer(lm, target="embedding", n_samples=10, max_new_tokens=6, random_state=0).explain(PROMPT)
+    assert exp.extras["path"] == "text" and exp.target == "embedding"
+    assert exp.response == lm.decode(lm.generate(PROMPT, 6))
+    assert np.all(np.isfinite(exp.coefficients)) and np.any(exp.coefficients != 0)

@@ -93,6 +93,7 @@ def test_logprob_path_ranks_units_like_the_local_model(llama_server, tmp_path, l
     # Same response tokens (same tokenizer, read from the GGUF by both).
     assert api.response_tokens == local.response_tokens
     rho = spearmanr(api.coefficients, local.coefficients).statistic
+    print(f"Spearman(api, local) = {rho:.3f}")
     assert rho >= 0.8, (rho, api.coefficients, local.coefficients)
     calls = api.extras["calls"]
     assert calls["calls"] == api.n_unique + 3  # + the probe, the response's tokenization and the reference
@@ -102,13 +103,11 @@ def test_logprob_path_ranks_units_like_the_local_model(llama_server, tmp_path, l
     assert again.extras["calls"]["calls"] == 0
     np.testing.assert_array_equal(again.coefficients, api.coefficients)
 
-
-def test_generated_response_matches_the_local_greedy_start(llama_server, tmp_path, lm):
-    api = _explain(_api(llama_server, tmp_path), "kl")
-    local_ids = lm.generate(PROMPT, 8)
-    # Q4 kernels and dequantized fp32 agree on the first greedy tokens.
-    assert api.response.split()[:3] == lm.decode(local_ids).split()[:3]
-    assert api.target == "kl" and np.all(np.isfinite(api.coefficients))
+    # Greedy generation through the server: Q4 kernels and the dequantized fp32 model agree on
+    # the first tokens (they diverge after ~40).
+    backend = _api(llama_server, tmp_path)
+    ids = backend.generate(PROMPT, 8)
+    assert backend.decode(ids) == local.response
 
 
 def test_text_path_through_the_chat_endpoint(llama_server, tmp_path):
