@@ -211,6 +211,7 @@ def test_text_path_when_the_server_has_no_logprobs(tmp_path):
         exp = explain(backend(srv, tmp_path), target="wasserstein", response=None, n=12)
         assert exp.extras["path"] == "text" and "refused" in exp.extras["path_reason"]
         assert "embedding target is used" in exp.extras["path_reason"]
+        assert any("text-only path" in w for w in exp.warnings)
         assert exp.target == "embedding" and exp.response.startswith("The answer involves")
         assert all(b.get("temperature") == 0.0 for b in srv.bodies if "messages" in b)
         first = exp.extras["calls"]["calls"]

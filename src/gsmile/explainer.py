@@ -120,6 +120,8 @@ class Explainer:
             resolve_model(self.model), prompt=prompt, response=response, target=self.target, max_new_tokens=max_new_tokens
         )
         is_lm = isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
+        if "note" in route:
+            notes.append(route["note"])
         target = make_target(self.target) if is_lm else None
         if is_lm and hasattr(backend, "load"):
             backend.load()
@@ -205,7 +207,7 @@ class Explainer:
             effective_sample_size=ess,
             model_id=backend.model_id,
             random_state=self.random_state,
-            params={**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm else None},
+            params={**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm or route["path"] == "text" else None},
             timings=timings,
             warnings=notes,
             response_tokens=response_tokens,
