@@ -221,6 +221,15 @@ def test_text_path_when_the_server_has_no_logprobs(tmp_path):
 
 
 @pytest.mark.model
+def test_text_path_falls_back_to_completions_without_a_chat_endpoint(tmp_path):
+    with FakeOpenAI(logprobs=False, chat=False) as srv:
+        exp = explain(backend(srv, tmp_path), target="embedding", response=None, n=10)
+        assert exp.extras["path"] == "text" and exp.extras["endpoint"] == "/completions"
+        assert exp.response.startswith(" The answer involves")
+        assert exp.extras["calls"]["calls"] == exp.n_unique
+
+
+@pytest.mark.model
 def test_text_callable_is_explained_by_embedding_distance():
     from gsmile.targets import EmbeddingTarget
 
@@ -320,7 +329,7 @@ def test_cli_api_flag_errors(tmp_path):
 
 @pytest.mark.model
 def test_embedding_target_on_the_local_model_regenerates_greedily(lm):
-    exp = Explainer(lm, target="embedding", n_samples=10, max_new_tokens=6, random_state=0).explain(PROMPT)
+    exp = Explainer(lm, target="embedding", n_samples=10, max_new_tokens=4, random_state=0).explain(PROMPT)
     assert exp.extras["path"] == "text" and exp.target == "embedding"
-    assert exp.response == lm.decode(lm.generate(PROMPT, 6))
+    assert exp.response == lm.decode(lm.generate(PROMPT, 4))
     assert np.all(np.isfinite(exp.coefficients)) and np.any(exp.coefficients != 0)

@@ -186,11 +186,12 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
         if ok:
             return backend, response, {"path": "logprobs", "path_reason": reason, "prompt_template": backend.template}
         text = TextModel(lambda ps: backend.complete_texts(ps, max_new_tokens), model_id=backend.model_id, source=backend)
-        info = {"path": "text", "path_reason": reason, "endpoint": "/chat/completions"}
+        response = text.set_reference(prompt, response)
+        info = {"path": "text", "path_reason": reason, "endpoint": backend.text_endpoint or "/chat/completions"}
         if target != "embedding":
             info["path_reason"] += f"; the {target} target needs log-probabilities, so the embedding target is used"
             info["note"] = f"{backend.model_id} gives no usable log-probabilities: explained on the text-only path (embedding target) instead of {target}"
-        return text, text.set_reference(prompt, response), info
+        return text, response, info
     if target == "embedding":
         def generate(prompts):
             return [backend.decode(backend.generate(p, max_new_tokens)) for p in prompts]

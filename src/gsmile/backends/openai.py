@@ -110,6 +110,7 @@ class OpenAIBackend:
         self.random_state = random_state
         self.model_id = f"openai:{model}"
         self._client: JSONClient | None = None
+        self.text_endpoint: str | None = None
         self._reset_vocab([])
 
     # --------------------------------------------------------------- set-up
@@ -202,19 +203,28 @@ class OpenAIBackend:
 
     # ----------------------------------------------------------- text path
     def complete_texts(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy (temperature 0) replies, via ``/chat/completions``."""
+        """Greedy (temperature 0) replies via ``/chat/completions`` (the server applies its chat
+        template); a server without that endpoint (404/405) is asked on ``/completions`` with
+        the prompt template instead. ``text_endpoint`` records which was used."""
+        if self.text_endpoint != "/completions":
+            try:
+                out = self._chat(prompts, max_new_tokens)
+                self.text_endpoint = "/chat/completions"
+                return out
+            except RequestRejected as exc:
+                if exc.status not in (404, 405) or self.text_endpoint == "/chat/completions":
+                    raise
+                self.text_endpoint = "/completions"
+        bodies = [{"model": self.model, "prompt": self.format_prompt(p), "max_tokens": int(max_new_tokens), "temperature": 0.0} for p in prompts]
+        return [_field(a, ("choices", 0, "text"), self.model_id, "/completions") for a in self.client.post_many("/completions", bodies)]
+
+    def _chat(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         bodies = [
             {"model": self.model, "messages": [{"role": "user", "content": p}], "temperature": 0.0, "max_tokens": int(max_new_tokens)}
             for p in prompts
         ]
         answers = self.client.post_many("/chat/completions", bodies)
-        out = []
-        for a in answers:
-            try:
-                out.append(a["choices"][0]["message"]["content"] or "")
-            except (KeyError, IndexError, TypeError):
-                raise ModelError(f"{self.model_id}: /chat/completions answered without choices[0].message.content") from None
-        return out
+        return [_field(a, ("choices", 0, "message", "content"), self.model_id, "/chat/completions") or "" for a in answers]
 
     # ------------------------------------------------- LanguageModel protocol
     def _reset_vocab(self, strings: Sequence[str]) -> None:
@@ -338,6 +348,16 @@ class OpenAIBackend:
             return out
         self.embedding_note = "one-hot token embeddings (MiniLM not installed): every two distinct tokens are at cost 1"
         return np.eye(V)
+
+
+def _field(answer: Any, path: tuple, label: str, endpoint: str):
+    value = answer
+    try:
+        for key in path:
+            value = value[key]
+    except (KeyError, IndexError, TypeError):
+        raise ModelError(f"{label}: {endpoint} answered without {'.'.join(map(str, path))}") from None
+    return value
 
 
 def _echo_logprobs(answer: dict[str, Any], sent: str, label: str) -> dict[str, Any]:
