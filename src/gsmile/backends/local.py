@@ -54,6 +54,9 @@ class HFCausalLM:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from .embedded import quiet_transformers
+
+            quiet_transformers()
             self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, local_files_only=True)
         except Exception as exc:

@@ -1,0 +1,42 @@
+"""Small file helpers: output paths are checked before work starts and written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail early, with a message that says what to fix, if ``path`` cannot be written."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InvalidInputError(f"{what} path {str(p)!r} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidInputError(f"cannot write {what} to {str(p)!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InvalidInputError(f"cannot write {what} to {str(p)!r}: permission denied")
+    return p
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place, so a
+    reader never sees a half-written file and a failure leaves the old file untouched."""
+    p = Path(path).expanduser()
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,127 @@
+"""The ``gsmile`` command: a thin layer over the library.
+
+Arguments are validated here, at the boundary; library errors (GsmileError) are turned
+into one line on stderr and exit status 2 once, in :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from . import __version__
+from .errors import GsmileError, InvalidInputError, ModelError
+
+EXAMPLE_PROMPT = "What is the capital of France and why is it historically significant?"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import MODELS
+    from .explainer import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES
+    from .methods import METHODS
+    from .targets import TARGETS
+    from .units import SEGMENTERS
+
+    parser = _Parser(prog="gsmile", description="Explain which parts of a prompt drive a generative model's output.")
+    parser.add_argument("--version", action="version", version=f"gsmile {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    ex = sub.add_parser("explain", help="explain a prompt (and the model's response to it)",
+                        description="Explain which units of PROMPT drive the model's response.")
+    ex.add_argument("prompt", metavar="PROMPT", help="the prompt to explain")
+    ex.add_argument("--response", help="explain this response instead of the model's greedy one")
+    ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2) or hf:PATH (default: local)")
+    ex.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
+    ex.add_argument("--unit", default="word", choices=list(SEGMENTERS), help="unit of the prompt (default: word)")
+    ex.add_argument("--target", default="wasserstein", choices=list(TARGETS), help="output shift measured (default: wasserstein)")
+    ex.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
+    ex.add_argument("--dropout", type=_positive_float, default=0.2, metavar="P", help="share of units each perturbation drops, 0.05-0.5 (default: 0.2)")
+    ex.add_argument("--sigma", type=_positive_float, default=None, metavar="S", help="kernel width (default: 0.5*sqrt(number of units))")
+    ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
+    ex.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"prompts per forward pass; never changes results (default: {DEFAULT_BATCH_SIZE})")
+    ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
+    ex.add_argument("--json", metavar="PATH", help="write the explanation as JSON")
+    ex.add_argument("--html", metavar="PATH", help="write an HTML report")
+    ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
+    ex.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the terminal output (default: auto)")
+    return parser
+
+
+def _explain(args) -> int:
+    from ._io import check_writable, write_atomic
+    from .explainer import Explainer, GsmileWarning
+    from .render import render_html, render_png, render_terminal
+
+    outputs = {kind: check_writable(path, kind.upper()) for kind in ("json", "html", "png") if (path := getattr(args, kind))}
+    if not args.prompt.strip():
+        raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
+    explainer = Explainer(
+        args.model,
+        method=args.method,
+        unit=args.unit,
+        target=args.target,
+        n_samples=args.samples,
+        dropout=args.dropout,
+        sigma=args.sigma,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        random_state=args.seed,
+        progress=not args.quiet,
+    )
+    explainer.validate()  # fail on bad options before loading the model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GsmileWarning)  # the report below lists them
+        exp = explainer.explain(args.prompt, args.response)
+
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(render_terminal(exp, color=color))
+    renderers = {"json": lambda e: e.to_json() + "\n", "html": render_html, "png": render_png}
+    for kind, path in outputs.items():
+        write_atomic(path, renderers[kind](exp))
+        if not args.quiet:
+            print(f"Wrote {kind.upper()} to {path}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"explain": _explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "quiet", False):
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except ModelError as exc:
+        print(f"gsmile: model error: {exc}", file=sys.stderr)
+        return 1
+    except GsmileError as exc:
+        print(f"gsmile: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gsmile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

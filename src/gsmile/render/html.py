@@ -1,0 +1,207 @@
+"""A standalone HTML report of an :class:`~gsmile.explanation.Explanation`.
+
+:func:`render_html` returns one HTML5 document as a string: inline CSS, no scripts, no
+external resources, so it can be saved and opened anywhere. Every piece of user text
+(prompt, context, response, units, response tokens, warnings, model id) is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from ..explanation import Explanation
+from .terminal import extra_warnings, fidelity_warning, format_coefficient, format_r2, summary_items
+
+# Diverging palette (ColorBrewer RdBu ends): blue = positive coefficient, red = negative.
+POSITIVE_RGB = (33, 102, 172)
+NEGATIVE_RGB = (178, 24, 43)
+NEUTRAL_RGB = (255, 255, 255)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.5}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.8rem;border-bottom:1px solid #ddd}
+.text,.response{white-space:pre-wrap;padding:.6rem .8rem;background:#fafafa;border:1px solid #e3e3e3;border-radius:4px}
+.unit{border-radius:3px;padding:0 1px}
+table{border-collapse:collapse}
+td,th{padding:2px 8px;text-align:left;vertical-align:middle}
+.bars td.label{white-space:pre;font-family:ui-monospace,monospace}
+.track{width:12rem;height:.9rem;background:#eee;border-radius:2px}
+.fill{height:100%;border-radius:2px}
+.num{font-family:ui-monospace,monospace;text-align:right}
+.warning{color:#8a4b00;background:#fff4e0;border-left:4px solid #e69500;padding:.3rem .6rem;margin:.4rem 0}
+.heatmap th.tok{white-space:pre;font-family:ui-monospace,monospace;font-weight:normal;writing-mode:vertical-rl;transform:rotate(180deg)}
+.heatmap td.cell{width:1.4rem;height:1.4rem;padding:0;border:1px solid #fff}
+.legend span{display:inline-block;padding:0 .5rem;margin-right:.3rem;border-radius:3px}
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:.1rem 1rem}
+dl.summary dt{color:#666}dl.summary dd{margin:0}
+"""
+
+
+def _e(text: object) -> str:
+    """Escape any user text for HTML content and attribute values."""
+    return html.escape(str(text), quote=True)
+
+
+def _mix(value: float, strength: float) -> tuple[int, int, int]:
+    """The diverging colour for a signed ``value`` at ``strength`` in [0, 1] (0 = white)."""
+    if not math.isfinite(strength) or not math.isfinite(value) or value == 0:
+        return NEUTRAL_RGB
+    strength = min(max(strength, 0.0), 1.0)
+    base = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
+    return tuple(round(n + (b - n) * strength) for n, b in zip(NEUTRAL_RGB, base))  # type: ignore[return-value]
+
+
+def _style(value: float, strength: float) -> str:
+    r, g, b = _mix(value, strength)
+    ink = "#fff" if math.isfinite(strength) and value != 0 and strength > 0.55 else "#222"
+    return f"background:rgb({r},{g},{b});color:{ink}"
+
+
+def _unit_title(coefficient: float, score: float) -> str:
+    return f"coefficient {format_coefficient(coefficient)}, score {score:.2f}"
+
+
+def _highlighted_text(exp: Explanation) -> str:
+    """The explained text with each unit in a coloured span and the text between kept as written."""
+    text = exp.text or ""
+    attributions = exp.attributions()
+    pieces: list[str] = []
+    cursor = 0
+    spans_match = all(
+        cursor <= a.start <= a.end <= len(text) and text[a.start : a.end] == a.text
+        for a in attributions
+    ) and all(x.end <= y.start for x, y in zip(attributions, attributions[1:]))
+    for a in attributions:
+        if spans_match:
+            pieces.append(_e(text[cursor : a.start]))
+        elif pieces:
+            pieces.append(" ")
+        pieces.append(
+            f'<span class="unit" style="{_style(a.coefficient, a.score)}" '
+            f'title="{_e(_unit_title(a.coefficient, a.score))}">{_e(a.text)}</span>'
+        )
+        cursor = a.end
+    if spans_match:
+        pieces.append(_e(text[cursor:]))
+    return "".join(pieces)
+
+
+def _bar_rows(exp: Explanation) -> str:
+    rows = []
+    for a in exp.attributions():
+        width = min(max(a.score, 0.0), 1.0) * 100 if math.isfinite(a.score) else 0.0
+        r, g, b = _mix(a.coefficient, 1.0)
+        rows.append(
+            f'<tr><td class="label">{_e(a.text)}</td>'
+            f'<td><div class="track"><div class="fill" style="width:{width:.1f}%;background:rgb({r},{g},{b})">'
+            f"</div></div></td>"
+            f'<td class="num">{a.score:.2f}</td><td class="num">{_e(format_coefficient(a.coefficient))}</td></tr>'
+        )
+    return "\n".join(rows)
+
+
+def _heatmap(exp: Explanation) -> str:
+    matrix = np.atleast_2d(np.asarray(exp.token_coefficients, dtype=float))
+    n_rows, n_cols = matrix.shape
+    tokens = list(exp.response_tokens or [])
+    finite = np.abs(matrix[np.isfinite(matrix)])
+    scale = float(finite.max()) if finite.size else 0.0
+    header = "".join(
+        f'<th class="tok" title="token {j}">{_e(tokens[j]) if j < len(tokens) else f"#{j}"}</th>'
+        for j in range(n_cols)
+    )
+    rows = []
+    for i in range(n_rows):
+        label = exp.units[i].text if i < len(exp.units) else f"#{i}"
+        cells = []
+        for j in range(n_cols):
+            value = float(matrix[i, j])
+            strength = abs(value) / scale if scale > 0 and math.isfinite(value) else 0.0
+            token = tokens[j] if j < len(tokens) else f"#{j}"
+            title = f"{label} → {token}: {format_coefficient(value)}"
+            cells.append(f'<td class="cell" style="{_style(value, strength)}" title="{_e(title)}"></td>')
+        rows.append(f'<tr><th class="label">{_e(label)}</th>{"".join(cells)}</tr>')
+    return (
+        "<h2>Per-token attributions</h2>\n"
+        "<p>Rows are input units, columns response tokens; colour is the unit's coefficient for "
+        "that token's Δ (hover a cell for its value).</p>\n"
+        f'<table class="heatmap"><thead><tr><th></th>{header}</tr></thead>\n<tbody>\n'
+        + "\n".join(rows)
+        + "\n</tbody></table>"
+    )
+
+
+def render_html(exp: Explanation) -> str:
+    """A standalone HTML5 report: highlighted text, response, bars, fidelity, drivers, summary."""
+    is_context = exp.explained == "context"
+    parts: list[str] = []
+    parts.append(f"<h1>gsmile explanation <small>({_e(exp.method)})</small></h1>")
+    if exp.target == "model_output":  # a scalar model: y is the model's output itself
+        plus, minus = "positive: raises the output", "negative: lowers it"
+    else:  # a language model: y = -Δ, so a positive unit holds the output in place
+        plus, minus = "positive: supports this output", "negative: works against it"
+    parts.append(
+        f'<p class="legend"><span style="{_style(1.0, 0.8)}">{plus}</span>'
+        f'<span style="{_style(-1.0, 0.8)}">{minus}</span> intensity = normalized score</p>'
+    )
+    if is_context:
+        parts.append("<h2>Prompt</h2>")
+        parts.append(f'<div class="response">{_e(exp.prompt)}</div>')
+        parts.append("<h2>Context</h2>")
+    else:
+        parts.append("<h2>Prompt</h2>")
+    parts.append(f'<div class="text">{_highlighted_text(exp)}</div>')
+
+    if exp.response is not None:
+        parts.append("<h2>Response</h2>")
+        parts.append(f'<div class="response">{_e(exp.response)}</div>')
+
+    parts.append("<h2>Attributions</h2>")
+    if exp.units:
+        parts.append(
+            '<table class="bars"><thead><tr><th>unit</th><th>importance</th><th class="num">score</th>'
+            '<th class="num">coefficient</th></tr></thead>\n<tbody>\n' + _bar_rows(exp) + "\n</tbody></table>"
+        )
+    else:
+        parts.append("<p>No units to attribute.</p>")
+
+    parts.append("<h2>Fidelity</h2>")
+    parts.append(f"<p>Surrogate fidelity R²: <strong>{_e(format_r2(exp.fidelity_r2))}</strong></p>")
+    problem = fidelity_warning(exp)
+    if problem:
+        parts.append(f'<p class="warning">Warning: {_e(problem)}</p>')
+
+    top = [a for a in exp.top(3) if a.score > 0]
+    parts.append("<h2>Top drivers</h2>")
+    if top:
+        items = "".join(
+            f"<li><strong>{_e(a.text)}</strong> ({a.score:.2f}, {_e(format_coefficient(a.coefficient))})</li>"
+            for a in top
+        )
+        parts.append(f"<ol>{items}</ol>")
+    else:
+        parts.append("<p>None: every coefficient is zero.</p>")
+
+    parts.append("<h2>Method</h2>")
+    summary = "".join(f"<dt>{_e(label)}</dt><dd>{_e(value)}</dd>" for label, value in summary_items(exp))
+    parts.append(f'<dl class="summary">{summary}</dl>')
+
+    notes = extra_warnings(exp)
+    if notes:
+        parts.append("<h2>Warnings</h2>")
+        parts.extend(f'<p class="warning">Warning: {_e(note)}</p>' for note in notes)
+
+    if exp.token_coefficients is not None:
+        parts.append(_heatmap(exp))
+
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>gsmile explanation: {_e(exp.method)}</title>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

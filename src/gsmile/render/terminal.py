@@ -1,0 +1,192 @@
+"""Plain-text rendering of an :class:`~gsmile.explanation.Explanation` for a terminal.
+
+:func:`render_terminal` returns a string; the caller prints it. The formatting helpers
+here (coefficient format, fidelity message, text sanitizing) are shared with the HTML
+and PNG renderers so that every output says the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+
+from ..explanation import FIDELITY_THRESHOLD, Explanation
+
+FILLED = "█"
+EMPTY = "░"
+ELLIPSIS = "…"
+#: Unit texts longer than this many display cells are truncated with an ellipsis.
+MAX_LABEL_WIDTH = 24
+
+# ANSI SGR codes: bright blue for positive coefficients, bright red for negative ones.
+_POSITIVE = "\x1b[94m"
+_NEGATIVE = "\x1b[91m"
+_BOLD = "\x1b[1m"
+_YELLOW = "\x1b[33m"
+_RESET = "\x1b[0m"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_WHITESPACE = re.compile(r"\s+")
+
+
+# ------------------------------------------------------------- shared helpers
+def format_coefficient(value: float) -> str:
+    """Signed, compact: ``+0.0645``, ``-1.2``, ``+3.4e-05``, ``nan``."""
+    value = float(value)
+    if not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("+inf" if value > 0 else "-inf")
+    if value == 0:
+        return "+0"
+    return f"{value:+.3g}"
+
+
+def format_r2(r2: float) -> str:
+    """The fidelity R² with 2 decimals, or ``undefined`` for NaN."""
+    r2 = float(r2)
+    return f"{r2:.2f}" if math.isfinite(r2) else "undefined"
+
+
+def fidelity_warning(exp: Explanation) -> str | None:
+    """Why the scores should not be trusted, or None when the surrogate is faithful."""
+    if exp.reliable:
+        return None
+    r2 = float(exp.fidelity_r2)
+    if math.isnan(r2):
+        return (
+            "the model's output did not change when units were removed, so fidelity R² is "
+            "undefined and the scores are unreliable"
+        )
+    return (
+        f"surrogate fidelity R² {format_r2(r2)} is below {FIDELITY_THRESHOLD}: "
+        "the scores are unreliable"
+    )
+
+
+def extra_warnings(exp: Explanation) -> list[str]:
+    """``exp.warnings`` without the fidelity notes that :func:`fidelity_warning` already says."""
+    if exp.reliable:
+        return list(exp.warnings)
+    return [w for w in exp.warnings if not _is_fidelity_note(w)]
+
+
+def _is_fidelity_note(note: str) -> bool:
+    return "fidelity R²" in note or "output did not change" in note
+
+
+def summary_items(exp: Explanation) -> list[tuple[str, str]]:
+    """(label, value) pairs describing how the explanation was computed."""
+    items = [("method", exp.method), ("target", exp.target), ("unit", exp.unit_type)]
+    samples = f"{int(exp.n_samples)}"
+    if exp.n_unique:
+        samples += f" ({int(exp.n_unique)} evaluated)"
+    items.append(("samples", samples))
+    if exp.sigma is not None and math.isfinite(float(exp.sigma)):
+        items.append(("σ", f"{float(exp.sigma):.3g}"))
+    ess = exp.effective_sample_size
+    if ess is not None and math.isfinite(float(ess)):
+        items.append(("effective sample size", f"{float(ess):.1f}"))
+    total = exp.timings.get("total") if exp.timings else None
+    if total is not None and math.isfinite(float(total)):
+        items.append(("time", f"{float(total):.1f} s"))
+    if exp.model_id:
+        items.append(("model", exp.model_id))
+    return items
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace runs (line breaks included) to one space; make control characters visible."""
+    return sanitize(_WHITESPACE.sub(" ", text).strip())
+
+
+def sanitize(text: str) -> str:
+    """Replace control characters other than tab and line feed by a visible ``\\xNN`` escape.
+
+    This keeps escape sequences in user text (prompt, response, units) from reaching the terminal.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def display_width(text: str) -> int:
+    """Terminal cells taken by ``text``: wide East Asian characters count 2, combining marks 0."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def truncate(text: str, limit: int = MAX_LABEL_WIDTH) -> str:
+    """``text`` cut to at most ``limit`` display cells, ending with … when cut."""
+    if display_width(text) <= limit:
+        return text
+    out, width = [], 0
+    for ch in text:
+        w = display_width(ch)
+        if width + w > limit - 1:
+            break
+        out.append(ch)
+        width += w
+    return "".join(out) + ELLIPSIS
+
+
+def filled_cells(score: float, width: int) -> int:
+    """Cells of a ``width``-cell bar to fill for a score in [0, 1] (rounded half up)."""
+    score = float(score)
+    if not math.isfinite(score):
+        return 0
+    score = min(max(score, 0.0), 1.0)
+    return int(math.floor(score * width + 0.5))
+
+
+# ------------------------------------------------------------------ renderer
+def render_terminal(exp: Explanation, *, color: bool = False, bar_width: int = 10, top_k: int = 3) -> str:
+    """The explanation as text: response, one bar per unit, fidelity, top drivers, summary, warnings.
+
+    ``color`` adds ANSI colours (positive coefficients blue, negative red); without it the
+    output holds no escape codes at all. ``bar_width`` is the number of cells of each bar.
+    """
+    bar_width = max(int(bar_width), 1)
+
+    def paint(text: str, code: str) -> str:
+        return f"{code}{text}{_RESET}" if color and code else text
+
+    lines: list[str] = []
+    if exp.explained == "context":
+        lines.append(f"Prompt: {sanitize(exp.prompt)}")
+    if exp.response is not None:
+        lines.append(f"Response: {sanitize(exp.response)}")
+
+    attributions = exp.attributions()
+    if attributions:
+        labels = [truncate(one_line(a.text)) for a in attributions]
+        pad = max(display_width(label) for label in labels)
+        for a, label in zip(attributions, labels):
+            filled = filled_cells(a.score, bar_width)
+            bar = FILLED * filled + EMPTY * (bar_width - filled)
+            score = f"{a.score:.2f}" if math.isfinite(a.score) else " nan"
+            sign = _POSITIVE if a.coefficient > 0 else _NEGATIVE if a.coefficient < 0 else ""
+            label = label + " " * (pad - display_width(label))
+            lines.append(f"{label} {paint(bar, sign)} {score} {paint(f'({format_coefficient(a.coefficient)})', sign)}")
+    else:
+        lines.append("(no units to attribute)")
+
+    lines.append(f"Surrogate fidelity R²: {format_r2(exp.fidelity_r2)}")
+    problem = fidelity_warning(exp)
+    if problem:
+        lines.append(paint(f"Warning: {problem}", _YELLOW))
+
+    top = exp.top(top_k)
+    if top and any(a.score > 0 for a in top):
+        drivers = ", ".join(f"{one_line(a.text)} ({a.score:.2f})" for a in top if a.score > 0)
+        count = sum(1 for a in top if a.score > 0)
+        lines.append(f"Top {count} driver{'s' if count != 1 else ''}: {drivers}")
+    else:
+        lines.append("Top drivers: none (every coefficient is zero)")
+
+    lines.append(" | ".join(f"{label}: {one_line(str(value))}" for label, value in summary_items(exp)))
+
+    for note in extra_warnings(exp):
+        lines.append(paint(f"Warning: {sanitize(note)}", _YELLOW))
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Output distances checked on hand-made distributions with values known exactly."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gsmile.errors import UnknownNameError
+from gsmile.targets import TARGETS, make_target
+
+# A 5-token vocabulary: 0 "Paris", 1 "paris" (a near-synonym: almost the same embedding),
+# 2 "banana" (unrelated: orthogonal), 3 and 4 filler tokens.
+EMB = np.array(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.98, 0.2, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def logp(*rows):
+    p = np.asarray(rows, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.log(p / p.sum(axis=-1, keepdims=True))
+
+
+REF = logp([0.9, 0.025, 0.025, 0.025, 0.025], [0.1, 0.1, 0.6, 0.1, 0.1])  # 2 response positions
+RESPONSE = np.array([0, 2])
+
+
+def prepared(name, **kw):
+    target = TARGETS[name](**kw) if kw else make_target(name)
+    return target.prepare(REF, RESPONSE, EMB)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_identical_output_has_zero_shift(name):
+    target = prepared(name)
+    shift = target(REF[None])
+    assert shift.shape == (1,)
+    assert shift[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_wasserstein_moving_mass_to_a_synonym_costs_less_than_to_an_unrelated_token():
+    target = prepared("wasserstein", top_k=3)
+    to_synonym = logp([0.1, 0.825, 0.025, 0.025, 0.025], [0.1, 0.1, 0.6, 0.1, 0.1])
+    to_unrelated = logp([0.1, 0.025, 0.825, 0.025, 0.025], [0.1, 0.1, 0.6, 0.1, 0.1])
+    near, far = target(np.stack([to_synonym, to_unrelated]))
+    assert 0 < near < far
+    # Exact value: 0.8 of the mass moves from token 0 to token 1 at cosine distance 1 - 0.98/|e1|,
+    # averaged over the two positions (the second one is unchanged).
+    cos01 = 0.98 / np.linalg.norm(EMB[1])
+    assert near == pytest.approx(0.8 * (1 - cos01) / 2, rel=1e-5)  # float32 embeddings
+    assert far == pytest.approx(0.8 * 1.0 / 2, rel=1e-9)
+
+
+def test_wasserstein_mass_outside_the_top_k_is_kept_on_a_rest_atom():
+    # top_k=1: the union support is {0} for the reference and {0} or {3} for the other.
+    target = prepared("wasserstein", top_k=1)
+    same_top_other_tail = logp([0.9, 0.0001, 0.0999, 0.0, 0.0], [0.1, 0.1, 0.6, 0.1, 0.1])
+    (shift,) = target(same_top_other_tail[None])
+    # Both keep 0.9 on token 0 and 0.1 on the rest atom at position 1; position 2 unchanged.
+    assert shift == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_js_tv_and_logprob_match_hand_computation():
+    p = np.exp(REF)
+    q_rows = np.array([[0.5, 0.2, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    q = logp(*q_rows)
+    kl = np.mean([np.sum(p[t] * (np.log(p[t]) - np.log(q_rows[t]))) for t in range(2)])
+    m = 0.5 * (p + q_rows)
+    js = np.mean([0.5 * np.sum(p[t] * np.log(p[t] / m[t])) + 0.5 * np.sum(q_rows[t] * np.log(q_rows[t] / m[t])) for t in range(2)])
+    tv = np.mean([0.5 * np.abs(p[t] - q_rows[t]).sum() for t in range(2)])
+    drop = (math.log(0.9) - math.log(0.5)) + (math.log(0.6) - math.log(0.2))
+    assert prepared("kl")(q[None])[0] == pytest.approx(kl)
+    assert prepared("js")(q[None])[0] == pytest.approx(js)
+    assert prepared("tv")(q[None])[0] == pytest.approx(tv)
+    assert prepared("logprob")(q[None])[0] == pytest.approx(drop)
+    per = prepared("logprob").per_position(q[None])
+    np.testing.assert_allclose(per[0], [math.log(0.9 / 0.5), math.log(0.6 / 0.2)])
+
+
+def test_js_is_bounded_by_log_2():
+    disjoint = logp([0.0, 0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 0.0, 0.0, 0.0])
+    ref = logp([1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0])
+    target = make_target("js").prepare(ref, RESPONSE)
+    assert target(disjoint[None])[0] == pytest.approx(math.log(2))
+
+
+def test_unknown_target_lists_valid_names():
+    with pytest.raises(UnknownNameError, match="js, kl, logprob, tv, wasserstein"):
+        make_target("cosine")
