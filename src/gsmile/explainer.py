@@ -58,11 +58,13 @@ class Explainer:
         model directory, a :class:`~gsmile.backends.LanguageModel`, or a callable
         ``list[str] -> list[float]`` (a scalar black box, explained on its own value).
     method: attribution method name (see ``gsmile.methods.METHODS``).
-    unit: "word", "token" or "sentence".
+    unit: "word", "token", "phrase" or "sentence" (units of the prompt).
     target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv".
-    n_samples: perturbed prompts drawn (identical ones are evaluated once).
-    dropout: share of units each perturbation drops (0.05-0.5).
-    sigma: Gaussian kernel width; default 0.5·sqrt(number of units).
+    n_samples: perturbed prompts drawn (identical ones are evaluated once). occlusion
+        (N - window + 1 masks) and shapley (all 2^N) do not use it; kernelshap enumerates
+        every coalition when n_samples + 1 >= 2^N.
+    dropout: gsmile: share of units each perturbation drops (0.05-0.5).
+    sigma: gsmile: Gaussian kernel width; default 0.5·sqrt(number of units).
     batch_size: prompts per forward pass; never changes the result.
     max_new_tokens: length of the greedy baseline response.
     random_state: seed; the same seed gives the same explanation.
