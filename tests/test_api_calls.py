@@ -2,7 +2,6 @@
 deterministic fake OpenAI-compatible server in tests/fake_openai.py (no model needed)."""
 
 import json
-import math
 import multiprocessing
 import os
 import signal

@@ -3,7 +3,6 @@
 backend. Skipped when llama_cpp is not installed (`make setup-server` installs it)."""
 
 import importlib.util
-import os
 import socket
 import subprocess
 import sys

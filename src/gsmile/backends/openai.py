@@ -74,8 +74,6 @@ class OpenAIBackend:
     cache_dir / use_cache: the persistent call cache (default ``<gsmile cache>/calls``).
     """
 
-    path_kind = "api"
-
     def __init__(
         self,
         model: str,
