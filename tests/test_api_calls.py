@@ -203,6 +203,17 @@ def test_distribution_targets_on_the_api(server, tmp_path, target):
     assert exp.target == target and np.all(np.isfinite(exp.coefficients)) and np.any(exp.coefficients != 0)
 
 
+@pytest.mark.model
+def test_wasserstein_on_the_api_uses_minilm_token_embeddings(server, tmp_path):
+    exp = explain(backend(server, tmp_path), target="wasserstein")
+    assert exp.target == "wasserstein" and "MiniLM" in exp.extras["ground_cost"]
+    assert np.all(np.isfinite(exp.coefficients)) and np.any(exp.coefficients != 0)
+    # same seed, same cache: the same explanation without a single call
+    again = explain(backend(server, tmp_path), target="wasserstein")
+    assert again.extras["calls"]["calls"] == 0
+    np.testing.assert_array_equal(again.coefficients, exp.coefficients)
+
+
 # ------------------------------------------------------------ text path
 @pytest.mark.model
 def test_text_path_when_the_server_has_no_logprobs(tmp_path):
