@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
+from ..methods import METHODS
 from .errors import FieldError, error_body, new_request_id
 from .jobs import JobManager, JobStore, QueueFull
 from .schemas import AnalyzeRequest, AnalyzeResponse, ErrorBody, ExplainRequest, Health, Job, JobAccepted
@@ -230,11 +231,15 @@ def create_app(settings: Settings | None = None, model=None):
         running, queued = manager.counts
         return {"status": "ok", "version": __version__, "model": holder.model_id, "model_loaded": holder.loaded,
                 "running": running, "queued": queued, "max_concurrent": settings.max_concurrent,
-                "max_queue": settings.max_queue}
+                "max_queue": settings.max_queue, "methods": sorted(METHODS)}
 
     @app.get("/", include_in_schema=False)
     async def page():
         return Response(_static("index.html"), media_type="text/html; charset=utf-8")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(request: Request, name: str):

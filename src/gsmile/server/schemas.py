@@ -141,3 +141,4 @@ class Health(BaseModel):
     queued: int
     max_concurrent: int
     max_queue: int
+    methods: list[str]
