@@ -45,10 +45,6 @@ ERRORS = {
 }
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def _json_bytes(status: int, body: dict, headers: dict[str, str] | None = None):
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
@@ -100,22 +96,27 @@ class GuardMiddleware:
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
                 return await reply(401, {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
                                    {"www-authenticate": "Bearer"})
+        # Read the body here, counting it, so a body sent without a length (chunked) is held
+        # to the limit too; the app then reads it from memory.
+        chunks: list[bytes] = []
         received = 0
-
-        async def receive_limited():
-            nonlocal received
+        more = scope.get("method") in ("POST", "PUT", "PATCH")
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return
+            received += len(message.get("body", b""))
+            if received > limit:
+                return await reply(413, {"error": f"request body is larger than {limit} bytes"})
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
 
         try:
-            await self.app(scope, receive_limited, send_wrapper)
-        except _BodyTooLarge:
-            if not started:
-                await reply(413, {"error": f"request body is larger than {limit} bytes"})
+            await self.app(scope, replay, send_wrapper)
         except Exception as exc:
             body = error_body(exc, request_id)
             if not started:
@@ -167,7 +168,8 @@ def create_app(settings: Settings | None = None, model=None):
 
     async def execute(request: Request, kind: str, params: dict[str, Any], fn, is_async: bool):
         try:
-            job = manager.submit(kind, params, fn, persist=is_async)
+            job = manager.submit(kind, params, fn, persist=is_async,
+                                 request_id=request.scope.get("state", {}).get("request_id"))
         except QueueFull:
             return problem(
                 request,

@@ -48,6 +48,7 @@ class Job:
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    request_id: str | None = None
     future: Future | None = None
 
     def set_progress(self, value: float) -> None:
@@ -133,12 +134,13 @@ class JobManager:
         with self._lock:
             return self._running, self._queued
 
-    def submit(self, kind: str, request: dict[str, Any], fn: Callable[[Job], dict[str, Any]], persist: bool) -> Job:
+    def submit(self, kind: str, request: dict[str, Any], fn: Callable[[Job], dict[str, Any]], persist: bool,
+               request_id: str | None = None) -> Job:
         with self._lock:
             if self._running + self._queued >= self.max_concurrent + self.max_queue:
                 raise QueueFull()
             self._queued += 1
-        job = Job(job_id=uuid.uuid4().hex, kind=kind, request=request, persist=persist)
+        job = Job(job_id=uuid.uuid4().hex, kind=kind, request=request, persist=persist, request_id=request_id)
         try:
             if persist:
                 self.store.save(job)
@@ -162,7 +164,7 @@ class JobManager:
             job.result = fn(job)
             job.progress, job.status = 1.0, "succeeded"
         except Exception as exc:  # every failure becomes the job's error, never a dead thread
-            job.error = error_body(exc)
+            job.error = error_body(exc, job.request_id)
             job.status = "failed"
         finally:
             job.finished_at = time.time()
