@@ -208,11 +208,11 @@ def _method_kwargs(library_method: str, threshold: float) -> dict[str, Any]:
 def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress: Progress) -> dict[str, Any]:
     """The analyze endpoint's result (see :mod:`gsmile.server.detection` for the score)."""
     response, library_method, key = check_analyze(params)
-    if library_method not in METHODS:
-        raise NotSupported(f"method {params.get('method')!r} needs the {library_method!r} attribution method, which this gsmile version lacks")
     backend = holder.get()
     if not is_language_model(backend):
         raise NotSupported("the analyze endpoint needs a language model (log-probabilities); this service runs a scalar model")
+    if library_method not in METHODS:
+        raise NotSupported(f"method {params.get('method')!r} needs the {library_method!r} attribution method, which this gsmile version lacks")
     prompt, context = params["prompt"], params.get("context")
     response_ids = list(backend.encode_response(response))
     if not response_ids:
