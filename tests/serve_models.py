@@ -22,7 +22,7 @@ class ToyLM:
 
     model_id = "toy-lm"
 
-    def __init__(self, vocab: int = 64, boost: float = 3.0, dim: int = 8):
+    def __init__(self, vocab: int = 4096, boost: float = 3.0, dim: int = 8):
         self.vocab = vocab
         self.boost = boost
         self.words: dict[int, str] = {}

@@ -61,7 +61,7 @@ def any_method(monkeypatch):
 
 
 # --------------------------------------------------------------------- the score
-def _toy_mean_logprob(turn: str, response: str, vocab=64, boost=3.0) -> float:
+def _toy_mean_logprob(turn: str, response: str, vocab=4096, boost=3.0) -> float:
     """ℓ for ToyLM, derived by hand: p(r) = e^(boost·[r in turn]) / (V − |S| + |S|·e^boost)."""
     ids = {zlib.crc32(w.strip(".,?!").lower().encode()) % vocab for w in turn.split()}
     resp = [zlib.crc32(w.strip(".,?!").lower().encode()) % vocab for w in response.split()]

@@ -200,7 +200,11 @@ function renderTokens(exp) {
   strip.hidden = !has;
   if (!has) { clear($("token-text")); return; }
   const values = tc.map((row) => row.map((v) => (v === null ? NaN : v)));
-  const top = Math.max(0, ...values.flat().map((v) => (Number.isFinite(v) ? Math.abs(v) : 0)));
+  // each column (response token) is scaled to its own largest |value|, but never to less
+  // than a tenth of the largest overall, so a token that barely moved stays pale
+  const absAt = (row, j) => (Number.isFinite(row[j]) ? Math.abs(row[j]) : 0);
+  const globalTop = Math.max(0, ...values.map((row) => Math.max(0, ...row.map((_, j) => absAt(row, j)))));
+  const colTop = tokens.map((_, j) => Math.max(0.1 * globalTop, ...values.map((row) => absAt(row, j))));
   const head = el("tr");
   head.appendChild(el("th"));
   tokens.forEach((t, j) => {
@@ -220,7 +224,7 @@ function renderTokens(exp) {
     tr.appendChild(el("th", "row", u.text));
     values[i].forEach((v, j) => {
       const td = el("td");
-      paint(td, v, top > 0 && Number.isFinite(v) ? Math.abs(v) / top : 0);
+      paint(td, v, colTop[j] > 0 && Number.isFinite(v) ? Math.abs(v) / colTop[j] : 0);
       td.title = `${u.text} -> ${tokens[j]}: ${fmt(v, 4)}`;
       td.addEventListener("mouseenter", () => focusToken(j));
       tr.appendChild(td);
