@@ -98,7 +98,7 @@ class Settings:
                          ("xai_maxlen", 16), ("xai_src_chars", 16), ("analyze_min_maxlen", 16)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise InvalidInputError(f"{self.ENV.get(name, name)} must be an integer of at least {lo}, got {value!r}")
+                raise InvalidInputError(f"{name} ({self.ENV.get(name)}) must be an integer of at least {lo}, got {value!r}")
         if self.analyze_min_maxlen > self.xai_maxlen:
             self.analyze_min_maxlen = self.xai_maxlen
         if self.api_key is not None and not self.api_key.strip():
