@@ -361,3 +361,18 @@ def test_page_and_static_files_are_served_with_a_strict_policy(make_api):
     script = api.get("/static/app.js").text
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script
+
+
+@pytest.mark.model
+def test_explain_on_the_real_model(tmp_path):
+    app = create_app(Settings(jobs_path=tmp_path / "jobs.sqlite3"))
+    try:
+        r = Api(app).post("/v1/explain", json={"prompt": "What is the capital of France?", "response": "Paris",
+                                              "n_samples": 10, "target": "logprob"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_id"] and body["response_tokens"] and len(body["coefficients"]) == 6
+        assert np.array(body["token_coefficients"]).shape == (6, len(body["response_tokens"]))
+    finally:
+        app.state.manager.shutdown()
+        app.state.store.close()

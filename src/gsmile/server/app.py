@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -138,6 +139,15 @@ def create_app(settings: Settings | None = None, model=None):
 
     @asynccontextmanager
     async def lifespan(app):
+        # Load the model in the background at start-up, so the first request does not wait
+        # for it (a failure is logged here and reported to requests as a model error).
+        def preload():
+            try:
+                holder.get()
+            except Exception as exc:
+                log.warning("the model could not be loaded: %s", exc)
+
+        threading.Thread(target=preload, name="gsmile-preload", daemon=True).start()
         yield
         manager.shutdown()
 
