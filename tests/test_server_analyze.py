@@ -284,6 +284,9 @@ def test_eiffel_example_on_the_real_model(tmp_path):
         assert body["detection_type"] == "halluc_context" and body["xai"]["method"] == "mupax_causal"
         assert block["n_total"] == 200
         assert block["units"][1]["text"] == DATES
+        # the sentence that states the dates is what makes the response supported
+        assert block["top_tokens"][0]["token"] == DATES and block["units"][1]["effect"] == "negative"
+        assert body["base_score"] < 0.5
         print("base_score", body["base_score"], [(u["text"][:30], round(u["importance"], 3), u["effect"]) for u in block["units"]])
     finally:
         app.state.manager.shutdown()

@@ -136,3 +136,17 @@ def test_method_choices_come_from_the_service(page, server):
 
     assert page.locator("#method option").all_text_contents() == sorted(METHODS)
     assert page.is_disabled("#threshold") == ("mupax" != page.input_value("#method"))
+
+
+@pytest.mark.skipif("mupax" not in __import__("gsmile.methods").methods.METHODS, reason="needs the mupax method")
+def test_mupax_over_a_context(page, server, tmp_path):
+    context = "Paris is in France. The tower was built by Eiffel. Cheese is good. It rained."
+    _compute(page, server, prompt="Who built the tower in Paris?", context=context, response="Eiffel built it",
+             method="mupax", threshold="0.3", samples="100", target="logprob")
+    assert page.text_content("#text-title") == "Context"
+    assert page.locator("#text .unit").count() == 4
+    assert page.text_content("#text") == context
+    summary = page.text_content("#summary")
+    assert "explainedcontext (4 sentence units)" in summary and "percentile 0.3" in summary
+    assert page.locator("#top li strong").first.text_content() == "The tower was built by Eiffel."
+    page.screenshot(path=str(ARTIFACTS / "mupax-context.png"), full_page=True)

@@ -148,6 +148,15 @@ function render(exp) {
     ["samples", `${exp.n_samples} drawn, ${exp.n_unique} scored`], ["model", exp.model_id]];
   summary.appendChild(el("dt", null, "fidelity R²"));
   summary.appendChild(r2);
+  const extras = exp.extras || {};
+  if (extras.mupax) {
+    const m = extras.mupax;
+    rows.push(["MuPAX", `${m.n_accepted} of ${m.n_total} samples accepted (distance ≤ W = ${fmt(m.threshold_W, 4)}, percentile ${m.threshold_percentile})`]);
+  }
+  if (extras.stability) {
+    const s = extras.stability;
+    rows.push(["stability", `${s.runs} runs, top-${s.top_k} Jaccard ${fmt(s.topk_jaccard, 2)}`]);
+  }
   for (const [k, v] of rows) { summary.appendChild(el("dt", null, k)); summary.appendChild(el("dd", null, v)); }
   const warnings = $("warnings");
   clear(warnings);
