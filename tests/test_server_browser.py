@@ -140,7 +140,7 @@ def test_method_choices_come_from_the_service(page, server):
 
 @pytest.mark.skipif("mupax" not in __import__("gsmile.methods").methods.METHODS, reason="needs the mupax method")
 def test_mupax_over_a_context(page, server, tmp_path):
-    context = "Paris is in France. The tower was built by Eiffel. Cheese is good. It rained."
+    context = "Paris is in France. The tower was built by Eiffel. Cheese is good. Rain fell."
     _compute(page, server, prompt="Who built the tower in Paris?", context=context, response="Eiffel built it",
              method="mupax", threshold="0.3", samples="100", target="logprob")
     assert page.text_content("#text-title") == "Context"
