@@ -68,7 +68,6 @@ function request() {
   const body = {
     prompt: $("prompt").value,
     method: $("method").value,
-    unit: $("unit").value,
     target: $("target").value,
     n_samples: Number($("samples").value),
     random_state: Number($("seed").value || 0),
@@ -76,7 +75,9 @@ function request() {
   };
   const context = $("context").value;
   const response = $("response").value;
+  const unit = $("unit").value; // "auto": the library's default (words of a prompt, sentences of a context)
   if (context.trim()) body.context = context;
+  if (unit !== "auto") body[context.trim() ? "context_unit" : "unit"] = unit;
   if (response.trim()) body.response = response;
   if (body.method === "mupax") body.method_options = { threshold_percentile: Number($("threshold").value) };
   return body;
