@@ -332,6 +332,16 @@ def test_finished_jobs_survive_a_restart(tmp_path):
         app.state.store.close()
 
 
+def test_only_the_newest_finished_jobs_are_kept(make_api):
+    api = make_api(jobs_keep=2)
+    ids = []
+    for _ in range(3):
+        ids.append(api.post("/v1/explain", json={"prompt": PROMPT, "n_samples": 20, "async": True}).json()["job_id"])
+        api.wait_job(ids[-1])
+    assert api.get(f"/v1/jobs/{ids[0]}").status_code == 404
+    assert all(api.get(f"/v1/jobs/{i}").json()["status"] == "succeeded" for i in ids[1:])
+
+
 def test_unknown_job_is_404(make_api):
     api = make_api()
     assert api.get("/v1/jobs/" + "a" * 32).status_code == 404

@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None, model=None):
     ``settings.model`` (tests inject small ones)."""
     settings = (settings or Settings.from_env()).checked()
     holder = ModelHolder(model, settings.model)
-    store = JobStore(settings.jobs_path)
+    store = JobStore(settings.jobs_path, keep=settings.jobs_keep)
     manager = JobManager(store, settings.max_concurrent, settings.max_queue)
 
     @asynccontextmanager

@@ -7,7 +7,7 @@ for the whole service.
 
 :class:`JobStore` keeps asynchronous jobs (request, status, result or error) in a SQLite
 file. A finished job's result is written there before its status says so, so a restart
-loses none; jobs still queued or running when the service stopped are marked failed
+loses none (the newest ``keep`` finished jobs are kept); jobs still queued or running when the service stopped are marked failed
 ("interrupted") when it starts again.
 """
 
@@ -71,8 +71,9 @@ class Job:
 class JobStore:
     """Jobs in one SQLite file (created with its directory when missing)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, keep: int = 1000):
         self.path = Path(path)
+        self.keep = keep
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -96,6 +97,13 @@ class JobStore:
         )
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            if job.status in ("succeeded", "failed"):
+                # keep the newest `keep` finished jobs
+                self._conn.execute(
+                    "DELETE FROM jobs WHERE status IN ('succeeded', 'failed') AND job_id NOT IN "
+                    "(SELECT job_id FROM jobs WHERE status IN ('succeeded', 'failed') ORDER BY finished_at DESC LIMIT ?)",
+                    (self.keep,),
+                )
 
     def load(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:

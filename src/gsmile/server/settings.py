@@ -38,6 +38,7 @@ class Settings:
     max_queue: explanations waiting for a slot; beyond it, 503 with Retry-After.
     retry_after_s: the Retry-After value sent with that 503.
     jobs_path: SQLite file keeping jobs and their results across restarts.
+    jobs_keep: how many finished jobs the file keeps (the oldest are deleted).
     xai_maxlen: tokens (prompt side + response) of one scoring pass of the analyze score.
     xai_src_chars: context + prompt longer than this is cut from the beginning.
     analyze_min_maxlen: on out-of-memory the pass is retried with half the length, not below this.
@@ -51,6 +52,7 @@ class Settings:
     max_queue: int = 16
     retry_after_s: int = 5
     jobs_path: Path | None = None
+    jobs_keep: int = 1000
     xai_maxlen: int = 512
     xai_src_chars: int = 2400
     analyze_min_maxlen: int = 512
@@ -64,6 +66,7 @@ class Settings:
         "max_queue": "GSMILE_MAX_QUEUE",
         "retry_after_s": "GSMILE_RETRY_AFTER",
         "jobs_path": "GSMILE_JOBS_DB",
+        "jobs_keep": "GSMILE_JOBS_KEEP",
         "xai_maxlen": "GSMILE_XAI_MAXLEN",
         "xai_src_chars": "GSMILE_XAI_SRC_CHARS",
         "analyze_min_maxlen": "GSMILE_ANALYZE_MIN_MAXLEN",
@@ -94,7 +97,7 @@ class Settings:
 
     def checked(self) -> "Settings":
         """Check every value; raises InvalidInputError naming the setting."""
-        for name, lo in (("max_body_bytes", 1024), ("max_concurrent", 1), ("max_queue", 0), ("retry_after_s", 1),
+        for name, lo in (("max_body_bytes", 1024), ("max_concurrent", 1), ("max_queue", 0), ("retry_after_s", 1), ("jobs_keep", 1),
                          ("xai_maxlen", 16), ("xai_src_chars", 16), ("analyze_min_maxlen", 16)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
