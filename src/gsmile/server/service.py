@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..backends import LanguageModel, ScalarModel, resolve_model
-from ..errors import GsmileError, InvalidInputError, ModelError, UnknownNameError
+from ..errors import GsmileError, ModelError, UnknownNameError
 from ..explainer import Explainer
 from ..methods import METHODS
 from ..units import Segmentation
