@@ -150,3 +150,27 @@ def test_mupax_over_a_context(page, server, tmp_path):
     assert "explainedcontext (4 sentence units)" in summary and "percentile 0.3" in summary
     assert page.locator("#top li strong").first.text_content() == "The tower was built by Eiffel."
     page.screenshot(path=str(ARTIFACTS / "mupax-context.png"), full_page=True)
+
+
+def test_api_key_entered_on_the_page(browser, tmp_path):
+    app = create_app(Settings(jobs_path=tmp_path / "jobs.sqlite3", api_key="pa55"), model=ToyLM())
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        with running_server(app) as url:
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            page.fill("#prompt", PROMPT)
+            page.fill("#samples", "30")
+            page.click("#compute")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "API key" in page.text_content("#error")
+            assert page.locator("#key-box").get_attribute("open") is not None  # opened for the user
+            page.fill("#apikey", "pa55")
+            page.click("#compute")
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            assert page.is_hidden("#error")
+    finally:
+        context.close()
+        app.state.manager.shutdown()
+        app.state.store.close()
