@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 
@@ -12,6 +13,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from gsmile import explain  # noqa: E402
+from gsmile.explainer import Explainer  # noqa: E402
 from gsmile.methods import METHODS  # noqa: E402
 from gsmile.server import Settings, create_app  # noqa: E402
 from gsmile.server.openapi import SCHEMA_PATH, current_schema, dumps  # noqa: E402
@@ -386,3 +388,32 @@ def test_explain_on_the_real_model(tmp_path):
     finally:
         app.state.manager.shutdown()
         app.state.store.close()
+
+
+_EXPLAIN_OPTIONS = set(inspect.signature(Explainer.__init__).parameters)
+_EXPLAIN_ARGS = set(inspect.signature(Explainer.explain).parameters)
+SEGMENTS = ["alpha bravo ", "charlie delta ", "echo foxtrot ", "golf"]
+
+
+@pytest.mark.skipif("runs" in _EXPLAIN_OPTIONS, reason="this gsmile has runs")
+def test_options_this_version_lacks_get_422(make_api):
+    r = make_api().post("/v1/explain", json={"prompt": PROMPT, "runs": 2})
+    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "runs"
+
+
+@pytest.mark.skipif(not {"runs", "top_k"} <= _EXPLAIN_OPTIONS or "segments" not in _EXPLAIN_ARGS,
+                    reason="needs runs, top_k and segments (methods branch)")
+def test_runs_segments_and_context_reach_the_library(make_api):
+    api = make_api()
+    body = {"prompt": PROMPT, "n_samples": 60, "random_state": 1, "runs": 2, "top_k": 2, "segments": SEGMENTS}
+    r = api.post("/v1/explain", json=body)
+    assert r.status_code == 200, r.text
+    direct = explain(PROMPT, model=Additive(WEIGHTS, bias=0.5), n_samples=60, random_state=1, runs=2, top_k=2,
+                     segments=SEGMENTS).to_dict()
+    got = r.json()
+    assert [u["text"] for u in got["units"]] == [u["text"] for u in direct["units"]]
+    assert got["coefficients"] == direct["coefficients"]
+    assert got["extras"]["stability"]["runs"] == 2
+    ctx = api.post("/v1/explain", json={"prompt": "Which words?", "context": "alpha bravo. delta echo.", "n_samples": 20})
+    assert ctx.status_code == 200, ctx.text
+    assert ctx.json()["explained"] == "context" and ctx.json()["context"] == "alpha bravo. delta echo."

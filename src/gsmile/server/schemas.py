@@ -36,6 +36,9 @@ class ExplainRequest(BaseModel):
         None, description='the method\'s own options, e.g. {"threshold_percentile": 0.2} for mupax'
     )
     runs: int | None = Field(None, ge=1, le=20, description="repeat with consecutive seeds and report stability")
+    top_k: int | None = Field(None, ge=1, le=1000, description="top units compared across runs")
+    context_template: str | None = Field(None, max_length=10_000, description="user turn built from {context} and {prompt}")
+    segments: list[str] | None = Field(None, max_length=10_000, description="your own units: strings that tile the explained text")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
 
 

@@ -34,8 +34,8 @@ def _explainer_options() -> set[str]:
     return {p for p in inspect.signature(Explainer.__init__).parameters if p not in ("self", "model")}
 
 
-def _explain_accepts_context() -> bool:
-    return "context" in inspect.signature(Explainer.explain).parameters
+def _explain_arguments() -> set[str]:
+    return set(inspect.signature(Explainer.explain).parameters)
 
 
 def is_language_model(backend) -> bool:
@@ -133,7 +133,7 @@ def _progress_counter(progress: Progress, expected: int):
 
 # --------------------------------------------------------------------------- explain
 EXPLAIN_FIELDS = ("method", "unit", "context_unit", "target", "n_samples", "dropout", "sigma", "random_state",
-                  "batch_size", "max_new_tokens", "method_options", "runs")
+                  "batch_size", "max_new_tokens", "method_options", "runs", "top_k", "context_template")
 
 
 def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -148,17 +148,17 @@ def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress)
         if name not in accepted:
             raise FieldError(name, "this gsmile version does not support it; leave it out")
         options[name] = value
-    context = params.get("context")
-    if context is not None and not _explain_accepts_context():
-        raise FieldError("context", "this gsmile version cannot explain a context; leave it out")
+    extra: dict[str, Any] = {}
+    for name in ("context", "segments"):
+        if params.get(name) is not None:
+            if name not in _explain_arguments():
+                raise FieldError(name, "this gsmile version does not support it; leave it out")
+            extra[name] = params[name]
     backend = holder.get()
     expected = int(options.get("n_samples", 200)) * int(options.get("runs") or 1) + 1
     model = _counting(backend, _progress_counter(progress, expected))
     explainer = Explainer(model, **options)
-    if context is not None:
-        exp = explainer.explain(params["prompt"], params.get("response"), context=context)
-    else:
-        exp = explainer.explain(params["prompt"], params.get("response"))
+    exp = explainer.explain(params["prompt"], params.get("response"), **extra)
     return exp.to_dict()
 
 
