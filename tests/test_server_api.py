@@ -395,12 +395,6 @@ _EXPLAIN_ARGS = set(inspect.signature(Explainer.explain).parameters)
 SEGMENTS = ["alpha bravo ", "charlie delta ", "echo foxtrot ", "golf"]
 
 
-@pytest.mark.skipif("runs" in _EXPLAIN_OPTIONS, reason="this gsmile has runs")
-def test_options_this_version_lacks_get_422(make_api):
-    r = make_api().post("/v1/explain", json={"prompt": PROMPT, "runs": 2})
-    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "runs"
-
-
 @pytest.mark.skipif(not {"runs", "top_k"} <= _EXPLAIN_OPTIONS or "segments" not in _EXPLAIN_ARGS,
                     reason="needs runs, top_k and segments (methods branch)")
 def test_runs_segments_and_context_reach_the_library(make_api):
