@@ -9,6 +9,7 @@ concurrent extraction never leaves a half-written model. Loaded with sentence-tr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import zipfile
