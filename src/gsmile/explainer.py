@@ -16,8 +16,9 @@ import numpy as np
 from .backends import LanguageModel, ScalarModel, resolve_model
 from .errors import InvalidInputError
 from .explanation import FIDELITY_THRESHOLD, Explanation
-from .methods import make_method
-from .samplers import DROPOUT_WARN
+from .methods import make_method, method_options
+from .metrics import DEFAULT_TOP_K, stability
+from .samplers import DROPOUT_WARN, make_rng
 from .targets import make_target
 from .units import Segmentation
 
@@ -30,6 +31,12 @@ SAMPLES_RANGE = (10, 100_000)
 ESS_WARN_SHARE = 0.3
 #: Warn when the prompt has fewer units than this.
 FEW_UNITS = 5
+RUNS_RANGE = (1, 1000)
+#: How a context and the prompt share the user turn when the context is explained.
+CONTEXT_TEMPLATE = "Context:\n{context}\n\nQuestion: {prompt}"
+#: Options of the Explainer that belong to gSMILE, with their defaults; other methods
+#: receive them only when their factory takes them.
+_GSMILE_OPTIONS = {"dropout": 0.2, "sigma": None}
 
 
 class GsmileWarning(UserWarning):
@@ -60,6 +67,14 @@ class Explainer:
     max_new_tokens: length of the greedy baseline response.
     random_state: seed; the same seed gives the same explanation.
     progress: show a progress bar on stderr.
+    method_options: the method's own options, e.g. ``{"kernel_width": 0.25}`` for lime,
+        ``{"window": 2}`` for occlusion (see ``gsmile.methods.method_options(name)``).
+    runs: repeat the explanation with seeds random_state .. random_state+runs-1 and report
+        how stable it is (``extras["stability"]``); the coefficients are the runs' mean.
+    top_k: how many top units the stability report compares across runs.
+    context_unit: unit of a context explained with ``explain(..., context=...)``.
+    context_template: the user turn built from the context and the prompt; it must contain
+        ``{context}`` and ``{prompt}``.
     """
 
     def __init__(
@@ -76,6 +91,11 @@ class Explainer:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         random_state: int | None = None,
         progress: bool = False,
+        method_options: dict[str, Any] | None = None,
+        runs: int = 1,
+        top_k: int = DEFAULT_TOP_K,
+        context_unit: str = "sentence",
+        context_template: str = CONTEXT_TEMPLATE,
     ):
         self.model = model
         self.method = method
@@ -88,19 +108,70 @@ class Explainer:
         self.max_new_tokens = max_new_tokens
         self.random_state = random_state
         self.progress = progress
+        self.method_options = method_options
+        self.runs = runs
+        self.top_k = top_k
+        self.context_unit = context_unit
+        self.context_template = context_template
 
     # ----------------------------------------------------------- checks
-    def validate(self):
+    def _method_options(self) -> dict[str, Any]:
+        """The options handed to the method's factory: ``method_options`` plus dropout/sigma
+        where the method takes them (an explicitly set one it does not take is an error)."""
+        options = self.method_options if self.method_options is not None else {}
+        if not isinstance(options, dict):
+            raise InvalidInputError(f"method_options must be a dict of option names to values, got {type(options).__name__}")
+        options = dict(options)
+        accepted = method_options(self.method)
+        for name, default in _GSMILE_OPTIONS.items():
+            value = getattr(self, name)
+            if name in accepted:
+                options.setdefault(name, value)
+            elif value != default:
+                valid = ", ".join(accepted) if accepted else "no options"
+                raise InvalidInputError(f"{name} is an option of gsmile; method {self.method!r} takes {valid}")
+        return options
+
+    def validate(self, seed=None):
         """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
         n_samples = _int_in("n_samples", self.n_samples, *SAMPLES_RANGE)
         batch_size = _int_in("batch_size", self.batch_size, 1, 4096)
         max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
-        method = make_method(self.method, dropout=self.dropout, sigma=self.sigma, random_state=self.random_state)
+        _int_in("runs", self.runs, *RUNS_RANGE)
+        _int_in("top_k", self.top_k, 1, 100_000)
+        method = self._make_method(self.random_state if seed is None else seed)
         method.validate()
         return n_samples, batch_size, max_new_tokens, method
 
+    def _make_method(self, seed):
+        return make_method(self.method, **self._method_options(), random_state=seed)
+
+    def _check_template(self) -> str:
+        template = self.context_template
+        try:
+            ok = isinstance(template, str) and "{context}" in template and "{prompt}" in template
+            ok = ok and template.format(context="", prompt="") is not None
+        except (KeyError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidInputError(
+                "context_template must be text containing {context} and {prompt} (write other braces as {{ and }})"
+            )
+        return template
+
     # ---------------------------------------------------------- explain
-    def explain(self, prompt: str, response: str | None = None) -> Explanation:
+    def explain(
+        self,
+        prompt: str,
+        response: str | None = None,
+        *,
+        context: str | None = None,
+        segments: list[str] | None = None,
+    ) -> Explanation:
+        """Explain the prompt, or with ``context`` the context (its units are attributed while
+        the prompt stays fixed; the model sees both in the user turn, see
+        ``context_template``). ``segments``: user-given units, strings that tile the
+        explained text in order (whitespace between them allowed)."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         notes: list[str] = []
@@ -108,9 +179,14 @@ class Explainer:
             raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
         if response is not None and (not isinstance(response, str) or not response.strip()):
             raise InvalidInputError("the response is empty; leave it out to let the model generate one")
+        if context is not None and (not isinstance(context, str) or not context.strip()):
+            raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt")
         n_samples, batch_size, max_new_tokens, method = self.validate()
-        if self.dropout > DROPOUT_WARN:
-            notes.append(f"dropout {self.dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
+        runs = int(self.runs)
+        template = self._check_template() if context is not None else None
+        dropout = method.params.get("dropout")
+        if dropout is not None and dropout > DROPOUT_WARN:
+            notes.append(f"dropout {dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
 
         tic = time.perf_counter()
         backend = resolve_model(self.model)
@@ -120,116 +196,165 @@ class Explainer:
             backend.load()
         timings["load"] = time.perf_counter() - tic
 
-        segmentation = Segmentation.from_text(
-            prompt, self.unit, tokenizer=backend.token_spans if is_lm and self.unit == "token" else None
-        )
+        explained = "prompt" if context is None else "context"
+        text = prompt if context is None else context
+        unit = self.unit if context is None else self.context_unit
+        if segments is not None:
+            segmentation = Segmentation.from_segments(text, segments)
+            unit = "custom"
+        else:
+            segmentation = Segmentation.from_text(
+                text, unit, tokenizer=backend.token_spans if is_lm and unit == "token" else None
+            )
         n_units = len(segmentation)
         if n_units < 2:
             raise InvalidInputError(
-                f"the prompt has {n_units} {self.unit} unit(s); at least 2 are needed to compare them "
-                f"(write a longer prompt or use a finer --unit)"
+                f"the {explained} has {n_units} {unit} unit(s); at least 2 are needed to compare them "
+                f"(write a longer {explained} or use a finer --unit)"
             )
         if n_units < FEW_UNITS:
-            notes.append(f"the prompt has only {n_units} units; attributions over so few units say little")
+            notes.append(f"the {explained} has only {n_units} units; attributions over so few units say little")
 
-        masks = np.vstack([segmentation.full_mask[None, :], method.sample(n_units, n_samples)])
-        unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
-        texts = [segmentation.render(m) for m in unique_masks]
-        full_row = int(np.flatnonzero(unique_masks.all(axis=1))[0])
+        if context is None:
+            def model_input(mask):
+                return segmentation.render(mask)
+        else:
+            def model_input(mask):
+                return template.format(context=segmentation.render(mask), prompt=prompt)
+        original = model_input(segmentation.full_mask)
 
         response_ids = response_tokens = None
+        cache: dict[str, tuple[float, np.ndarray | None]] = {}
         if is_lm:
             tic = time.perf_counter()
-            response_ids = backend.encode_response(response) if response is not None else backend.generate(prompt, max_new_tokens)
+            response_ids = backend.encode_response(response) if response is not None else backend.generate(original, max_new_tokens)
             if not response_ids:
                 raise InvalidInputError("the model generated an empty response; pass --response to explain a given one")
             response = backend.decode(response_ids) if response is None else response
             response_tokens = backend.token_strings(response_ids)
             timings["generate"] = time.perf_counter() - tic
             tic = time.perf_counter()
-            reference = backend.logprobs([prompt], response_ids)[0]
+            reference = backend.logprobs([original], response_ids)[0]
             embeddings = backend.token_embeddings() if target.name == "wasserstein" else None
             target.prepare(reference, response_ids, embeddings)
+            # The original input is not re-scored: its shift is 0 by definition.
+            cache[original] = (0.0, np.zeros(len(response_ids)))
             timings["reference"] = time.perf_counter() - tic
 
-        tic = time.perf_counter()
-        y_unique, Y_unique, n_calls = self._evaluate(backend, target, texts, full_row, batch_size, is_lm)
-        timings["score"] = time.perf_counter() - tic
-
-        tic = time.perf_counter()
-        y = y_unique[inverse.ravel()]
-        Y = Y_unique[inverse.ravel()] if Y_unique is not None else None
-        result = method.fit(masks, y, Y)
-        timings["fit"] = time.perf_counter() - tic
+        base_seed = self.random_state
+        if runs > 1 and base_seed is None:
+            base_seed = int(make_rng(None).integers(0, 2**31 - 1))
+        seeds = [base_seed] if runs == 1 else [base_seed + r for r in range(runs)]
+        results, n_rows = [], 0
+        timings["score"] = timings["fit"] = 0.0
+        n_calls = 0
+        for r, seed in enumerate(seeds):
+            run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
+            masks = np.vstack([segmentation.full_mask[None, :], run_method.sample(n_units, n_samples)])
+            unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
+            texts = [model_input(m) for m in unique_masks]
+            tic = time.perf_counter()
+            y_unique, Y_unique, calls = self._evaluate(backend, target, texts, batch_size, is_lm, cache)
+            n_calls += calls
+            timings["score"] += time.perf_counter() - tic
+            tic = time.perf_counter()
+            y = y_unique[inverse.ravel()]
+            Y = Y_unique[inverse.ravel()] if Y_unique is not None else None
+            results.append(run_method.fit(masks, y, Y))
+            timings["fit"] += time.perf_counter() - tic
+            n_rows = len(masks) if r == 0 else n_rows
         timings["total"] = time.perf_counter() - t_start
 
-        ess = result.effective_sample_size
-        if ess < ESS_WARN_SHARE * len(masks):
+        result = results[0]
+        coefficients, intercept, fidelity = result.coefficients, result.intercept, result.fidelity_r2
+        token_coefficients, ess, extras = result.token_coefficients, result.effective_sample_size, dict(result.extras)
+        if runs > 1:
+            coefficients = np.mean([res.coefficients for res in results], axis=0)
+            intercept = float(np.mean([res.intercept for res in results]))
+            r2s = np.array([res.fidelity_r2 for res in results], dtype=float)
+            fidelity = float(np.nanmean(r2s)) if np.isfinite(r2s).any() else float("nan")
+            ess = float(np.mean([res.effective_sample_size for res in results]))
+            if token_coefficients is not None:
+                token_coefficients = np.mean([res.token_coefficients for res in results], axis=0)
+            report = stability([res.coefficients for res in results], k=self.top_k, seeds=seeds)
+            report["fidelity_r2"] = [None if not np.isfinite(v) else float(v) for v in r2s]
+            extras["stability"] = report
+            if report["unstable"]:
+                listed = ", ".join(repr(segmentation.units[i].text) for i in report["unstable"][:5])
+                more = "..." if len(report["unstable"]) > 5 else ""
+                notes.append(
+                    f"{len(report['unstable'])} unit(s) are unstable across the {runs} runs (sign flips or std above "
+                    f"|mean|): {listed}{more}; use more samples or larger units"
+                )
+
+        if method.ess_hint is not None and ess < ESS_WARN_SHARE * n_rows:
             notes.append(
-                f"effective sample size {ess:.1f} is under {ESS_WARN_SHARE:.0%} of the {len(masks)} samples: "
-                f"few perturbations are close to the prompt (raise --sigma or lower --dropout)"
+                f"effective sample size {ess:.1f} is under {ESS_WARN_SHARE:.0%} of the {n_rows} samples: "
+                f"few perturbations are close to the {explained} ({method.ess_hint})"
             )
-        if not np.isfinite(result.fidelity_r2):
+        if not np.isfinite(fidelity):
             notes.append("the model's output did not change under any perturbation; there is nothing to attribute")
-        elif result.fidelity_r2 < FIDELITY_THRESHOLD:
+        elif fidelity < FIDELITY_THRESHOLD:
             notes.append(
-                f"surrogate fidelity R² {result.fidelity_r2:.2f} is below {FIDELITY_THRESHOLD}: the linear "
+                f"surrogate fidelity R² {fidelity:.2f} is below {FIDELITY_THRESHOLD}: the linear "
                 f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
             )
         for note in notes:
             warnings.warn(note, GsmileWarning, stacklevel=2)
 
+        params = {**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm else None}
+        if runs > 1:
+            params.update(runs=runs, top_k=int(self.top_k))
+        if context is not None:
+            params["context_template"] = template
         return Explanation(
             prompt=prompt,
             response=response,
             units=segmentation.units,
-            coefficients=result.coefficients,
-            intercept=result.intercept,
-            fidelity_r2=result.fidelity_r2,
+            coefficients=coefficients,
+            intercept=intercept,
+            fidelity_r2=fidelity,
             method=method.name,
             target=target.name if is_lm else "model_output",
-            unit_type=self.unit,
-            n_samples=n_samples,
+            unit_type=unit,
+            n_samples=n_rows - 1,
             n_unique=n_calls,
             sigma=result.sigma,
             effective_sample_size=ess,
             model_id=backend.model_id,
-            random_state=self.random_state,
-            params={**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm else None},
+            random_state=base_seed,
+            explained=explained,
+            context=context,
+            params=params,
             timings=timings,
             warnings=notes,
             response_tokens=response_tokens,
-            token_coefficients=result.token_coefficients,
+            token_coefficients=token_coefficients,
+            extras=extras,
         )
 
-    def _evaluate(self, backend, target, texts: list[str], full_row: int, batch_size: int, is_lm: bool):
-        """Explained value y per unique mask (and, for language models, one column per response
-        token). Each distinct text is sent to the model once; the original prompt of a language
-        model is not re-scored: its Δ is 0 by definition."""
-        order: dict[str, int] = {}
-        for i, text in enumerate(texts):
-            if not (is_lm and i == full_row):
-                order.setdefault(text, len(order))
-        pending = list(order)
-        n_out = len(target.response_ids_) if is_lm else 0
-        values = np.zeros(len(pending))
-        per_token = np.zeros((len(pending), n_out)) if is_lm else None
+    def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict):
+        """Explained value y per text (and, for language models, one column per response
+        token). Each distinct text is sent to the model once; ``cache`` (text -> values)
+        keeps them across runs. Returns (y, Y or None, number of texts sent)."""
+        pending = [t for t in dict.fromkeys(texts) if t not in cache]
         bar = _progress(len(pending), self.progress)
         try:
             for lo in range(0, len(pending), batch_size):
                 batch = pending[lo : lo + batch_size]
                 if is_lm:
                     shift = target.per_position(backend.logprobs(batch, target.response_ids_))
-                    per_token[lo : lo + len(batch)] = -shift
-                    values[lo : lo + len(batch)] = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
+                    values = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
+                    for text, value, row in zip(batch, values, -shift):
+                        cache[text] = (float(value), row)
                 else:
-                    values[lo : lo + len(batch)] = backend(batch)
+                    for text, value in zip(batch, backend(batch)):
+                        cache[text] = (float(value), None)
                 bar.update(len(batch))
         finally:
             bar.close()
-        index = np.array([order[t] if t in order else -1 for t in texts])
-        y = np.where(index >= 0, values[index], 0.0)
-        Y = np.where(index[:, None] >= 0, per_token[index], 0.0) if is_lm else None
+        y = np.array([cache[t][0] for t in texts], dtype=float)
+        Y = np.vstack([cache[t][1] for t in texts]) if is_lm else None
         return y, Y, len(pending)
 
 
@@ -249,6 +374,15 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="scoring perturbations", unit="prompt", file=sys.stderr, leave=False)
 
 
-def explain(prompt: str, response: str | None = None, *, model=None, **options) -> Explanation:
-    """Explain ``prompt`` (and the model's response to it) in one call; see :class:`Explainer`."""
-    return Explainer(model, **options).explain(prompt, response)
+def explain(
+    prompt: str,
+    response: str | None = None,
+    *,
+    model=None,
+    context: str | None = None,
+    segments: list[str] | None = None,
+    **options,
+) -> Explanation:
+    """Explain ``prompt`` (or, with ``context``, the context) and the model's response in one
+    call; see :class:`Explainer` and :meth:`Explainer.explain`."""
+    return Explainer(model, **options).explain(prompt, response, context=context, segments=segments)

@@ -44,3 +44,71 @@ def effective_sample_size(weights: np.ndarray) -> float:
     weights = np.asarray(weights, dtype=float)
     denom = float(np.sum(weights**2))
     return float(np.sum(weights) ** 2 / denom) if denom > 0 else 0.0
+
+
+class UniformKernel:
+    """Every mask weighs 1 (occlusion, MuPAX)."""
+
+    name = "uniform"
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        return np.ones(np.asarray(masks).shape[0])
+
+
+def cosine_distance_to_full(masks: np.ndarray) -> np.ndarray:
+    """Cosine distance between each mask (as a 0/1 vector) and the all-kept mask:
+    ``1 - sqrt(kept / N)``; the empty mask, whose cosine is undefined, is at distance 1."""
+    masks = np.asarray(masks, dtype=bool)
+    return 1.0 - np.sqrt(masks.sum(axis=1) / masks.shape[1])
+
+
+class ExponentialCosineKernel:
+    """LIME's proximity: w = exp(-d^2 / width^2), d = :func:`cosine_distance_to_full`.
+
+    The default width 0.25 equals LIME's text default (distances scaled by 100, width 25).
+    """
+
+    name = "exponential_cosine"
+
+    def __init__(self, kernel_width: float = 0.25):
+        self.kernel_width = kernel_width
+
+    def validate(self) -> None:
+        w = self.kernel_width
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
+            raise InvalidInputError(f"kernel_width must be a positive number, got {w!r}")
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        self.validate()
+        d = cosine_distance_to_full(masks)
+        return np.exp(-(d**2) / float(self.kernel_width) ** 2)
+
+
+def shapley_kernel_weight(n_units: int, n_kept: np.ndarray) -> np.ndarray:
+    """The Shapley kernel ``(N-1) / (C(N,s) s (N-s))`` for coalitions of size ``s``;
+    0 for the empty and the full coalition (their weight is infinite: they enter the
+    fit as the efficiency constraint instead)."""
+    s = np.asarray(n_kept, dtype=np.int64)
+    out = np.zeros(s.shape, dtype=float)
+    inner = (s > 0) & (s < n_units)
+    comb = np.array([math.comb(n_units, int(k)) for k in s[inner]], dtype=float)
+    out[inner] = (n_units - 1) / (comb * s[inner] * (n_units - s[inner]))
+    return out
+
+
+class ShapleyKernel:
+    """Shapley-kernel weights per distinct coalition.
+
+    Each distinct mask gets its Shapley-kernel weight once: a mask that appears ``m`` times
+    gets ``weight / m`` on each row. So the fit is the Shapley-weighted regression over the
+    distinct coalitions evaluated, which is exact (the Shapley values) when every coalition
+    is there, and approaches it as more are sampled.
+    """
+
+    name = "shapley"
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, dtype=bool)
+        _, inverse, counts = np.unique(masks, axis=0, return_inverse=True, return_counts=True)
+        multiplicity = counts[inverse.ravel()]
+        return shapley_kernel_weight(masks.shape[1], masks.sum(axis=1)) / multiplicity

@@ -50,3 +50,133 @@ class DropoutSampler:
             rows = np.flatnonzero(full)
             masks[rows, rng.integers(0, n_units, size=rows.size)] = False
         return masks
+
+
+def _check_units(n_units: int) -> int:
+    if isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units < 1:
+        raise InvalidInputError(f"the number of units must be a positive integer, got {n_units!r}")
+    return int(n_units)
+
+
+def _random_subsets(rng: np.random.Generator, sizes: np.ndarray, n_units: int) -> np.ndarray:
+    """One row per size: a uniformly random subset of ``sizes[r]`` of the ``n_units`` units
+    (True = in the subset). Each row ranks the units by a random permutation."""
+    rank = np.argsort(np.argsort(rng.random((len(sizes), n_units)), axis=1), axis=1)
+    return rank < np.asarray(sizes)[:, None]
+
+
+def all_coalitions(n_units: int) -> np.ndarray:
+    """Every mask over ``n_units`` units, ``2**n_units`` rows; row ``r`` keeps unit ``i``
+    when bit ``i`` of ``r`` is set (so row 0 drops everything and the last row keeps all)."""
+    n_units = _check_units(n_units)
+    rows = np.arange(2**n_units, dtype=np.int64)[:, None]
+    return ((rows >> np.arange(n_units, dtype=np.int64)[None, :]) & 1).astype(bool)
+
+
+class OcclusionSampler:
+    """Leave-out masks: mask ``i`` drops units ``i .. i+window-1`` (a window sliding one unit
+    at a time, ``n_units - window + 1`` masks). ``window=1`` is leave-one-out. Deterministic:
+    ``n_samples`` is ignored."""
+
+    name = "occlusion"
+
+    def __init__(self, window: int = 1):
+        self.window = window
+
+    def validate(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer)) or self.window < 1:
+            raise InvalidInputError(f"window must be a positive integer (units occluded together), got {self.window!r}")
+
+    def sample(self, n_units: int, n_samples: int | None = None) -> np.ndarray:
+        self.validate()
+        n_units = _check_units(n_units)
+        if self.window > n_units:
+            raise InvalidInputError(f"window {self.window} is larger than the {n_units} units; use a window of at most {n_units}")
+        n_masks = n_units - self.window + 1
+        masks = np.ones((n_masks, n_units), dtype=bool)
+        for i in range(n_masks):
+            masks[i, i : i + self.window] = False
+        return masks
+
+
+class SubsetSizeSampler:
+    """Draw how many units to drop uniformly from ``min_drop .. n_units - min_keep``, then
+    which ones uniformly among the subsets of that size.
+
+    LIME's sampler is ``min_drop=1, min_keep=0`` (1..N removed, the empty text included);
+    MuPAX uses ``min_keep=1`` so every sample keeps some of the input.
+    """
+
+    name = "subset_size"
+
+    def __init__(self, min_drop: int = 1, min_keep: int = 0, random_state: int | np.random.Generator | None = None):
+        self.min_drop = min_drop
+        self.min_keep = min_keep
+        self.random_state = random_state
+
+    def sample(self, n_units: int, n_samples: int) -> np.ndarray:
+        n_units = _check_units(n_units)
+        hi = n_units - self.min_keep
+        if hi < self.min_drop:
+            raise InvalidInputError(f"{n_units} unit(s) are too few for this sampler; at least {self.min_drop + self.min_keep} are needed")
+        rng = make_rng(self.random_state)
+        n_drop = rng.integers(self.min_drop, hi + 1, size=n_samples)
+        return ~_random_subsets(rng, n_drop, n_units)
+
+
+def shapley_size_weights(n_units: int) -> np.ndarray:
+    """Total Shapley-kernel weight of the coalitions of each size s = 1..N-1,
+    proportional to ``(N-1) / (s (N-s))`` (index 0 is size 1)."""
+    s = np.arange(1, n_units, dtype=float)
+    w = (n_units - 1) / (s * (n_units - s))
+    return w / w.sum()
+
+
+class ExhaustiveSampler:
+    """Every coalition (``2**n_units`` masks, the empty and the full one included);
+    ``n_samples`` is ignored. Refuses more than ``max_units`` units."""
+
+    name = "exhaustive"
+
+    def __init__(self, max_units: int = 14, instead: str = "kernelshap"):
+        self.max_units = max_units
+        self.instead = instead
+
+    def sample(self, n_units: int, n_samples: int | None = None) -> np.ndarray:
+        n_units = _check_units(n_units)
+        if n_units > self.max_units:
+            raise InvalidInputError(
+                f"exact Shapley values need all 2^{n_units} = {2**n_units} coalitions; {n_units} units is above "
+                f"the limit of {self.max_units}: use method '{self.instead}' (sampled Shapley values) or larger units"
+            )
+        return all_coalitions(n_units)
+
+
+class ShapleySampler:
+    """KernelSHAP's masks. When the budget covers every coalition (``n_samples + 1 >= 2**N``,
+    the explainer's original row counted) it enumerates them all; otherwise it returns the empty
+    mask followed by ``n_samples - 1`` draws: a coalition size from the Shapley kernel's size
+    distribution (:func:`shapley_size_weights`), members uniform given the size, each draw
+    followed by its complement (paired sampling)."""
+
+    name = "shapley_kernel"
+
+    def __init__(self, random_state: int | np.random.Generator | None = None):
+        self.random_state = random_state
+
+    def exhaustive(self, n_units: int, n_samples: int) -> bool:
+        return n_units < 62 and n_samples + 1 >= 2**n_units
+
+    def sample(self, n_units: int, n_samples: int) -> np.ndarray:
+        n_units = _check_units(n_units)
+        if n_units < 2 or self.exhaustive(n_units, n_samples):
+            return all_coalitions(n_units)
+        rng = make_rng(self.random_state)
+        n_draws = n_samples - 1
+        n_pairs = (n_draws + 1) // 2
+        sizes = rng.choice(np.arange(1, n_units), size=n_pairs, p=shapley_size_weights(n_units))
+        kept = _random_subsets(rng, sizes, n_units)
+        paired = np.empty((2 * n_pairs, n_units), dtype=bool)
+        paired[0::2] = kept
+        paired[1::2] = ~kept
+        return np.vstack([np.zeros((1, n_units), dtype=bool), paired[:n_draws]])

@@ -81,3 +81,159 @@ class WeightedLinearRegression:
 
     def predict(self, Z) -> np.ndarray:
         return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
+
+
+def _anchor(Z: np.ndarray, y: np.ndarray, keep_all: bool) -> np.ndarray:
+    """Mean value of the rows that keep every unit (``keep_all``) or drop every unit."""
+    rows = Z.all(axis=1) if keep_all else ~Z.any(axis=1)
+    if not rows.any():
+        which = "keeps every unit (the original input)" if keep_all else "drops every unit (the empty input)"
+        raise InvalidInputError(f"this surrogate needs a row that {which}")
+    return y[rows].mean(axis=0)
+
+
+class EfficientLinearRegression:
+    """Weighted least squares under the efficiency constraint of Shapley values.
+
+    The intercept is the value of the empty input and the coefficients sum to
+    ``y(full) - y(empty)``; both anchor rows must be among the rows (their own weight is
+    ignored: they are fitted exactly). The other rows are fitted by weighted least squares
+    within the constraint: ``coef = (Δ/N)·1 + P u`` with ``P`` an orthonormal basis of the
+    vectors summing to zero, ``u`` the minimum-norm solution, so units the data cannot tell
+    apart share equally. With Shapley-kernel weights over every coalition the coefficients
+    are the exact Shapley values.
+    """
+
+    name = "efficient_wls"
+
+    def fit(self, Z, y, sample_weight=None) -> "EfficientLinearRegression":
+        Z, y, _ = _check(Z, y, None)
+        w = np.ones(len(Z)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        if w.shape != (len(Z),) or np.any(w < 0):
+            raise InvalidInputError("sample_weight must be non-negative, one per row")
+        mask = Z > 0.5
+        n_units = Z.shape[1]
+        y_full = _anchor(mask, y, keep_all=True)
+        y_empty = _anchor(mask, y, keep_all=False)
+        delta = y_full - y_empty
+        base = np.full(n_units, 1.0 / n_units)
+        coef = np.outer(base, delta) if y.ndim == 2 else base * delta
+        inner = ~(mask.all(axis=1) | ~mask.any(axis=1)) & (w > 0)
+        if inner.any() and n_units > 1:
+            # Orthonormal basis of {v : sum(v) = 0}: the last N-1 right singular vectors of 1ᵀ.
+            P = np.linalg.svd(np.ones((1, n_units)))[2][1:].T
+            Zi = Z[inner]
+            residual = y[inner] - y_empty - Zi @ coef
+            sw = np.sqrt(w[inner])
+            A = (Zi @ P) * sw[:, None]
+            b = residual * (sw[:, None] if y.ndim == 2 else sw)
+            u, *_ = np.linalg.lstsq(A, b, rcond=None)
+            coef = coef + P @ u
+            self.r2_ = weighted_r2(y[inner], Zi @ coef + y_empty, w[inner])
+        else:
+            self.r2_ = np.full(y.shape[1], np.nan) if y.ndim == 2 else float("nan")
+        self.coef_ = coef
+        self.intercept_ = y_empty
+        return self
+
+    def predict(self, Z) -> np.ndarray:
+        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
+
+
+class LeaveOutDifferences:
+    """Occlusion's estimate: how much the value falls when a unit is left out.
+
+    Every row that drops units ``D`` shares ``y(full) - y(row)`` equally among them
+    (``/|D|``); a unit's coefficient is the (weighted) mean share over the rows that drop it
+    (0 if none does). With leave-one-out rows this is exactly ``y(full) - y(without i)``.
+    The intercept makes the prediction of the full input equal ``y(full)``; ``r2_`` is the
+    fit of that additive prediction on the rows (1 by construction for leave-one-out: as
+    many parameters as rows).
+    """
+
+    name = "leave_out"
+
+    def fit(self, Z, y, sample_weight=None) -> "LeaveOutDifferences":
+        Z, y, w = _check(Z, y, sample_weight)
+        dropped = Z < 0.5
+        y_full = _anchor(~dropped, y, keep_all=True)
+        n_dropped = dropped.sum(axis=1)
+        rows = (n_dropped > 0) & (w > 0)
+        share = (y_full - y[rows]) / (n_dropped[rows][:, None] if y.ndim == 2 else n_dropped[rows])
+        # weight of row r for unit i: w_r if r drops i
+        W = dropped[rows] * w[rows][:, None]  # (rows, units)
+        total = W.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coef = (W.T @ share) / (total[:, None] if y.ndim == 2 else total)
+        coef = np.where((total > 0)[:, None] if y.ndim == 2 else total > 0, coef, 0.0)
+        self.coef_ = coef
+        self.intercept_ = y_full - coef.sum(axis=0)
+        self.r2_ = weighted_r2(y, self.predict(Z), w)
+        return self
+
+    def predict(self, Z) -> np.ndarray:
+        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
+
+
+#: How :class:`SparseSelection` picks its features.
+SELECTIONS = ("forward", "highest_weights")
+
+
+class SparseSelection:
+    """Keep at most ``n_features`` units, fit ``estimator`` on them, the rest get 0.
+
+    ``selection="forward"`` adds, one at a time, the unit that most lowers the weighted
+    residual sum of squares; ``"highest_weights"`` fits on every unit once and keeps the
+    largest |coefficients|. The choice is made on the first column of ``y`` (the explained
+    value); every column is then fitted on the chosen units in one solve.
+    """
+
+    name = "sparse"
+
+    def __init__(self, n_features: int, selection: str = "forward", estimator_factory=WeightedLinearRegression):
+        self.n_features = n_features
+        self.selection = selection
+        self.estimator_factory = estimator_factory
+
+    def validate(self) -> None:
+        k = self.n_features
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"num_features must be a positive integer, got {k!r}")
+        if self.selection not in SELECTIONS:
+            raise InvalidInputError(f"feature_selection must be one of: {', '.join(SELECTIONS)}; got {self.selection!r}")
+
+    def _select(self, Z, y0, w) -> list[int]:
+        n_units = Z.shape[1]
+        k = min(int(self.n_features), n_units)
+        if k == n_units:
+            return list(range(n_units))
+        if self.selection == "highest_weights":
+            coef = self.estimator_factory().fit(Z, y0, w).coef_
+            return sorted(np.argsort(-np.abs(coef), kind="stable")[:k].tolist())
+        chosen: list[int] = []
+        for _ in range(k):
+            best, best_rss = None, np.inf
+            for j in range(n_units):
+                if j in chosen:
+                    continue
+                cols = chosen + [j]
+                model = self.estimator_factory().fit(Z[:, cols], y0, w)
+                rss = float(np.sum(w * (y0 - model.predict(Z[:, cols])) ** 2))
+                if rss < best_rss - 1e-15:
+                    best, best_rss = j, rss
+            chosen.append(best)
+        return sorted(chosen)
+
+    def fit(self, Z, y, sample_weight=None) -> "SparseSelection":
+        self.validate()
+        Z, y, w = _check(Z, y, sample_weight)
+        y0 = y[:, 0] if y.ndim == 2 else y
+        self.selected_ = self._select(Z, y0, w)
+        model = self.estimator_factory().fit(Z[:, self.selected_], y, w)
+        coef = np.zeros((Z.shape[1],) + y.shape[1:])
+        coef[self.selected_] = model.coef_
+        self.coef_, self.intercept_, self.r2_ = coef, model.intercept_, model.r2_
+        return self
+
+    def predict(self, Z) -> np.ndarray:
+        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_

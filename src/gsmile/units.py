@@ -65,10 +65,52 @@ def sentence_spans(text: str, tokenizer: TokenSpans | None = None) -> list[tuple
     return [(s, e) for s, e in spans if e > s]
 
 
+#: Words that open a new phrase: coordinating conjunctions, relative and subordinating words.
+PHRASE_OPENERS = frozenset(
+    """and but or nor yet which who whom whose where when while whereas because although though
+    unless if that""".split()
+)
+#: Punctuation that closes a phrase (kept at the end of it).
+_PHRASE_CLOSERS = frozenset(",;:.!?)]}…—–")
+_PHRASE_PIECE = re.compile(r"\w+(?:['’.\-]\w+)*|[^\w\s]", re.UNICODE)
+
+
+def phrase_spans(text: str, tokenizer: TokenSpans | None = None) -> list[tuple[int, int]]:
+    """Phrases from a rule-based chunker (no model): a phrase ends after , ; : . ! ? ) — …
+    or at a line break, and a new one starts at an opening bracket and before a
+    conjunction or relative word (:data:`PHRASE_OPENERS`); closing punctuation stays with
+    the phrase it ends. "The tower, which is in Paris, was built in 1889 and painted" gives
+    "The tower," / "which is in Paris," / "was built in 1889" / "and painted"."""
+    spans: list[tuple[int, int]] = []
+    start = end = None
+    previous = ""
+    for m in _PHRASE_PIECE.finditer(text):
+        piece, (s, e) = m.group(), m.span()
+        after_abbreviation = piece == "." and "." in previous  # "U.S." / "e.g." go on
+        previous = piece
+        opens = piece.lower() in PHRASE_OPENERS or piece in "([{"
+        if start is not None and (opens or "\n" in text[end:s]):
+            spans.append((start, end))
+            start = None
+        if start is None:
+            start = s
+        end = e
+        if piece in _PHRASE_CLOSERS and not after_abbreviation:
+            # A run of closers ("?!", ".)") stays together: close only before the next word.
+            nxt = text[e : e + 1]
+            if not nxt or nxt.isspace() or nxt.isalnum():
+                spans.append((start, end))
+                start = None
+    if start is not None:
+        spans.append((start, end))
+    return spans
+
+
 #: unit name -> segmenter. CLI choices come from this dict.
 SEGMENTERS: dict[str, Callable[..., list[tuple[int, int]]]] = {
     "word": word_spans,
     "token": token_spans,
+    "phrase": phrase_spans,
     "sentence": sentence_spans,
 }
 
@@ -96,6 +138,40 @@ class Segmentation:
         segment = lookup(SEGMENTERS, unit, "unit")
         spans = segment(text, tokenizer)
         return cls(text, [Unit(text[s:e], s, e) for s, e in spans], unit_type=unit)
+
+    @classmethod
+    def from_segments(cls, text: str, segments: Sequence[str]) -> "Segmentation":
+        """Units given by the user: ``segments`` must tile ``text`` in order, each one
+        continuing where the previous ended, with only whitespace between them (and around
+        them; whitespace at a segment's own ends is not part of the unit)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError("the text to explain is empty; give a prompt with at least two words")
+        if isinstance(segments, str) or not isinstance(segments, Sequence) or not segments:
+            raise InvalidInputError("segments must be a non-empty list of strings that together make up the text")
+        units: list[Unit] = []
+        pos = 0
+        for i, segment in enumerate(segments):
+            if not isinstance(segment, str) or not segment.strip():
+                raise InvalidInputError(f"segment {i} is {'empty' if isinstance(segment, str) else type(segment).__name__}; every segment must be non-blank text")
+            piece = segment.strip()
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if not text.startswith(piece, pos):
+                found = text[pos : pos + len(piece) + 10]
+                raise InvalidInputError(
+                    f"segment {i} ({_short(piece)}) does not continue the text at character {pos} "
+                    f"(the text there reads {_short(found) if found else 'nothing: the text has ended'}); "
+                    f"segments must tile the text in order, with only whitespace between them"
+                )
+            units.append(Unit(piece, pos, pos + len(piece)))
+            pos += len(piece)
+        rest = text[pos:]
+        if rest.strip():
+            raise InvalidInputError(
+                f"the segments stop at character {pos} but the text goes on ({_short(rest.strip())}); "
+                f"segments must cover the whole text"
+            )
+        return cls(text, units, unit_type="custom")
 
     def __len__(self) -> int:
         return len(self.units)
@@ -135,3 +211,7 @@ def _join_gaps(left: str, right: str) -> str:
     if left.endswith((" ", "\n", "\t")) and right.startswith((" ", "\n", "\t")):
         return left.rstrip() + right if right.strip() else left
     return left + right
+
+
+def _short(text: str, limit: int = 30) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")

@@ -33,18 +33,38 @@ class SurrogateMethod:
     per response token) with the same design and weights.
     """
 
-    def __init__(self, name: str, sampler, kernel: Callable[[np.ndarray], np.ndarray], surrogate_factory: Callable[[], Any], params: dict | None = None):
+    #: Advice appended to the low effective-sample-size warning; None: the method's weights
+    #: are not a proximity kernel, so no such warning.
+    ess_hint: str | None = None
+
+    def __init__(
+        self,
+        name: str,
+        sampler,
+        kernel: Callable[[np.ndarray], np.ndarray],
+        surrogate_factory: Callable[[], Any],
+        params: dict | None = None,
+        ess_hint: str | None = None,
+    ):
         self.name = name
         self.sampler = sampler
         self.kernel = kernel
         self.surrogate_factory = surrogate_factory
         self.params = dict(params or {})
+        if ess_hint is not None:
+            self.ess_hint = ess_hint
 
     def validate(self) -> None:
+        """Check every part's parameters; raises InvalidInputError."""
         if hasattr(self.sampler, "validate"):
             self.sampler.validate()
-        if hasattr(self.kernel, "width"):
+        if hasattr(self.kernel, "validate"):
+            self.kernel.validate()
+        elif hasattr(self.kernel, "width"):
             self.kernel.width(2)
+        surrogate = self.surrogate_factory()
+        if hasattr(surrogate, "validate"):
+            surrogate.validate()
 
     def sample(self, n_units: int, n_samples: int) -> np.ndarray:
         return self.sampler.sample(n_units, n_samples)
@@ -63,7 +83,7 @@ class SurrogateMethod:
             token_coefficients = np.asarray(coef[:, 1:])
             coef, intercept, r2 = coef[:, 0], intercept[0], r2[0]
         sigma = self.kernel.width(masks.shape[1]) if hasattr(self.kernel, "width") else None
-        return MethodResult(
+        result = MethodResult(
             coefficients=np.asarray(coef, dtype=float),
             intercept=float(intercept),
             fidelity_r2=float(r2),
@@ -72,3 +92,9 @@ class SurrogateMethod:
             sigma=sigma,
             token_coefficients=token_coefficients,
         )
+        result.extras.update(self.extras(masks, y, result, surrogate))
+        return result
+
+    def extras(self, masks: np.ndarray, y: np.ndarray, result: MethodResult, surrogate) -> dict[str, Any]:
+        """Method-specific results stored in ``Explanation.extras`` (plain data)."""
+        return {}

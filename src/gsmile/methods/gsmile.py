@@ -15,4 +15,5 @@ def gsmile(dropout: float = 0.2, sigma: float | None = None, random_state=None) 
         kernel=GaussianKernel(sigma=sigma),
         surrogate_factory=WeightedLinearRegression,
         params={"dropout": dropout, "sigma": sigma},
+        ess_hint="raise --sigma or lower --dropout",
     )

@@ -1,0 +1,58 @@
+"""LIME for text: masks that remove a uniformly drawn number (1..N) of units, an exponential
+kernel on the cosine distance between each mask and the original, a ridge surrogate, and
+optionally a sparse choice of at most ``num_features`` units."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..kernels import ExponentialCosineKernel
+from ..samplers import SubsetSizeSampler
+from ..surrogates import SparseSelection, WeightedLinearRegression
+from .base import SurrogateMethod
+
+
+def lime(
+    kernel_width: float = 0.25,
+    num_features: int | None = None,
+    feature_selection: str = "forward",
+    alpha: float = 1.0,
+    random_state=None,
+) -> SurrogateMethod:
+    """``kernel_width``: width of the exponential kernel on cosine distance (LIME's 25/100).
+    ``num_features``: keep at most this many units (None: all), chosen by
+    ``feature_selection`` ("forward" or "highest_weights"). ``alpha``: ridge penalty."""
+    ridge = partial(WeightedLinearRegression, alpha=alpha)
+    if num_features is None:
+        surrogate = ridge
+    else:
+        surrogate = partial(SparseSelection, num_features, feature_selection, ridge)
+    return _LimeMethod(
+        "lime",
+        sampler=SubsetSizeSampler(min_drop=1, min_keep=0, random_state=random_state),
+        kernel=ExponentialCosineKernel(kernel_width=kernel_width),
+        surrogate_factory=surrogate,
+        params={"kernel_width": kernel_width, "num_features": num_features, "feature_selection": feature_selection, "alpha": alpha},
+        ess_hint="raise --kernel-width",
+    )
+
+
+class _LimeMethod(SurrogateMethod):
+    def validate(self) -> None:
+        alpha = self.params["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
+            raise _invalid(f"alpha must be a non-negative number (the ridge penalty), got {alpha!r}")
+        selection = self.params["feature_selection"]
+        if self.params["num_features"] is None and selection not in ("forward", "highest_weights"):
+            raise _invalid(f"feature_selection must be one of: forward, highest_weights; got {selection!r}")
+        super().validate()
+
+    def extras(self, masks, y, result, surrogate):
+        selected = getattr(surrogate, "selected_", None)
+        return {} if selected is None else {"selected_units": [int(i) for i in selected]}
+
+
+def _invalid(message: str):
+    from ..errors import InvalidInputError
+
+    return InvalidInputError(message)
