@@ -34,7 +34,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import MODELS
-    from .explainer import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES
+    from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
     from .methods import METHODS
     from .targets import TARGETS
     from .units import SEGMENTERS
@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dropout", type=_positive_float, default=0.2, metavar="P", help="share of units each perturbation drops, 0.05-0.5 (default: 0.2)")
     ex.add_argument("--sigma", type=_positive_float, default=None, metavar="S", help="kernel width (default: 0.5*sqrt(number of units))")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
-    ex.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"prompts per forward pass; never changes results (default: {DEFAULT_BATCH_SIZE})")
+    ex.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results (default: chosen from the sequence length)")
+    ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
+    ex.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
     ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
     ex.add_argument("--json", metavar="PATH", help="write the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="write an HTML report")
@@ -83,6 +85,8 @@ def _explain(args) -> int:
         dropout=args.dropout,
         sigma=args.sigma,
         batch_size=args.batch_size,
+        until_stable=args.until_stable,
+        max_rounds=args.max_rounds,
         max_new_tokens=args.max_new_tokens,
         random_state=args.seed,
         progress=not args.quiet,

@@ -51,46 +51,77 @@ class LogProbTarget(Target):
     aggregate = "sum"
 
     def per_position(self, logprobs):
-        logprobs = np.asarray(logprobs, dtype=np.float64)
+        # Pick the response tokens first; only those T values per row become float64.
+        logprobs = np.asarray(logprobs)
         t = np.arange(len(self.response_ids_))
         ref = self.reference_[t, self.response_ids_].astype(np.float64)
-        return ref[None, :] - logprobs[:, t, self.response_ids_]
+        return ref[None, :] - logprobs[:, t, self.response_ids_].astype(np.float64)
 
 
-class KLTarget(Target):
+class _VocabTarget(Target):
+    """A shift computed over the whole vocabulary. The element-wise work stays in float32
+    (the model's own precision) and every sum over the vocabulary accumulates in float64,
+    so no float64 copy of the (batch, positions, vocab) array is made."""
+
+    def prepare(self, reference, response_ids, embeddings=None):
+        super().prepare(reference, response_ids)
+        self.reference32_ = np.asarray(self.reference_, dtype=np.float32)
+        self.p32_ = np.exp(self.reference32_)
+        self.ref_floor32_ = np.maximum(self.reference32_, LOG_FLOOR)
+        return self
+
+
+#: Log-probabilities are floored here where -inf would give 0·(-inf) = NaN (exp of it is 0).
+LOG_FLOOR = np.float32(-1e4)
+
+
+def _vocab_sum(x: np.ndarray) -> np.ndarray:
+    return np.sum(x, axis=-1, dtype=np.float64)
+
+
+class KLTarget(_VocabTarget):
     """KL(p_orig || p_pert) per position, in nats, averaged over the response."""
 
     name = "kl"
 
     def per_position(self, logprobs):
-        ref = self.reference_.astype(np.float64)[None]
-        return np.sum(np.exp(ref) * (ref - np.asarray(logprobs, dtype=np.float64)), axis=-1).clip(min=0.0)
+        diff = self.reference32_[None] - np.asarray(logprobs, dtype=np.float32)
+        diff *= self.p32_[None]
+        return _vocab_sum(diff).clip(min=0.0)
 
 
-class JSTarget(Target):
+class JSTarget(_VocabTarget):
     """Jensen-Shannon divergence per position, in nats (bounded by ln 2), averaged."""
 
     name = "js"
 
     def per_position(self, logprobs):
-        p = np.exp(self.reference_.astype(np.float64))[None]
-        q = _softmax_from_log(np.asarray(logprobs))
-        m = 0.5 * (p + q)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kl_pm = np.where(p > 0, p * (np.log(p) - np.log(m)), 0.0).sum(-1)
-            kl_qm = np.where(q > 0, q * (np.log(q) - np.log(m)), 0.0).sum(-1)
-        return (0.5 * (kl_pm + kl_qm)).clip(min=0.0)
+        # Log-probs below LOG_FLOOR have probability exactly 0 in float32; flooring them
+        # keeps 0·log terms at 0 instead of NaN for -inf entries.
+        lq = np.maximum(np.asarray(logprobs, dtype=np.float32), LOG_FLOOR)
+        p = self.p32_[None]
+        q = np.exp(lq)
+        m = p + q
+        m *= 0.5
+        log_m = np.log(np.maximum(m, np.finfo(np.float32).tiny, out=m), out=m)
+        # KL(p||m) + KL(q||m) = Σ p (log p − log m) + q (log q − log m).
+        lq -= log_m
+        lq *= q
+        log_m -= self.ref_floor32_[None]
+        log_m *= p
+        lq -= log_m
+        return (0.5 * _vocab_sum(lq)).clip(min=0.0)
 
 
-class TVTarget(Target):
+class TVTarget(_VocabTarget):
     """Total variation distance ½ Σ |p − q| per position, averaged."""
 
     name = "tv"
 
     def per_position(self, logprobs):
-        p = np.exp(self.reference_.astype(np.float64))[None]
-        q = _softmax_from_log(np.asarray(logprobs))
-        return 0.5 * np.abs(p - q).sum(-1)
+        q = np.exp(np.asarray(logprobs, dtype=np.float32))
+        q -= self.p32_[None]
+        return 0.5 * _vocab_sum(np.abs(q, out=q))
 
 
 class WassersteinTarget(Target):
@@ -155,6 +186,14 @@ class WassersteinTarget(Target):
 
 
 def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of each row (as a set; order unspecified).
+    torch.topk when torch is loaded (several times faster than a full argpartition)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and logprobs.dtype in (np.float32, np.float64) and logprobs.ndim == 2:
+        with torch.inference_mode():
+            return torch.topk(torch.from_numpy(np.ascontiguousarray(logprobs)), k, dim=-1, sorted=False).indices.numpy()
     return np.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
 
 
