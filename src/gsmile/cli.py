@@ -65,7 +65,82 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     ex.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the terminal output (default: auto)")
+    ev = sub.add_parser("evaluate", help="measure how faithful a saved explanation is",
+                        description="Deletion/insertion curves (AOPC, with a random-order reference), ERASER "
+                                    "comprehensiveness and sufficiency, fidelity and stability of a saved explanation.")
+    ev.add_argument("explanation", metavar="EXPLANATION.json", help="an explanation written by gsmile explain --json")
+    ev.add_argument("--model", default=None, help="model to score it with (default: the explanation's own, else local)")
+    ev.add_argument("--fractions", default="0.1,0.2,0.5", metavar="F,F,...", help="shares of units for comprehensiveness and sufficiency (default: 0.1,0.2,0.5)")
+    ev.add_argument("--random-orders", type=int, default=1, metavar="N", help="random orders averaged for the reference curve (default: 1)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the random orders (default: 0)")
+    ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass (default: chosen from the sequence length)")
+    ev.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     return parser
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInputError(f"--fractions must be numbers separated by commas, got {text!r}") from None
+    if not values or any(not (0 < v <= 1) for v in values):
+        raise InvalidInputError(f"--fractions must be shares of units in (0, 1], got {text!r}")
+    return values
+
+
+def format_metrics(metrics: dict) -> str:
+    """The metrics of :func:`gsmile.metrics.evaluate` as a few lines of text."""
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    lines = [
+        f"units: {metrics['n_units']}  target: {metrics['target']}  model calls: {metrics['model_calls']}",
+        f"deletion AOPC:  {num(metrics['deletion_aopc'])}  (random order: {num(metrics['random_deletion_aopc'])}; higher is better)",
+        f"insertion AOPC: {num(metrics['insertion_aopc'])}  (random order: {num(metrics['random_insertion_aopc'])}; higher is better)",
+        "comprehensiveness: " + ", ".join(f"{k}: {num(v)}" for k, v in metrics["comprehensiveness"].items())
+        + f"  (mean {num(metrics['comprehensiveness_mean'])}; higher is better)",
+        "sufficiency:       " + ", ".join(f"{k}: {num(v)}" for k, v in metrics["sufficiency"].items())
+        + f"  (mean {num(metrics['sufficiency_mean'])}; lower is better)",
+        f"fidelity R²: {num(metrics['fidelity_r2'])}  top-k Jaccard across runs: {num(metrics['topk_jaccard'])}",
+        "deletion curve:  " + " ".join(f"{v:.3f}" for v in metrics["deletion"]),
+        "insertion curve: " + " ".join(f"{v:.3f}" for v in metrics["insertion"]),
+    ]
+    return "\n".join(lines)
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ._io import check_writable, write_atomic
+    from .errors import SchemaError
+    from .explanation import Explanation
+    from .metrics import evaluate
+
+    out = check_writable(args.json, "JSON") if args.json else None
+    fractions = _fractions(args.fractions)
+    if args.random_orders < 0:
+        raise InvalidInputError(f"--random-orders must be 0 or more, got {args.random_orders}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    path = Path(args.explanation).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SchemaError(f"{str(path)!r} is not a text file") from None
+    exp = Explanation.from_json(text)
+    metrics = evaluate(exp, args.model, fractions=fractions, random_state=args.seed, n_random=args.random_orders,
+                       batch_size=args.batch_size, progress=not args.quiet)
+    print(format_metrics(metrics))
+    if out is not None:
+        write_atomic(out, json.dumps(metrics, indent=2) + "\n")
+        if not args.quiet:
+            print(f"Wrote JSON to {out}", file=sys.stderr)
+    return 0
 
 
 def _explain(args) -> int:
@@ -106,7 +181,7 @@ def _explain(args) -> int:
     return 0
 
 
-COMMANDS = {"explain": _explain}
+COMMANDS = {"explain": _explain, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
