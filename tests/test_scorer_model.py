@@ -41,6 +41,23 @@ def test_batch_sizes_1_2_3_agree_with_the_prefix_cache(lm):
         np.testing.assert_allclose(parts, whole, atol=1e-4)
 
 
+def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
+    ids = lm.encode_response(RESPONSE)
+    same_start = ["What is the capital of France?", "What is the capital of Spain and why?", "What is the capital city?"]
+    rows = [lm.prompt_ids(p) + ids for p in same_start]
+    length, _ = lm._shared_prefix(rows, len(ids))
+    assert length >= len(lm._prefix[0]) + 3  # the batch's own common start was cached too
+    fast = lm.logprobs(same_start, ids)
+    lm.prefix_cache = False
+    try:
+        plain = lm.logprobs(same_start, ids)
+    finally:
+        lm.prefix_cache = True
+    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    single = np.concatenate([lm.logprobs([p], ids) for p in same_start])
+    np.testing.assert_allclose(fast, single, atol=1e-4)
+
+
 def test_prefix_is_not_used_when_a_row_does_not_start_with_it(lm):
     ids = lm.encode_response(RESPONSE)
     rows = [[1, 2, 3] + lm.prompt_ids("Hi")[3:] + ids]  # a different start: no cache

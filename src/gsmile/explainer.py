@@ -395,10 +395,11 @@ class Explainer:
     def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict):
         """Explained value y per text (and, for language models, one column per response
         token). Each distinct text is sent to the model once; ``cache`` (text -> values)
-        keeps them across runs. Texts are sent longest first (less padding per batch); a batch
+        keeps them across runs. Texts are sent in sorted order, so a batch's texts tend to share
+        their start (a backend can reuse that work, see HFCausalLM._shared_prefix); a batch
         that runs out of memory is retried at half the size. Returns (y, Y or None, number of
         texts sent, the batch size that worked)."""
-        pending = sorted((t for t in dict.fromkeys(texts) if t not in cache), key=len, reverse=True)
+        pending = sorted(t for t in dict.fromkeys(texts) if t not in cache)
         bar = _progress(len(pending), self.progress)
         try:
             lo = 0

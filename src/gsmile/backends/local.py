@@ -18,6 +18,8 @@ import numpy as np
 
 from ..errors import ModelError
 
+#: Shared tokens beyond the template after which a batch's own common start is cached too.
+MIN_SHARED_EXTENSION = 3
 #: Tokens per forward pass aimed at by :meth:`HFCausalLM.suggest_batch_size`.
 TOKENS_PER_BATCH = 768
 
@@ -195,6 +197,24 @@ class HFCausalLM:
             self._prefix = (ids, past)
         ids, past = self._prefix
         length = len(ids)
-        if past is None or any(r[:length] != ids or len(r) - n_resp - 1 < length for r in rows):
+        limit = min(len(r) for r in rows) - n_resp - 1  # the rest must hold the first predicting position
+        if past is None or length > limit or any(r[:length] != ids for r in rows):
             return 0, None
+        # Rows of one batch often share more than the template (the first words kept): extend
+        # the cache over their common start with one short pass, when that is worth a call.
+        extra = length
+        first = rows[0]
+        while extra < limit and all(r[extra] == first[extra] for r in rows[1:]):
+            extra += 1
+        if len(rows) > 1 and extra - length >= MIN_SHARED_EXTENSION:
+            from transformers import DynamicCache
+
+            with torch.inference_mode():
+                cache = self.model.model(
+                    input_ids=torch.tensor([first[length:extra]]),
+                    past_key_values=DynamicCache(ddp_cache_data=list(past)),
+                    position_ids=torch.arange(length, extra)[None],
+                    use_cache=True,
+                ).past_key_values
+            return extra, [(layer.keys, layer.values) for layer in cache.layers]
         return length, past
