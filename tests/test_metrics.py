@@ -124,17 +124,27 @@ def test_until_stable_stops_when_the_top_units_repeat(additive):
     np.testing.assert_allclose(exp.coefficients, WEIGHTS, atol=1e-9)
 
 
+def _weighted(weights):
+    words = PROMPT.split()
+    return lambda texts: [sum(w for word, w in zip(words, weights) if word in t.split()) for t in texts]
+
+
 def test_until_stable_gives_up_after_max_rounds_and_says_so():
-    rng_values = iter(np.random.default_rng(0).normal(size=100_000))
+    first = _weighted([5.0, 4.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    later = _weighted([0.0, 0.0, 0.0, 0.0, 500.0, 400.0, 300.0])
+    calls = []
 
-    def noise(texts):  # pure noise: the top units keep changing
-        return [next(rng_values) for _ in texts]
+    def drifting(texts):  # the first batch sees one model, later batches another
+        calls.append(len(texts))
+        return (first if len(calls) == 1 else later)(texts)
 
-    with pytest.warns(gsmile.explainer.GsmileWarning, match="still changed"):
-        exp = gsmile.explain(PROMPT, model=noise, n_samples=10, random_state=0, until_stable=True, max_rounds=3, top_k=3)
-    assert exp.extras["until_stable"]["rounds"] <= 3
-    if not exp.extras["until_stable"]["stable"]:
-        assert exp.extras["until_stable"]["rounds"] == 3
+    with pytest.warns(gsmile.explainer.GsmileWarning, match="still changed after 2 rounds"):
+        exp = gsmile.explain(PROMPT, model=drifting, n_samples=12, random_state=0, until_stable=True,
+                             max_rounds=2, top_k=3, batch_size=1000)
+    report = exp.extras["until_stable"]
+    assert report["rounds"] == 2 and report["stable"] is False and report["max_rounds"] == 2
+    assert report["top_units"][0] == [0, 1, 2] and report["top_units"][1] != [0, 1, 2]
+    assert len(calls) == 2  # one batch per round
 
 
 def test_until_stable_first_round_is_the_plain_explanation(additive):

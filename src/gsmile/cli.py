@@ -50,11 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--response", help="explain this response instead of the model's greedy one")
     ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2) or hf:PATH (default: local)")
     ex.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
-    ex.add_argument("--unit", default="word", choices=list(SEGMENTERS), help="unit of the prompt (default: word)")
+    ex.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
+    ex.add_argument("--segments", metavar="JSON|PATH", help="your own units instead of --unit: a JSON list of strings that tile the explained text in order, or a file holding such a list (or one segment per line)")
+    what = ex.add_mutually_exclusive_group()
+    what.add_argument("--context", metavar="TEXT", help="explain this context (e.g. retrieved passages) instead of the prompt; the prompt stays fixed")
+    what.add_argument("--context-file", metavar="PATH", help="read the context to explain from a UTF-8 text file")
     ex.add_argument("--target", default="wasserstein", choices=list(TARGETS), help="output shift measured (default: wasserstein)")
     ex.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     ex.add_argument("--dropout", type=_positive_float, default=0.2, metavar="P", help="share of units each perturbation drops, 0.05-0.5 (default: 0.2)")
     ex.add_argument("--sigma", type=_positive_float, default=None, metavar="S", help="kernel width (default: 0.5*sqrt(number of units))")
+    ex.add_argument("--window", type=int, default=None, metavar="K", help="occlusion: consecutive units left out together (default: 1)")
+    ex.add_argument("--num-features", type=int, default=None, metavar="K", help="lime: keep at most K units (forward selection; default: all)")
+    ex.add_argument("--kernel-width", type=_positive_float, default=None, metavar="W", help="lime: width of the kernel on cosine distance (default: 0.25)")
+    ex.add_argument("--threshold-percentile", type=_positive_float, default=None, metavar="Q", help="mupax: share of samples, closest first, accepted, 0-1 (default: 0.2)")
+    ex.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
+    ex.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
     ex.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results (default: chosen from the sequence length)")
     ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
@@ -151,10 +161,18 @@ def _explain(args) -> int:
     outputs = {kind: check_writable(path, kind.upper()) for kind in ("json", "html", "png") if (path := getattr(args, kind))}
     if not args.prompt.strip():
         raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
+    context = args.context if args.context_file is None else _read_text(args.context_file, "context file")
+    if args.segments is not None and args.unit is not None:
+        raise InvalidInputError("--segments and --unit cannot be combined: the segments are the units")
+    segments = _segments(args.segments) if args.segments is not None else None
     explainer = Explainer(
         args.model,
         method=args.method,
-        unit=args.unit,
+        unit=(args.unit or "word") if context is None else "word",
+        context_unit=args.unit or "sentence",
+        method_options=_method_options(args),
+        runs=args.runs,
+        top_k=args.top_k,
         target=args.target,
         n_samples=args.samples,
         dropout=args.dropout,
@@ -169,16 +187,97 @@ def _explain(args) -> int:
     explainer.validate()  # fail on bad options before loading the model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GsmileWarning)  # the report below lists them
-        exp = explainer.explain(args.prompt, args.response)
+        exp = explainer.explain(args.prompt, args.response, context=context, segments=segments)
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(render_terminal(exp, color=color))
+    for line in _extra_lines(exp):
+        print(line)
     renderers = {"json": lambda e: e.to_json() + "\n", "html": render_html, "png": render_png}
     for kind, path in outputs.items():
         write_atomic(path, renderers[kind](exp))
         if not args.quiet:
             print(f"Wrote {kind.upper()} to {path}", file=sys.stderr)
     return 0
+
+
+#: CLI flag -> method option it sets (passed only when given).
+METHOD_FLAGS = {
+    "--window": "window",
+    "--num-features": "num_features",
+    "--kernel-width": "kernel_width",
+    "--threshold-percentile": "threshold_percentile",
+}
+
+
+def _method_options(args) -> dict:
+    from .methods import method_options
+
+    valid = method_options(args.method)
+    for flag, name, default in (("--dropout", "dropout", 0.2), ("--sigma", "sigma", None)):
+        if name not in valid and getattr(args, name) != default:
+            raise InvalidInputError(f"{flag} does not apply to method {args.method!r} (it is an option of gsmile)")
+    options = {}
+    for flag, name in METHOD_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in valid:
+            own = [f for f, n in METHOD_FLAGS.items() if n in valid]
+            takes = f"its options: {', '.join(own)}" if own else "it takes none of these options"
+            raise InvalidInputError(f"{flag} does not apply to method {args.method!r} ({takes})")
+        options[name] = value
+    return options
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise InvalidInputError(f"cannot read {what} {path!r}: {reason}") from None
+
+
+def _segments(value: str) -> list[str]:
+    """A JSON list of strings, or a file with such a list or one segment per line."""
+    import json
+    import os
+
+    text = value
+    if not value.lstrip().startswith("[") and os.path.isfile(value):
+        text = _read_text(value, "segments file")
+        if not text.lstrip().startswith("["):
+            return [line for line in text.splitlines() if line.strip()]
+    try:
+        segments = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--segments: not a JSON list of strings nor a file ({exc.msg})") from None
+    if not isinstance(segments, list) or not all(isinstance(s, str) for s in segments):
+        raise InvalidInputError("--segments must be a JSON list of strings")
+    return segments
+
+
+def _extra_lines(exp) -> list[str]:
+    """Lines for what the terminal renderer does not show: stability and MuPAX's summary."""
+    from .render.terminal import one_line
+
+    lines = []
+    report = exp.extras.get("stability")
+    if report:
+        jaccard = report.get("topk_jaccard")
+        unstable = [one_line(exp.units[i].text) for i in report.get("unstable", [])]
+        lines.append(
+            f"Stability over {report['runs']} runs: top-{report['top_k']} Jaccard "
+            f"{'n/a' if jaccard is None else f'{jaccard:.2f}'}; unstable units: {', '.join(unstable) if unstable else 'none'}"
+        )
+    mupax = exp.extras.get("mupax")
+    if mupax:
+        lines.append(
+            f"MuPAX: accepted {mupax['n_accepted']} of {mupax['n_total']} samples "
+            f"(distance ≤ W = {mupax['threshold_W']:.3g}, percentile {mupax['threshold_percentile']:g})"
+        )
+    return lines
 
 
 COMMANDS = {"explain": _explain, "evaluate": _evaluate}

@@ -62,11 +62,13 @@ class Explainer:
         model directory, a :class:`~gsmile.backends.LanguageModel`, or a callable
         ``list[str] -> list[float]`` (a scalar black box, explained on its own value).
     method: attribution method name (see ``gsmile.methods.METHODS``).
-    unit: "word", "token" or "sentence".
+    unit: "word", "token", "phrase" or "sentence" (units of the prompt).
     target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv".
-    n_samples: perturbed prompts drawn (identical ones are evaluated once).
-    dropout: share of units each perturbation drops (0.05-0.5).
-    sigma: Gaussian kernel width; default 0.5·sqrt(number of units).
+    n_samples: perturbed prompts drawn (identical ones are evaluated once). occlusion
+        (N - window + 1 masks) and shapley (all 2^N) do not use it; kernelshap enumerates
+        every coalition when n_samples + 1 >= 2^N.
+    dropout: gsmile: share of units each perturbation drops (0.05-0.5).
+    sigma: gsmile: Gaussian kernel width; default 0.5·sqrt(number of units).
     batch_size: prompts per forward pass; None (default) picks it from the sequence length
         and halves it on out-of-memory. It never changes the result.
     max_new_tokens: length of the greedy baseline response.
@@ -144,7 +146,7 @@ class Explainer:
                 raise InvalidInputError(f"{name} is an option of gsmile; method {self.method!r} takes {valid}")
         return options
 
-    def validate(self, seed=None):
+    def validate(self):
         """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
         n_samples = _int_in("n_samples", self.n_samples, *SAMPLES_RANGE)
         batch_size = None if self.batch_size is None else _int_in("batch_size", self.batch_size, 1, 4096)
@@ -156,7 +158,8 @@ class Explainer:
         max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
         _int_in("runs", self.runs, *RUNS_RANGE)
         _int_in("top_k", self.top_k, 1, 100_000)
-        method = self._make_method(self.random_state if seed is None else seed)
+        self._check_template()
+        method = self._make_method(self.random_state)
         method.validate()
         return n_samples, batch_size, max_new_tokens, method
 

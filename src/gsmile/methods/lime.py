@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from functools import partial
 
+from ..errors import InvalidInputError
 from ..kernels import ExponentialCosineKernel
 from ..samplers import SubsetSizeSampler
-from ..surrogates import SparseSelection, WeightedLinearRegression
+from ..surrogates import SELECTIONS, SparseSelection, WeightedLinearRegression
 from .base import SurrogateMethod
 
 
@@ -41,18 +42,13 @@ class _LimeMethod(SurrogateMethod):
     def validate(self) -> None:
         alpha = self.params["alpha"]
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-            raise _invalid(f"alpha must be a non-negative number (the ridge penalty), got {alpha!r}")
+            raise InvalidInputError(f"alpha must be a non-negative number (the ridge penalty), got {alpha!r}")
         selection = self.params["feature_selection"]
-        if self.params["num_features"] is None and selection not in ("forward", "highest_weights"):
-            raise _invalid(f"feature_selection must be one of: forward, highest_weights; got {selection!r}")
+        if self.params["num_features"] is None and selection not in SELECTIONS:
+            raise InvalidInputError(f"feature_selection must be one of: {', '.join(SELECTIONS)}; got {selection!r}")
         super().validate()
 
     def extras(self, masks, y, result, surrogate):
         selected = getattr(surrogate, "selected_", None)
         return {} if selected is None else {"selected_units": [int(i) for i in selected]}
 
-
-def _invalid(message: str):
-    from ..errors import InvalidInputError
-
-    return InvalidInputError(message)
