@@ -245,7 +245,8 @@ RUNNERS = {
     "shap:Partition": shap_runner,
     "lime:LimeText": lime_runner,
 }
-#: Methods whose result does not depend on the seed (run once per budget).
+#: Methods whose result does not depend on the seed (their top-3 Jaccard is 1 by construction;
+#: they still run once per seed so that their wall time is a median like the others').
 DETERMINISTIC = {"gsmile:occlusion", "captum:FeatureAblation", "shap:Partition"}
 #: Methods whose evaluations do not depend on the budget (run at the first budget only).
 FIXED_BUDGET = {"gsmile:occlusion", "captum:FeatureAblation"}
@@ -298,6 +299,12 @@ def run(args) -> dict:
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = [m for m in RUNNERS if not args.methods or m in args.methods.split(",")]
     lm = resolve_model("local").load()
+    # Import every peer (and scipy) before any timing: import time is not explanation time.
+    for module in ("captum.attr", "shap", "lime.lime_text", "scipy.stats"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            print(f"warning: {module} is not installed ({exc}); its methods will fail", file=sys.stderr)
     records = []
     for p_index, row in enumerate(load_prompts(Path(args.prompt_file), args.prompts)):
         case = Case(lm, row["prompt"], args.max_new_tokens)
@@ -306,21 +313,25 @@ def run(args) -> dict:
         print(f"[{p_index + 1}] {row['id']}: {case.n} units, response {case.response!r}"
               + (f", exact Shapley in {time.perf_counter() - t0:.0f} s" if exact is not None else ""), flush=True)
         for b in budgets:
-            for name in methods:
-                if name in FIXED_BUDGET and b != budgets[0]:
-                    continue
-                seeds = [0] if name in DETERMINISTIC else list(range(args.seeds))
-                attrs, times, evals, error = [], [], [], None
-                for seed in seeds:
+            active = [m for m in methods if not (m in FIXED_BUDGET and b != budgets[0])]
+            runs = {m: {"attrs": [], "times": [], "evals": [], "error": None} for m in active}
+            # Seeds outermost, methods inside: every method's repeats are spread over the same
+            # stretch of time, so load from other processes hits them alike.
+            for seed in range(args.seeds):
+                for name in active:
+                    state = runs[name]
+                    if state["error"] is not None:
+                        continue
                     try:
                         t = time.perf_counter()
                         a, n_evals = RUNNERS[name](case, b * case.n, seed)
-                        times.append(time.perf_counter() - t)
-                        attrs.append(np.asarray(a, dtype=float))
-                        evals.append(n_evals)
+                        state["times"].append(time.perf_counter() - t)
+                        state["attrs"].append(np.asarray(a, dtype=float))
+                        state["evals"].append(n_evals)
                     except Exception as exc:  # a peer failing is reported, not fatal
-                        error = f"{type(exc).__name__}: {exc}"[:300]
-                        break
+                        state["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            for name in active:
+                attrs, times, evals, error = (runs[name][k] for k in ("attrs", "times", "evals", "error"))
                 rec = {"prompt": row["id"], "n_units": case.n, "budget": b, "method": name, "error": error}
                 if error is None:
                     deletion, insertion = faithfulness(case, attrs[0])
@@ -390,6 +401,7 @@ def markdown(result: dict, rows: list[dict]) -> str:
     if exact:
         lines.append(f"Exact Shapley values themselves: deletion AOPC {np.mean([r['deletion_aopc'] for r in exact]):.3f}.")
         lines.append("")
+    lines += goals(result, rows)
     for b in result["budgets"]:
         lines += [f"## Budget {b}N", "", "| method | deletion AOPC | insertion AOPC | ρ vs Shapley | top-3 vs Shapley | Jaccard (seeds) | time (s) | evals |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -403,29 +415,64 @@ def markdown(result: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: gsmile method -> the Captum method running the same algorithm (for the time ratios).
+PAIRS = {"gsmile:occlusion": "captum:FeatureAblation", "gsmile:kernelshap": "captum:KernelShap", "gsmile:lime": "captum:Lime"}
+
+
+def goals(result: dict, rows: list[dict]) -> list[str]:
+    """The issue's goals, checked on this run's numbers."""
+
+    def best(b, key, gsmile: bool):
+        vals = [r[key] for r in rows if r["budget"] == b and r.get(key) is not None and r["method"].startswith("gsmile") == gsmile]
+        return max(vals) if vals else None
+
+    def f(x, d=3):
+        return "–" if x is None else f"{x:.{d}f}"
+
+    out = ["## Goals checked on this run", "",
+           "| budget | best gsmile deletion AOPC | best peer | best gsmile ρ | best peer ρ | time gsmile / Captum, same algorithm |",
+           "|---|---|---|---|---|---|"]
+    for b in result["budgets"]:
+        by = {r["method"]: r for r in rows if r["budget"] == b}
+        ratios = [f"{g.split(':')[1]} {by[g]['seconds'] / by[c]['seconds']:.2f}" for g, c in PAIRS.items()
+                  if g in by and c in by and by[g].get("seconds") and by[c].get("seconds")]
+        out.append(f"| {b}N | {f(best(b, 'deletion_aopc', True))} | {f(best(b, 'deletion_aopc', False))} | "
+                   f"{f(best(b, 'spearman', True))} | {f(best(b, 'spearman', False))} | {', '.join(ratios) or '–'} |")
+    out += ["", "Time ratios: median wall time per explanation, gsmile's method over Captum's implementation of the "
+            "same algorithm, both measured in this run with their repeats interleaved (lower is faster; goal ≤ 0.33).", ""]
+    return out
+
+
 def chart(result: dict, rows: list[dict]) -> bytes:
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 4.2), dpi=110)
+    fig = Figure(figsize=(15, 4.4), dpi=110)
     FigureCanvasAgg(fig)
-    panels = [("deletion_aopc", "deletion AOPC (higher better)"), ("spearman", "Spearman ρ vs exact Shapley"), ("seconds", "wall time per explanation (s)")]
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    panels = [("deletion_aopc", "deletion AOPC (higher is better)"), ("spearman", "Spearman ρ vs exact Shapley"),
+              ("seconds", "wall time per explanation (s, log)")]
     for i, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, i + 1)
-        for name in result["methods"]:
+        ax = fig.add_axes([0.045 + i * 0.265, 0.13, 0.215, 0.78])
+        for j, name in enumerate(result["methods"]):
             pts = [(r["budget"], r[key]) for r in rows if r["method"] == name and r.get(key) is not None]
             if pts:
                 x, y = zip(*pts)
-                ax.plot(x, y, marker="o", linestyle="-" if name.startswith("gsmile") else "--", label=name)
+                ours = name.startswith("gsmile")
+                ax.plot(x, y, marker="o" if ours else "s", linestyle="-" if ours else "--", linewidth=2 if ours else 1.2,
+                        color=colors[(2 * j) % 20 if j < 10 else (2 * j + 1) % 20], label=name)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("budget (× units)")
+        ax.set_xticks(result["budgets"], [f"{b}N" for b in result["budgets"]])
+        ax.set_xlabel("budget (model evaluations)")
         ax.set_title(title, fontsize=10)
         if key == "seconds":
             ax.set_yscale("log")
-    fig.axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -441,12 +488,13 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(RUNNERS))
     parser.add_argument("--prompt-file", default=str(HERE / "prompts.jsonl"))
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--from-json", metavar="PATH", help="only rewrite the table and chart from a saved compare.json")
     args = parser.parse_args(argv)
 
     from gsmile._io import write_atomic
 
     warnings.filterwarnings("ignore")
-    result = run(args)
+    result = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
     rows = summarize(result)
     result["summary"] = rows
     out = Path(args.out)
