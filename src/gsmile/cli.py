@@ -34,9 +34,10 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import MODELS
+    from .backends.openai import PROMPT_TEMPLATES
     from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
     from .methods import METHODS
-    from .targets import TARGETS
+    from .targets import TARGETS, TEXT_TARGETS
     from .units import SEGMENTERS
 
     parser = _Parser(prog="gsmile", description="Explain which parts of a prompt drive a generative model's output.")
@@ -48,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Explain which units of PROMPT drive the model's response.")
     ex.add_argument("prompt", metavar="PROMPT", help="the prompt to explain")
     ex.add_argument("--response", help="explain this response instead of the model's greedy one")
-    ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2) or hf:PATH (default: local)")
+    ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
     ex.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
     ex.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
     ex.add_argument("--segments", metavar="JSON|PATH", help="your own units instead of --unit: a JSON list of strings that tile the explained text in order, or a file holding such a list (or one segment per line)")
     what = ex.add_mutually_exclusive_group()
     what.add_argument("--context", metavar="TEXT", help="explain this context (e.g. retrieved passages) instead of the prompt; the prompt stays fixed")
     what.add_argument("--context-file", metavar="PATH", help="read the context to explain from a UTF-8 text file")
-    ex.add_argument("--target", default="wasserstein", choices=list(TARGETS), help="output shift measured (default: wasserstein)")
+    ex.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
     ex.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     ex.add_argument("--dropout", type=_positive_float, default=0.2, metavar="P", help="share of units each perturbation drops, 0.05-0.5 (default: 0.2)")
     ex.add_argument("--sigma", type=_positive_float, default=None, metavar="S", help="kernel width (default: 0.5*sqrt(number of units))")
@@ -70,11 +71,35 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
     ex.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
     ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
+    api = ex.add_argument_group("models behind an API (--model openai:NAME)")
+    api.add_argument("--base-url", metavar="URL", help="the API's base URL, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
+    api.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (default: OPENAI_API_KEY; none sent when unset)")
+    api.add_argument("--prompt-template", metavar="T", help=f"chat markup for the log-prob path: {', '.join(PROMPT_TEMPLATES)} or a text with {{prompt}} (default: chatml)")
+    api.add_argument("--top-logprobs", type=int, default=5, metavar="K", help="alternatives per position asked for on the log-prob path (default: 5; OpenAI allows 5, vLLM 20)")
+    api.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight at once (default: 4)")
+    api.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a call on 429, 5xx, timeouts and dropped connections (default: 6)")
+    api.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds to wait for one answer (default: 60)")
+    api.add_argument("--cache-dir", metavar="DIR", help="where the call cache lives (default: <gsmile cache>/calls)")
+    api.add_argument("--no-cache", action="store_true", help="neither read nor write the call cache")
     ex.add_argument("--json", metavar="PATH", help="write the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="write an HTML report")
     ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     ex.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the terminal output (default: auto)")
+
+    sv = sub.add_parser("serve", help="start the HTTP API and web page",
+                        description="Serve the HTTP API (/v1/explain, /v1/glad/causal-explainability/analyze, "
+                                    "/v1/jobs/ID, /healthz) and the web page (/). Settings come from GSMILE_* "
+                                    "environment variables (GSMILE_API_KEY, GSMILE_XAI_MAXLEN, ...).")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8800, help="port (default: 8800)")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="allow cross-origin calls from ORIGIN (repeatable; default: no CORS)")
+    sv.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} or hf:PATH (default: GSMILE_MODEL or local)")
+    sv.add_argument("--jobs-db", metavar="PATH", help="SQLite file for jobs (default: GSMILE_JOBS_DB or jobs.sqlite3 in the cache)")
+    sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
+    sv.add_argument("--quiet", action="store_true", help="no access log")
+
     ev = sub.add_parser("evaluate", help="measure how faithful a saved explanation is",
                         description="Deletion/insertion curves (AOPC, with a random-order reference), ERASER "
                                     "comprehensiveness and sufficiency, fidelity and stability of a saved explanation.")
@@ -153,6 +178,30 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _model(args):
+    """The --model value, or an API backend built from the API flags."""
+    if not args.model.startswith("openai:"):
+        given = [flag for flag, value in (("--base-url", args.base_url), ("--api-key-env", args.api_key_env), ("--prompt-template", args.prompt_template), ("--cache-dir", args.cache_dir)) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} apply only to --model openai:NAME")
+        return args.model
+    from .backends import resolve_model
+
+    return resolve_model(
+        args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        prompt_template=args.prompt_template or "chatml",
+        top_logprobs=args.top_logprobs,
+        concurrency=args.concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        random_state=args.seed,
+    )
+
+
 def _explain(args) -> int:
     from ._io import check_writable, write_atomic
     from .explainer import Explainer, GsmileWarning
@@ -166,7 +215,7 @@ def _explain(args) -> int:
         raise InvalidInputError("--segments and --unit cannot be combined: the segments are the units")
     segments = _segments(args.segments) if args.segments is not None else None
     explainer = Explainer(
-        args.model,
+        _model(args),
         method=args.method,
         unit=(args.unit or "word") if context is None else "word",
         context_unit=args.unit or "sentence",
@@ -198,6 +247,28 @@ def _explain(args) -> int:
         write_atomic(path, renderers[kind](exp))
         if not args.quiet:
             print(f"Wrote {kind.upper()} to {path}", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .server import Settings, create_app
+    except ImportError as exc:
+        raise InvalidInputError(f"gsmile serve needs the serve extra ({exc.name} is missing): pip install 'gsmile[serve]'") from None
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be from 1 to 65535, got {args.port}")
+    settings = Settings.from_env(
+        cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent
+    )
+    app = create_app(settings)
+    if not args.quiet:
+        print(f"gsmile: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+        if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+            print("gsmile: warning: listening beyond this machine without GSMILE_API_KEY", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                access_log=not args.quiet)
     return 0
 
 
@@ -259,7 +330,7 @@ def _segments(value: str) -> list[str]:
 
 
 def _extra_lines(exp) -> list[str]:
-    """Lines for what the terminal renderer does not show: stability and MuPAX's summary."""
+    """Lines for what the terminal renderer does not show: stability, MuPAX's summary, API calls."""
     from .render.terminal import one_line
 
     lines = []
@@ -277,10 +348,16 @@ def _extra_lines(exp) -> list[str]:
             f"MuPAX: accepted {mupax['n_accepted']} of {mupax['n_total']} samples "
             f"(distance ≤ W = {mupax['threshold_W']:.3g}, percentile {mupax['threshold_percentile']:g})"
         )
+    calls = exp.extras.get("calls")
+    if calls:
+        lines.append(
+            f"API: {exp.extras.get('path')} path ({exp.extras.get('path_reason')}); calls made: {calls['calls']}, "
+            f"cache hits: {calls['cache_hits']}, retries: {calls['retries']}, tokens used: {calls['tokens']}"
+        )
     return lines
 
 
-COMMANDS = {"explain": _explain, "evaluate": _evaluate}
+COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

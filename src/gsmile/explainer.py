@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import LanguageModel, ScalarModel, resolve_model
+from .backends import LanguageModel, ScalarModel, prepare_backend, resolve_model
 from .errors import InvalidInputError
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
@@ -59,11 +59,14 @@ class Explainer:
     Parameters are stored as given; they are checked and used by :meth:`explain`.
 
     model: None or "local" for the embedded SmolLM2, "hf:PATH" for a local Hugging Face
-        model directory, a :class:`~gsmile.backends.LanguageModel`, or a callable
-        ``list[str] -> list[float]`` (a scalar black box, explained on its own value).
+        model directory, "openai:NAME" or an :class:`~gsmile.backends.openai.OpenAIBackend`
+        (a model behind an OpenAI-compatible API), a :class:`~gsmile.backends.LanguageModel`,
+        or a callable: ``list[str] -> list[float]`` (a scalar black box, explained on its own
+        value) or ``list[str] -> list[str]`` (a text model: the text-only path).
     method: attribution method name (see ``gsmile.methods.METHODS``).
     unit: "word", "token", "phrase" or "sentence" (units of the prompt).
-    target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv".
+    target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv", or
+        "embedding" (regenerate each perturbation and compare texts by MiniLM embedding).
     n_samples: perturbed prompts drawn (identical ones are evaluated once). occlusion
         (N - window + 1 masks) and shapley (all 2^N) do not use it; kernelshap enumerates
         every coalition when n_samples + 1 >= 2^N.
@@ -210,8 +213,14 @@ class Explainer:
             notes.append(f"dropout {dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
 
         tic = time.perf_counter()
-        backend = resolve_model(self.model)
+        # The model's input for the unperturbed text (what model_input(full mask) gives below).
+        original = prompt if context is None else template.format(context=context, prompt=prompt)
+        backend, response, route = prepare_backend(
+            resolve_model(self.model), prompt=original, response=response, target=self.target, max_new_tokens=max_new_tokens
+        )
         is_lm = isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
+        if "note" in route:
+            notes.append(route["note"])
         target = make_target(self.target) if is_lm else None
         if is_lm and hasattr(backend, "load"):
             backend.load()
@@ -242,7 +251,6 @@ class Explainer:
         else:
             def model_input(mask):
                 return template.format(context=segmentation.render(mask), prompt=prompt)
-        original = model_input(segmentation.full_mask)
 
         response_ids = response_tokens = None
         cache: dict[str, tuple[float, np.ndarray | None]] = {}
@@ -326,6 +334,11 @@ class Explainer:
         token_coefficients, ess, extras = result.token_coefficients, result.effective_sample_size, dict(result.extras)
         if rounds_report is not None:
             extras["until_stable"] = rounds_report
+        extras.update(route)  # how the model was reached (path, and why)
+        if is_lm and getattr(backend, "embedding_note", None) and target.name == "wasserstein":
+            extras["ground_cost"] = backend.embedding_note
+        if hasattr(backend, "call_stats") and backend.call_stats() is not None:
+            extras["calls"] = backend.call_stats()
         if runs > 1:
             coefficients = np.mean([res.coefficients for res in results], axis=0)
             intercept = float(np.mean([res.intercept for res in results]))
@@ -360,7 +373,7 @@ class Explainer:
         for note in notes:
             warnings.warn(note, GsmileWarning, stacklevel=2)
 
-        params = {**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm else None}
+        params = {**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm or route["path"] == "text" else None}
         if runs > 1:
             params.update(runs=runs, top_k=int(self.top_k))
         if self.until_stable:
@@ -377,7 +390,7 @@ class Explainer:
             intercept=intercept,
             fidelity_r2=fidelity,
             method=method.name,
-            target=target.name if is_lm else "model_output",
+            target=target.name if is_lm else getattr(backend, "target_name", "model_output"),
             unit_type=unit,
             n_samples=n_rows - 1,
             n_unique=n_calls,

@@ -192,6 +192,49 @@ class WassersteinTarget(Target):
         return float(max(ot.emd2(a, b, cost, check_marginals=False), 0.0))
 
 
+class EmbeddingTarget(Target):
+    """Text-only target: the distance ``1 − cos(e(original response), e(regenerated response))``
+    between sentence embeddings (the embedded all-MiniLM-L6-v2 by default), in [0, 2].
+
+    Used when a model gives text but no log-probabilities (chat-only APIs, servers without
+    ``echo``, a Python function returning text): each perturbed prompt is answered again at
+    temperature 0 and its answer compared with the original one. Identical texts are at
+    distance 0 exactly. ``embedder`` maps a list of texts to unit-norm rows.
+    """
+
+    name = "embedding"
+    text_only = True
+
+    def __init__(self, embedder: Callable[[list[str]], np.ndarray] | None = None):
+        self.embedder = embedder
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if self.embedder is not None:
+            emb = np.asarray(self.embedder(list(texts)), dtype=np.float64)
+        else:
+            from .backends.minilm import embed_texts
+
+            emb = embed_texts(texts)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def prepare_text(self, response: str) -> "EmbeddingTarget":
+        self.reference_text_ = response
+        self.reference_embedding_ = self._embed([response])[0]
+        return self
+
+    def distance(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        out = np.zeros(len(texts))
+        todo = [i for i, t in enumerate(texts) if t != self.reference_text_]
+        if todo:
+            emb = self._embed([texts[i] for i in todo])
+            out[todo] = np.clip(1.0 - emb @ self.reference_embedding_, 0.0, 2.0)
+        return out
+
+    def per_position(self, logprobs):
+        raise InvalidInputError("the embedding target compares regenerated texts; it has no per-token log-probabilities")
+
+
 def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest entries of each row (as a set; order unspecified).
     torch.topk when torch is loaded (several times faster than a full argpartition)."""
@@ -211,6 +254,11 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "kl": KLTarget,
     "js": JSTarget,
     "tv": TVTarget,
+}
+
+#: targets that compare regenerated texts instead of distributions (the text-only path).
+TEXT_TARGETS: dict[str, Callable[[], EmbeddingTarget]] = {
+    "embedding": EmbeddingTarget,
 }
 
 

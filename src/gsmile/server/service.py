@@ -1,0 +1,324 @@
+"""What the endpoints compute, independent of HTTP: an explanation (``/v1/explain``) and the
+causal analysis of a detection score (``/v1/glad/causal-explainability/analyze``)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from ..backends import LanguageModel, ScalarModel, resolve_model
+from ..errors import GsmileError, ModelError, UnknownNameError
+from ..explainer import Explainer
+from ..methods import METHODS
+from ..units import Segmentation
+from .detection import DetectionScore, fit_length, is_out_of_memory
+from .errors import FieldError, NotSupported
+
+#: analyze method -> (library method, key of its result under "xai")
+ANALYZE_METHODS: dict[str, tuple[str, str]] = {
+    "gradient_causal": ("occlusion", "gradient_causal"),
+    "mupax_causal": ("mupax", "mupax_halluc_causal"),
+}
+DEFAULT_ANALYZE_SAMPLES = 200
+TOP_TOKENS = 10
+#: |coef| at or below this share of the largest is "neutral".
+NEUTRAL_SHARE = 0.05
+
+Progress = Callable[[float], None]
+
+
+def _explainer_options() -> set[str]:
+    return {p for p in inspect.signature(Explainer.__init__).parameters if p not in ("self", "model")}
+
+
+def _explain_arguments() -> set[str]:
+    return set(inspect.signature(Explainer.explain).parameters)
+
+
+def is_language_model(backend) -> bool:
+    return isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
+
+
+class ModelHolder:
+    """The service's model, resolved (and loaded) once, on first use, under a lock."""
+
+    def __init__(self, model=None, name: str = "local"):
+        self._given = model
+        self.name = name
+        self._backend = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def model_id(self) -> str:
+        if self._backend is not None:
+            return str(getattr(self._backend, "model_id", self.name))
+        if self._given is not None:
+            return str(getattr(self._given, "model_id", type(self._given).__name__))
+        return self.name
+
+    def get(self):
+        with self._lock:
+            if self._backend is None:
+                backend = resolve_model(self._given if self._given is not None else self.name)
+                if is_language_model(backend) and hasattr(backend, "load"):
+                    backend.load()
+                self._backend = backend
+            return self._backend
+
+
+class _CountingLM:
+    """A LanguageModel that reports how many prompts it has scored (for job progress)."""
+
+    def __init__(self, backend, on_count: Callable[[int], None]):
+        self._backend = backend
+        self._on_count = on_count
+        self.model_id = backend.model_id
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def generate(self, prompt, max_new_tokens):
+        return self._backend.generate(prompt, max_new_tokens)
+
+    def encode_response(self, response):
+        return self._backend.encode_response(response)
+
+    def decode(self, token_ids):
+        return self._backend.decode(token_ids)
+
+    def token_strings(self, token_ids):
+        return self._backend.token_strings(token_ids)
+
+    def logprobs(self, prompts, response_ids):
+        out = self._backend.logprobs(prompts, response_ids)
+        self._on_count(len(prompts))
+        return out
+
+    def token_embeddings(self):
+        return self._backend.token_embeddings()
+
+    def token_spans(self, text):
+        return self._backend.token_spans(text)
+
+
+def _counting(backend, on_count: Callable[[int], None]):
+    if is_language_model(backend):
+        return _CountingLM(backend, on_count)
+    scalar = backend if isinstance(backend, ScalarModel) else ScalarModel(backend)
+
+    def counted(texts):
+        out = scalar(texts)
+        on_count(len(texts))
+        return out
+
+    return ScalarModel(counted, model_id=scalar.model_id)
+
+
+def _progress_counter(progress: Progress, expected: int):
+    done = [0]
+
+    def on_count(n: int) -> None:
+        done[0] += n
+        progress(done[0] / max(expected, 1))
+
+    return on_count
+
+
+# --------------------------------------------------------------------------- explain
+EXPLAIN_FIELDS = ("method", "unit", "context_unit", "target", "n_samples", "dropout", "sigma", "random_state",
+                  "batch_size", "max_new_tokens", "method_options", "runs", "top_k", "context_template")
+
+
+def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Explain ``params["prompt"]`` with the service's model; returns ``Explanation.to_dict()``."""
+    lookup_method(params.get("method", "gsmile"))
+    accepted = _explainer_options()
+    options: dict[str, Any] = {}
+    for name in EXPLAIN_FIELDS:
+        value = params.get(name)
+        if value is None:
+            continue
+        if name not in accepted:
+            raise FieldError(name, "this gsmile version does not support it; leave it out")
+        options[name] = value
+    extra: dict[str, Any] = {}
+    for name in ("context", "segments"):
+        if params.get(name) is not None:
+            if name not in _explain_arguments():
+                raise FieldError(name, "this gsmile version does not support it; leave it out")
+            extra[name] = params[name]
+    backend = holder.get()
+    expected = int(options.get("n_samples", 200)) * int(options.get("runs") or 1) + 1
+    model = _counting(backend, _progress_counter(progress, expected))
+    explainer = Explainer(model, **options)
+    exp = explainer.explain(params["prompt"], params.get("response"), **extra)
+    return exp.to_dict()
+
+
+def lookup_method(name: str) -> None:
+    if name not in METHODS:
+        raise UnknownNameError("method", name, list(METHODS))
+
+
+# --------------------------------------------------------------------------- analyze
+def analyze_samples(params: dict[str, Any]) -> int:
+    for name in ("mupax_n_samples", "mupax_samples", "mc_samples"):
+        if params.get(name) is not None:
+            return int(params[name])
+    return DEFAULT_ANALYZE_SAMPLES
+
+
+def check_analyze(params: dict[str, Any]) -> tuple[str, str, str]:
+    """Check what the schema cannot: returns (response text, library method, xai key)."""
+    method = params.get("method") or "gradient_causal"
+    if method not in ANALYZE_METHODS:
+        raise UnknownNameError("method", method, list(ANALYZE_METHODS))
+    response = params.get("response")
+    if response is None:
+        response = params.get("full_response")
+    if response is None or not str(response).strip():
+        raise FieldError("response", "give the answer to analyze in response (or full_response)")
+    if not params["prompt"].strip():
+        raise FieldError("prompt", "the prompt is empty")
+    context = params.get("context")
+    if context is not None and not context.strip():
+        raise FieldError("context", "the context is empty; leave it out to analyze the prompt")
+    library_method, key = ANALYZE_METHODS[method]
+    return response, library_method, key
+
+
+def _method_kwargs(library_method: str, threshold: float) -> dict[str, Any]:
+    if library_method != "mupax":
+        return {}
+    accepted = _explainer_options()
+    if "method_options" in accepted:
+        return {"method_options": {"threshold_percentile": threshold}}
+    if "threshold_percentile" in accepted:
+        return {"threshold_percentile": threshold}
+    raise NotSupported("this gsmile version cannot set the MuPAX threshold percentile")
+
+
+def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress: Progress) -> dict[str, Any]:
+    """The analyze endpoint's result (see :mod:`gsmile.server.detection` for the score)."""
+    response, library_method, key = check_analyze(params)
+    backend = holder.get()
+    if not is_language_model(backend):
+        raise NotSupported("the analyze endpoint needs a language model (log-probabilities); this service runs a scalar model")
+    if library_method not in METHODS:
+        raise NotSupported(f"method {params.get('method')!r} needs the {library_method!r} attribution method, which this gsmile version lacks")
+    prompt, context = params["prompt"], params.get("context")
+    response_ids = list(backend.encode_response(response))
+    if not response_ids:
+        raise FieldError("response", "the response has no tokens")
+    explained = "context" if context is not None else "prompt"
+    n_samples = analyze_samples(params)
+    seed = params.get("seed", 0)
+    kwargs = _method_kwargs(library_method, float(params.get("mupax_threshold_percentile", 0.2)))
+
+    maxlen = settings.xai_maxlen
+    retry_notes: list[str] = []
+    while True:
+        p, c, rids, notes = fit_length(backend, prompt, context, response_ids, settings.xai_src_chars, maxlen)
+        text = c if explained == "context" else p
+        unit = params.get("unit") or ("sentence" if explained == "context" else "word")
+        if not params.get("unit") and unit == "sentence" and len(Segmentation.from_text(text, "sentence")) < 2:
+            unit = "word"  # one sentence: explain its words instead
+        n_units = len(Segmentation.from_text(text, unit)) if unit != "token" else len(backend.token_spans(text))
+        expected = n_units + 1 if library_method == "occlusion" else min(n_samples, 2 ** min(n_units, 30)) + 1
+        score = DetectionScore(backend, p, c, rids, explained)
+        try:
+            base = score.score()
+            model = _counting(ScalarModel(score, model_id=score.model_id), _progress_counter(progress, expected))
+            exp = Explainer(model, method=library_method, unit=unit, n_samples=n_samples, random_state=seed, **kwargs).explain(text)
+            break
+        except GsmileError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = exc
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = exc
+        if maxlen // 2 < settings.analyze_min_maxlen:
+            raise ModelError(f"out of memory at {maxlen} tokens per scoring pass (GSMILE_ANALYZE_MIN_MAXLEN is {settings.analyze_min_maxlen})") from oom
+        maxlen //= 2
+        retry_notes.append(f"out of memory; retried with {maxlen} tokens per scoring pass")
+
+    response_text = backend.decode(rids) if len(rids) < len(response_ids) else response
+    causal = causal_result(exp, score.detection_type, base)
+    return {
+        "prompt": params["prompt"],
+        "full_response": response_text,
+        "detection_type": score.detection_type,
+        "base_score": base,
+        "xai": {"method": params.get("method") or "gradient_causal", key: causal},
+        "warnings": retry_notes + notes + [w.replace("the prompt has", f"the {explained} has") for w in exp.warnings],
+    }
+
+
+def _mupax_report(extras: dict[str, Any]) -> dict[str, Any] | None:
+    """MuPAX's statistics from Explanation.extras (top level or under "mupax")."""
+    for block in (extras.get("mupax"), extras):
+        if isinstance(block, dict) and ("top_tokens" in block or "units" in block) and "threshold_W" in block:
+            return block
+    return None
+
+
+def causal_result(exp, detection_type: str, base: float) -> dict[str, Any]:
+    """units, top_tokens and MuPAX statistics of an explanation of a detection score.
+
+    importance: the unit's share of the total |coefficient| (MuPAX's χ), in [0, 1];
+    effect: positive when keeping the unit raises the score, negative when it lowers it,
+    neutral when |coef| is at most 5 % of the largest."""
+    coef = np.asarray(exp.coefficients, dtype=float)
+    coef = np.where(np.isfinite(coef), coef, 0.0)
+    magnitude = np.abs(coef)
+    total, top = float(magnitude.sum()), float(magnitude.max(initial=0.0))
+    importance = magnitude / total if total > 0 else np.zeros_like(magnitude)
+    effects = [
+        "neutral" if top == 0 or m <= NEUTRAL_SHARE * top else ("positive" if c > 0 else "negative")
+        for c, m in zip(coef, magnitude)
+    ]
+    report = _mupax_report(exp.extras or {})
+    stats: dict[int, dict[str, Any]] = {}
+    if report is not None:
+        for row in report.get("top_tokens") or report.get("units") or []:
+            stats[int(row["position"])] = row
+    units = [
+        {"text": u.text, "importance": float(importance[i]), "effect": stats.get(i, {}).get("effect", effects[i])}
+        for i, u in enumerate(exp.units)
+    ]
+    ranked = sorted(range(len(exp.units)), key=lambda i: (-importance[i], i))[:TOP_TOKENS]
+    top_tokens = [
+        {
+            "token": exp.units[i].text,
+            "position": i,
+            "importance": float(importance[i]),
+            "retention_frequency": _opt(stats.get(i, {}).get("retention_frequency")),
+            "conditional_goodness": _opt(stats.get(i, {}).get("conditional_goodness")),
+        }
+        for i in ranked
+    ]
+    return {
+        "detection_type": detection_type,
+        "base_score": float(base),
+        "units": units,
+        "top_tokens": top_tokens,
+        "threshold_W": _opt(report.get("threshold_W")) if report else None,
+        "n_accepted": int(report["n_accepted"]) if report and report.get("n_accepted") is not None else None,
+        "n_total": int(report["n_total"]) if report and report.get("n_total") is not None else int(exp.n_unique),
+    }
+
+
+def _opt(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,304 @@
+// gsmile page: plain JavaScript, no dependencies. Every piece of user or model text is
+// inserted with textContent, so it is always shown as text and never parsed as markup.
+"use strict";
+
+const POS = [33, 102, 172];
+const NEG = [178, 24, 43];
+const POLL_MS = 400;
+const $ = (id) => document.getElementById(id);
+let current = null; // the explanation JSON last computed
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function clear(node) {
+  while (node.firstChild) node.removeChild(node.firstChild);
+}
+
+// Signed value -> background colour; strength in [0, 1] (0 = white).
+function colour(value, strength) {
+  if (!Number.isFinite(value) || !Number.isFinite(strength) || value === 0) return ["rgb(255,255,255)", "#1f2328"];
+  const s = Math.min(Math.max(strength, 0), 1);
+  const base = value > 0 ? POS : NEG;
+  const rgb = base.map((b) => Math.round(255 + (b - 255) * s));
+  return [`rgb(${rgb.join(",")})`, s > 0.55 ? "#fff" : "#1f2328"];
+}
+
+function paint(node, value, strength) {
+  const [bg, ink] = colour(value, strength);
+  node.style.background = bg;
+  node.style.color = ink;
+}
+
+function fmt(x, digits = 3) {
+  return x === null || x === undefined || !Number.isFinite(x) ? "n/a" : Number(x).toFixed(digits);
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("apikey").value.trim();
+  if (key) h.Authorization = `Bearer ${key}`;
+  return h;
+}
+
+async function api(path, body) {
+  const res = await fetch(path, body === undefined ? { headers: headers() } : { method: "POST", headers: headers(), body: JSON.stringify(body) });
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) {
+    if (res.status === 401) $("key-box").open = true;
+    const msg = data && data.error ? data.error : `HTTP ${res.status}`;
+    const err = new Error(res.status === 503 && res.headers.get("Retry-After") ? `${msg} (retry in ${res.headers.get("Retry-After")} s)` : msg);
+    throw err;
+  }
+  return data;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function request() {
+  const body = {
+    prompt: $("prompt").value,
+    method: $("method").value,
+    target: $("target").value,
+    n_samples: Number($("samples").value),
+    random_state: Number($("seed").value || 0),
+    async: true,
+  };
+  const context = $("context").value;
+  const response = $("response").value;
+  const unit = $("unit").value; // "auto": the library's default (words of a prompt, sentences of a context)
+  if (context.trim()) body.context = context;
+  if (unit !== "auto") body[context.trim() ? "context_unit" : "unit"] = unit;
+  if (response.trim()) body.response = response;
+  if (body.method === "mupax") body.method_options = { threshold_percentile: Number($("threshold").value) };
+  return body;
+}
+
+async function compute(event) {
+  event.preventDefault();
+  showError("");
+  if (!$("prompt").value.trim()) { showError("Write a prompt first."); return; }
+  const button = $("compute");
+  const bar = $("progress");
+  button.disabled = true;
+  bar.hidden = false;
+  bar.value = 0;
+  $("status").textContent = "queued";
+  try {
+    const job = await api("/v1/explain", request());
+    for (;;) {
+      const state = await api(`/v1/jobs/${encodeURIComponent(job.job_id)}`);
+      bar.value = state.progress;
+      $("status").textContent = `${state.status} ${Math.round(state.progress * 100)}%`;
+      if (state.status === "succeeded") { render(state.result); $("status").textContent = "done"; break; }
+      if (state.status === "failed") throw new Error(state.error ? state.error.error : "the job failed");
+      await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+  } catch (err) {
+    showError(err.message);
+    $("status").textContent = "";
+  } finally {
+    button.disabled = false;
+    bar.hidden = true;
+  }
+}
+
+function explainedText(exp) {
+  return exp.explained === "context" && exp.context !== null ? exp.context : exp.prompt;
+}
+
+// The explained text with each unit in a span coloured by `values` (signed) scaled by max |value|.
+function unitText(container, exp, values) {
+  clear(container);
+  const text = explainedText(exp);
+  const top = Math.max(0, ...values.map((v) => (Number.isFinite(v) ? Math.abs(v) : 0)));
+  const order = exp.units.map((u, i) => [u, i]).sort((a, b) => a[0].start - b[0].start);
+  let at = 0;
+  for (const [u, i] of order) {
+    if (u.start > at) container.appendChild(document.createTextNode(text.slice(at, u.start)));
+    const span = el("span", "unit", text.slice(u.start, u.end));
+    span.dataset.index = String(i);
+    const v = values[i];
+    paint(span, v, top > 0 ? Math.abs(v) / top : 0);
+    span.title = `${u.text}: ${fmt(exp.coefficients[i], 4)}`;
+    container.appendChild(span);
+    at = Math.max(at, u.end);
+  }
+  if (at < text.length) container.appendChild(document.createTextNode(text.slice(at)));
+}
+
+function render(exp) {
+  current = exp;
+  $("result").hidden = false;
+  const coef = exp.coefficients.map((c) => (c === null ? NaN : c));
+  // summary
+  const summary = $("summary");
+  clear(summary);
+  const r2 = el("dd", null, fmt(exp.fidelity_r2, 2));
+  r2.appendChild(el("span", `badge ${exp.reliable ? "ok" : "low"}`, exp.reliable ? "reliable" : "low fidelity"));
+  const rows = [["method", exp.method], ["target", exp.target], ["explained", `${exp.explained} (${exp.units.length} ${exp.unit_type} units)`],
+    ["samples", `${exp.n_samples} drawn, ${exp.n_unique} scored`], ["model", exp.model_id]];
+  summary.appendChild(el("dt", null, "fidelity R²"));
+  summary.appendChild(r2);
+  const extras = exp.extras || {};
+  if (extras.mupax) {
+    const m = extras.mupax;
+    rows.push(["MuPAX", `${m.n_accepted} of ${m.n_total} samples accepted (distance ≤ W = ${fmt(m.threshold_W, 4)}, percentile ${m.threshold_percentile})`]);
+  }
+  if (extras.stability) {
+    const s = extras.stability;
+    rows.push(["stability", `${s.runs} runs, top-${s.top_k} Jaccard ${fmt(s.topk_jaccard, 2)}`]);
+  }
+  for (const [k, v] of rows) { summary.appendChild(el("dt", null, k)); summary.appendChild(el("dd", null, v)); }
+  const warnings = $("warnings");
+  clear(warnings);
+  for (const w of exp.warnings || []) warnings.appendChild(el("div", "warning", w));
+  // outcome
+  $("text-title").textContent = exp.explained === "context" ? "Context" : "Prompt";
+  unitText($("text"), exp, coef);
+  const bars = $("bars");
+  clear(bars);
+  const top = Math.max(0, ...coef.map((c) => (Number.isFinite(c) ? Math.abs(c) : 0)));
+  exp.units.forEach((u, i) => {
+    const tr = el("tr");
+    tr.appendChild(el("td", "label", u.text));
+    const cell = el("td");
+    const track = el("div", "track");
+    const fill = el("div", "fill");
+    const s = top > 0 && Number.isFinite(coef[i]) ? Math.abs(coef[i]) / top : 0;
+    fill.style.width = `${(s * 100).toFixed(1)}%`;
+    fill.style.background = colour(coef[i], 1)[0];
+    track.appendChild(fill);
+    cell.appendChild(track);
+    tr.appendChild(cell);
+    tr.appendChild(el("td", "num", fmt(coef[i], 4)));
+    bars.appendChild(tr);
+  });
+  const list = $("top");
+  clear(list);
+  const ranked = exp.units.map((u, i) => [u, i]).sort((a, b) => (exp.scores[b[1]] || 0) - (exp.scores[a[1]] || 0) || a[1] - b[1]);
+  for (const [u, i] of ranked.slice(0, 5)) {
+    const li = el("li");
+    li.appendChild(el("strong", null, u.text));
+    li.appendChild(document.createTextNode(` score ${fmt(exp.scores[i], 2)}, coefficient ${fmt(coef[i], 4)}`));
+    list.appendChild(li);
+  }
+  $("response-text").textContent = exp.response === null ? "" : exp.response;
+  renderTokens(exp);
+  select("outcome");
+}
+
+function renderTokens(exp) {
+  const table = $("heatmap");
+  const strip = $("token-strip");
+  clear(table);
+  clear(strip);
+  const tc = exp.token_coefficients;
+  const tokens = exp.response_tokens;
+  const has = Array.isArray(tc) && Array.isArray(tokens) && tokens.length > 0;
+  $("no-tokens").hidden = has;
+  table.hidden = !has;
+  strip.hidden = !has;
+  if (!has) { clear($("token-text")); return; }
+  const values = tc.map((row) => row.map((v) => (v === null ? NaN : v)));
+  // each column (response token) is scaled to its own largest |value|, but never to less
+  // than a tenth of the largest overall, so a token that barely moved stays pale
+  const absAt = (row, j) => (Number.isFinite(row[j]) ? Math.abs(row[j]) : 0);
+  const globalTop = Math.max(0, ...values.map((row) => Math.max(0, ...row.map((_, j) => absAt(row, j)))));
+  const colTop = tokens.map((_, j) => Math.max(0.1 * globalTop, ...values.map((row) => absAt(row, j))));
+  const head = el("tr");
+  head.appendChild(el("th"));
+  tokens.forEach((t, j) => {
+    const th = el("th", "tok", t);
+    th.dataset.token = String(j);
+    th.addEventListener("mouseenter", () => focusToken(j));
+    head.appendChild(th);
+    const chip = el("span", "tok", t);
+    chip.dataset.token = String(j);
+    chip.addEventListener("mouseenter", () => focusToken(j));
+    strip.appendChild(chip);
+  });
+  table.appendChild(head);
+  exp.units.forEach((u, i) => {
+    const tr = el("tr");
+    tr.dataset.unit = String(i);
+    tr.appendChild(el("th", "row", u.text));
+    values[i].forEach((v, j) => {
+      const td = el("td");
+      paint(td, v, colTop[j] > 0 && Number.isFinite(v) ? Math.abs(v) / colTop[j] : 0);
+      td.title = `${u.text} -> ${tokens[j]}: ${fmt(v, 4)}`;
+      td.addEventListener("mouseenter", () => focusToken(j));
+      tr.appendChild(td);
+    });
+    table.appendChild(tr);
+  });
+  focusToken(null);
+}
+
+// Hovering response token j: colour the text by that token's column and mark the units
+// whose |value| is at least half of the column's largest.
+function focusToken(j) {
+  const exp = current;
+  if (!exp || !exp.token_coefficients) return;
+  document.querySelectorAll(".tok.hot, tr.hot").forEach((n) => n.classList.remove("hot"));
+  const column = j === null ? exp.coefficients : exp.token_coefficients.map((row) => row[j]);
+  const values = column.map((v) => (v === null ? NaN : v));
+  unitText($("token-text"), exp, values);
+  if (j === null) return;
+  document.querySelectorAll(`[data-token="${j}"]`).forEach((n) => n.classList.add("hot"));
+  const top = Math.max(0, ...values.map((v) => (Number.isFinite(v) ? Math.abs(v) : 0)));
+  if (top === 0) return;
+  values.forEach((v, i) => {
+    if (Math.abs(v) >= 0.5 * top) {
+      document.querySelectorAll(`#token-text .unit[data-index="${i}"], #heatmap tr[data-unit="${i}"]`).forEach((n) => n.classList.add("hot"));
+    }
+  });
+}
+
+function select(view) {
+  for (const name of ["outcome", "tokens"]) {
+    $(`view-${name}`).hidden = name !== view;
+    $(`tab-${name}`).setAttribute("aria-selected", String(name === view));
+  }
+}
+
+function download() {
+  if (!current) return;
+  const blob = new Blob([JSON.stringify(current, null, 2)], { type: "application/json" });
+  const a = el("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "gsmile-explanation.json";
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+async function init() {
+  const methodSelect = $("method");
+  let methods = ["gsmile"];
+  try {
+    const health = await (await fetch("/healthz")).json();
+    if (Array.isArray(health.methods) && health.methods.length) methods = health.methods;
+  } catch (e) { /* keep the default */ }
+  for (const m of methods) methodSelect.appendChild(el("option", null, m));
+  const syncThreshold = () => { $("threshold").disabled = methodSelect.value !== "mupax"; };
+  methodSelect.addEventListener("change", syncThreshold);
+  syncThreshold();
+  $("form").addEventListener("submit", compute);
+  $("tab-outcome").addEventListener("click", () => select("outcome"));
+  $("tab-tokens").addEventListener("click", () => select("tokens"));
+  $("download").addEventListener("click", download);
+  document.body.dataset.ready = "1";
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,176 @@
+"""The page in a real browser: Playwright driving the system's Chromium (/usr/bin/chromium,
+the Debian package; no browser is downloaded) against uvicorn on 127.0.0.1.
+
+Screenshots are saved under test-artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from gsmile.server import Settings, create_app  # noqa: E402
+from gsmile.units import Segmentation  # noqa: E402
+from serve_models import ToyLM  # noqa: E402
+from serve_util import running_server  # noqa: E402
+
+CHROMIUM = os.environ.get("GSMILE_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (make test installs it)"),
+]
+
+PROMPT = "Tell me where the Eiffel Tower stands and <b>who</b> built it?"
+RESPONSE = "It stands in Paris and Eiffel built it"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    app = create_app(Settings(jobs_path=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3", max_concurrent=2), model=ToyLM())
+    with running_server(app) as url:
+        yield url
+    app.state.manager.shutdown()
+    app.state.store.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def _compute(page, server, **fields):
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    for selector, value in fields.items():
+        if selector in ("method", "target", "unit"):
+            page.select_option(f"#{selector}", value)
+        else:
+            page.fill(f"#{selector}", value)
+    page.click("#compute")
+    page.wait_for_selector("#result:not([hidden]), #error:not([hidden])", timeout=30_000)
+    assert page.is_hidden("#error"), page.text_content("#error")
+
+
+def test_compute_switch_views_and_download(page, server, tmp_path):
+    _compute(page, server, prompt=PROMPT, response=RESPONSE, samples="120", target="logprob")
+    assert page.text_content("#status") == "done"
+    words = [u.text for u in Segmentation.from_text(PROMPT, "word").units]
+    # outcome view: every unit coloured, one bar per unit, fidelity shown, response shown
+    assert page.locator("#text .unit").count() == len(words)
+    assert page.locator("#bars tr").count() == len(words)
+    assert page.text_content("#summary").startswith("fidelity R²")
+    assert page.text_content("#response-text") == RESPONSE
+    assert page.locator("#top li").count() == 5
+    # user text is shown as text, never as markup
+    assert "<b>who</b>" in page.text_content("#text")
+    assert page.locator("#text b").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "outcome.png"), full_page=True)
+
+    page.click("#tab-tokens")
+    assert page.is_visible("#view-tokens") and page.is_hidden("#view-outcome")
+    tokens = page.locator("#heatmap th.tok")
+    assert tokens.count() == len(RESPONSE.split())
+    assert page.locator("#heatmap tr[data-unit]").count() == len(words)
+    # hovering the response token "Paris" highlights the unit that drove it: "Paris" is not in
+    # the prompt, so no unit is; "Eiffel" is, and the toy model predicts it from that word
+    index = RESPONSE.split().index("Eiffel")
+    page.hover(f"#token-strip .tok[data-token='{index}']")
+    hot = page.locator("#token-text .unit.hot").all_text_contents()
+    assert "Eiffel" in hot
+    assert page.locator(f"#heatmap th.tok.hot[data-token='{index}']").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "token-view.png"), full_page=True)
+
+    with page.expect_download() as info:
+        page.click("#download")
+    saved = tmp_path / "download.json"
+    info.value.save_as(saved)
+    data = json.loads(saved.read_text())
+    assert data["schema"] == "gsmile.explanation" and data["prompt"] == PROMPT and data["response"] == RESPONSE
+    assert len(data["coefficients"]) == len(words) and len(data["token_coefficients"][0]) == len(RESPONSE.split())
+
+    page.click("#tab-outcome")
+    assert page.is_visible("#view-outcome") and page.is_hidden("#view-tokens")
+
+
+def test_errors_are_shown_on_the_page(page, server):
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#prompt", "Hello")
+    page.click("#compute")
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    assert "at least 2 are needed" in page.text_content("#error")
+    assert page.is_enabled("#compute")
+    page.screenshot(path=str(ARTIFACTS / "error.png"), full_page=True)
+
+
+def test_method_choices_come_from_the_service(page, server):
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    from gsmile.methods import METHODS
+
+    assert page.locator("#method option").all_text_contents() == sorted(METHODS)
+    assert page.is_disabled("#threshold") == ("mupax" != page.input_value("#method"))
+
+
+@pytest.mark.skipif("mupax" not in __import__("gsmile.methods").methods.METHODS, reason="needs the mupax method")
+def test_mupax_over_a_context(page, server, tmp_path):
+    context = "Paris is in France. The tower was built by Eiffel. Cheese is good. Rain fell."
+    _compute(page, server, prompt="Who built the tower in Paris?", context=context, response="Eiffel built it",
+             method="mupax", threshold="0.3", samples="100", target="logprob")
+    assert page.text_content("#text-title") == "Context"
+    assert page.locator("#text .unit").count() == 4
+    assert page.text_content("#text") == context
+    summary = page.text_content("#summary")
+    assert "explainedcontext (4 sentence units)" in summary and "percentile 0.3" in summary
+    assert page.locator("#top li strong").first.text_content() == "The tower was built by Eiffel."
+    page.screenshot(path=str(ARTIFACTS / "mupax-context.png"), full_page=True)
+
+
+def test_api_key_entered_on_the_page(browser, tmp_path):
+    app = create_app(Settings(jobs_path=tmp_path / "jobs.sqlite3", api_key="pa55"), model=ToyLM())
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        with running_server(app) as url:
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            page.fill("#prompt", PROMPT)
+            page.fill("#samples", "30")
+            page.click("#compute")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "API key" in page.text_content("#error")
+            assert page.locator("#key-box").get_attribute("open") is not None  # opened for the user
+            page.fill("#apikey", "pa55")
+            page.click("#compute")
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            assert page.is_hidden("#error")
+    finally:
+        context.close()
+        app.state.manager.shutdown()
+        app.state.store.close()
