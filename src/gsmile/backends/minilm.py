@@ -9,10 +9,7 @@ concurrent extraction never leaves a half-written model. Loaded with sentence-tr
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelError
+from .embedded import build_once, packaged_file
 
 MINILM_PACKAGE = "all_minilm_l6_v2"
 MINILM_FILE = "model.zip"
@@ -33,13 +31,7 @@ _model = None
 
 
 def minilm_zip() -> Path:
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the embedding model package {MINILM_PACKAGE!r} is not installed; {_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / MINILM_FILE
-    if not path.is_file():
-        raise ModelError(f"{path} is missing from the {MINILM_PACKAGE!r} package; {_HINT}")
-    return path
+    return packaged_file(MINILM_PACKAGE, MINILM_FILE, _HINT)
 
 
 def ensure_extracted() -> Path:
@@ -49,21 +41,12 @@ def ensure_extracted() -> Path:
     if (target / "config.json").is_file():
         return target
     source = minilm_zip()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
-    try:
+
+    def extract(tmp: Path) -> None:
         with zipfile.ZipFile(source) as zf:
             zf.extractall(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"could not extract the embedding model {source}: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once(target, extract, f"the embedding model from {source}")
 
 
 def _load():
