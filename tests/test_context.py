@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gsmile import Explainer, Explanation, explain
+from gsmile import Explanation, explain
 from gsmile.errors import InvalidInputError
 from gsmile.explainer import CONTEXT_TEMPLATE
 
