@@ -45,3 +45,26 @@ class Api:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} did not finish: {r.json()}")
             time.sleep(0.02)
+
+
+class AppFactory:
+    """Builds apps on a temporary jobs file with a default test model, and shuts every one
+    down afterwards (used by the ``make_api`` fixtures of the server tests)."""
+
+    def __init__(self, tmp_path, default_model):
+        self.tmp_path = tmp_path
+        self.default_model = default_model
+        self.apps = []
+
+    def __call__(self, model=None, **settings):
+        from gsmile.server import Settings, create_app
+
+        settings.setdefault("jobs_path", self.tmp_path / "jobs.sqlite3")
+        app = create_app(Settings(**settings), model=model if model is not None else self.default_model())
+        self.apps.append(app)
+        return Api(app)
+
+    def close(self):
+        for app in self.apps:
+            app.state.manager.shutdown()
+            app.state.store.close()

@@ -23,7 +23,7 @@ from gsmile.server.detection import (  # noqa: E402
     is_out_of_memory,
 )
 from gsmile.server.schemas import AnalyzeResponse  # noqa: E402
-from server_client import Api  # noqa: E402
+from server_client import Api, AppFactory  # noqa: E402
 from serve_models import Additive, ToyLM  # noqa: E402
 
 URL = "/v1/glad/causal-explainability/analyze"
@@ -39,18 +39,9 @@ needs_mupax = pytest.mark.skipif("mupax" not in METHODS, reason="needs the mupax
 
 @pytest.fixture
 def make_api(tmp_path):
-    apps = []
-
-    def make(model=None, **settings):
-        settings.setdefault("jobs_path", tmp_path / "jobs.sqlite3")
-        app = create_app(Settings(**settings), model=model if model is not None else ToyLM())
-        apps.append(app)
-        return Api(app)
-
-    yield make
-    for app in apps:
-        app.state.manager.shutdown()
-        app.state.store.close()
+    factory = AppFactory(tmp_path, ToyLM)
+    yield factory
+    factory.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from gsmile.explainer import Explainer  # noqa: E402
 from gsmile.methods import METHODS  # noqa: E402
 from gsmile.server import Settings, create_app  # noqa: E402
 from gsmile.server.openapi import SCHEMA_PATH, current_schema, dumps  # noqa: E402
-from server_client import Api  # noqa: E402
+from server_client import Api, AppFactory  # noqa: E402
 from serve_models import Additive, ToyLM  # noqa: E402
 
 WEIGHTS = {"alpha": 3.0, "bravo": -1.5, "charlie": 0.0, "delta": 2.25, "echo": 0.5, "foxtrot": -0.75, "golf": 1.0}
@@ -26,18 +26,9 @@ PROMPT = "alpha bravo charlie delta echo foxtrot golf"
 
 @pytest.fixture
 def make_api(tmp_path):
-    apps = []
-
-    def make(model=None, **settings):
-        settings.setdefault("jobs_path", tmp_path / "jobs.sqlite3")
-        app = create_app(Settings(**settings), model=model if model is not None else Additive(WEIGHTS, bias=0.5))
-        apps.append(app)
-        return Api(app)
-
-    yield make
-    for app in apps:
-        app.state.manager.shutdown()
-        app.state.store.close()
+    factory = AppFactory(tmp_path, lambda: Additive(WEIGHTS, bias=0.5))
+    yield factory
+    factory.close()
 
 
 # ------------------------------------------------------------------------- basics
