@@ -84,3 +84,21 @@ def test_cli_explains_the_example_and_writes_every_output(tmp_path, lm):
     assert out["html"].read_text().startswith("<!DOCTYPE html>")
     assert out["png"].read_bytes().startswith(b"\x89PNG")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_atomic_write_gives_ordinary_permissions_and_keeps_an_existing_mode(tmp_path):
+    from gsmile._io import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "new.json"
+        write_atomic(fresh, "{}")
+        assert fresh.read_text() == "{}" and (fresh.stat().st_mode & 0o777) == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_atomic(kept, b"new")
+        assert kept.read_bytes() == b"new" and (kept.stat().st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", "new.json"]

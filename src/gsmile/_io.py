@@ -24,11 +24,19 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place, so a
-    reader never sees a half-written file and a failure leaves the old file untouched."""
+    reader never sees a half-written file and a failure leaves the old file untouched.
+
+    The file gets the mode an ordinary write would give it: the old file's mode when it is
+    replaced, else 0o666 less the umask (mkstemp alone would leave 0o600)."""
     p = Path(path).expanduser()
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        mode = p.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -40,3 +48,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
