@@ -227,23 +227,8 @@ class Explainer:
         timings["load"] = time.perf_counter() - tic
 
         explained = "prompt" if context is None else "context"
-        text = prompt if context is None else context
-        unit = self.unit if context is None else self.context_unit
-        if segments is not None:
-            segmentation = Segmentation.from_segments(text, segments)
-            unit = "custom"
-        else:
-            segmentation = Segmentation.from_text(
-                text, unit, tokenizer=backend.token_spans if is_lm and unit == "token" else None
-            )
+        segmentation, unit = self._segment(prompt if context is None else context, explained, segments, backend, is_lm, notes)
         n_units = len(segmentation)
-        if n_units < 2:
-            raise InvalidInputError(
-                f"the {explained} has {n_units} {unit} unit(s); at least 2 are needed to compare them "
-                f"(write a longer {explained} or use a finer --unit)"
-            )
-        if n_units < FEW_UNITS:
-            notes.append(f"the {explained} has only {n_units} units; attributions over so few units say little")
 
         if context is None:
             def model_input(mask):
@@ -340,36 +325,9 @@ class Explainer:
         if hasattr(backend, "call_stats") and backend.call_stats() is not None:
             extras["calls"] = backend.call_stats()
         if runs > 1:
-            coefficients = np.mean([res.coefficients for res in results], axis=0)
-            intercept = float(np.mean([res.intercept for res in results]))
-            r2s = np.array([res.fidelity_r2 for res in results], dtype=float)
-            fidelity = float(np.nanmean(r2s)) if np.isfinite(r2s).any() else float("nan")
-            ess = float(np.mean([res.effective_sample_size for res in results]))
-            if token_coefficients is not None:
-                token_coefficients = np.mean([res.token_coefficients for res in results], axis=0)
-            report = stability([res.coefficients for res in results], k=self.top_k, seeds=seeds)
-            report["fidelity_r2"] = [None if not np.isfinite(v) else float(v) for v in r2s]
-            extras["stability"] = report
-            if report["unstable"]:
-                listed = ", ".join(repr(segmentation.units[i].text) for i in report["unstable"][:5])
-                more = "..." if len(report["unstable"]) > 5 else ""
-                notes.append(
-                    f"{len(report['unstable'])} unit(s) are unstable across the {runs} runs (sign flips or std above "
-                    f"|mean|): {listed}{more}; use more samples or larger units"
-                )
-
-        if method.ess_hint is not None and ess < ESS_WARN_SHARE * n_rows:
-            notes.append(
-                f"effective sample size {ess:.1f} is under {ESS_WARN_SHARE:.0%} of the {n_rows} samples: "
-                f"few perturbations are close to the {explained} ({method.ess_hint})"
-            )
-        if not np.isfinite(fidelity):
-            notes.append("the model's output did not change under any perturbation; there is nothing to attribute")
-        elif fidelity < FIDELITY_THRESHOLD:
-            notes.append(
-                f"surrogate fidelity R² {fidelity:.2f} is below {FIDELITY_THRESHOLD}: the linear "
-                f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
-            )
+            coefficients, intercept, fidelity, ess, token_coefficients = _mean_of_runs(results)
+            extras["stability"] = self._stability_report(results, seeds, segmentation, notes)
+        notes.extend(_quality_notes(fidelity, ess, n_rows, explained, method.ess_hint))
         for note in notes:
             warnings.warn(note, GsmileWarning, stacklevel=2)
 
@@ -407,6 +365,37 @@ class Explainer:
             token_coefficients=token_coefficients,
             extras=extras,
         )
+
+    def _segment(self, text, explained, segments, backend, is_lm, notes):
+        """The explained text's units (user segments or ``unit``/``context_unit``) and their type."""
+        unit = self.unit if explained == "prompt" else self.context_unit
+        if segments is not None:
+            segmentation, unit = Segmentation.from_segments(text, segments), "custom"
+        else:
+            tokenizer = backend.token_spans if is_lm and unit == "token" else None
+            segmentation = Segmentation.from_text(text, unit, tokenizer=tokenizer)
+        n_units = len(segmentation)
+        if n_units < 2:
+            raise InvalidInputError(
+                f"the {explained} has {n_units} {unit} unit(s); at least 2 are needed to compare them "
+                f"(write a longer {explained} or use a finer --unit)"
+            )
+        if n_units < FEW_UNITS:
+            notes.append(f"the {explained} has only {n_units} units; attributions over so few units say little")
+        return segmentation, unit
+
+    def _stability_report(self, results, seeds, segmentation, notes) -> dict:
+        """How the runs' coefficients agree (``extras["stability"]``); a note on unstable units."""
+        report = stability([res.coefficients for res in results], k=self.top_k, seeds=seeds)
+        report["fidelity_r2"] = [None if not np.isfinite(r.fidelity_r2) else float(r.fidelity_r2) for r in results]
+        if report["unstable"]:
+            listed = ", ".join(repr(segmentation.units[i].text) for i in report["unstable"][:5])
+            more = "..." if len(report["unstable"]) > 5 else ""
+            notes.append(
+                f"{len(report['unstable'])} unit(s) are unstable across the {len(results)} runs (sign flips or std above "
+                f"|mean|): {listed}{more}; use more samples or larger units"
+            )
+        return report
 
     def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict):
         """Explained value y per text (and, for language models, one column per response
@@ -449,6 +438,38 @@ class Explainer:
         if is_lm and hasattr(backend, "suggest_batch_size") and hasattr(backend, "prompt_ids"):
             return int(backend.suggest_batch_size(len(backend.prompt_ids(original)) + len(response_ids)))
         return DEFAULT_BATCH_SIZE if is_lm else SCALAR_BATCH_SIZE
+
+
+def _mean_of_runs(results):
+    """Coefficients, intercept, fidelity (NaN-aware), effective sample size and token matrix
+    averaged over repeated runs."""
+    r2s = np.array([res.fidelity_r2 for res in results], dtype=float)
+    token = results[0].token_coefficients
+    return (
+        np.mean([res.coefficients for res in results], axis=0),
+        float(np.mean([res.intercept for res in results])),
+        float(np.nanmean(r2s)) if np.isfinite(r2s).any() else float("nan"),
+        float(np.mean([res.effective_sample_size for res in results])),
+        None if token is None else np.mean([res.token_coefficients for res in results], axis=0),
+    )
+
+
+def _quality_notes(fidelity: float, ess: float, n_rows: int, explained: str, ess_hint: str | None) -> list[str]:
+    """Warnings about how far the explanation can be trusted."""
+    notes = []
+    if ess_hint is not None and ess < ESS_WARN_SHARE * n_rows:
+        notes.append(
+            f"effective sample size {ess:.1f} is under {ESS_WARN_SHARE:.0%} of the {n_rows} samples: "
+            f"few perturbations are close to the {explained} ({ess_hint})"
+        )
+    if not np.isfinite(fidelity):
+        notes.append("the model's output did not change under any perturbation; there is nothing to attribute")
+    elif fidelity < FIDELITY_THRESHOLD:
+        notes.append(
+            f"surrogate fidelity R² {fidelity:.2f} is below {FIDELITY_THRESHOLD}: the linear "
+            f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
+        )
+    return notes
 
 
 def _out_of_memory(exc: BaseException) -> bool:
