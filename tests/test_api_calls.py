@@ -343,3 +343,16 @@ def test_embedding_target_on_the_local_model_regenerates_greedily(lm):
     assert exp.extras["path"] == "text" and exp.target == "embedding"
     assert exp.response == lm.decode(lm.generate(PROMPT, 4))
     assert np.all(np.isfinite(exp.coefficients)) and np.any(exp.coefficients != 0)
+
+
+def test_a_base_url_without_a_scheme_is_refused_before_any_call(monkeypatch):
+    from gsmile.backends.openai import OpenAIBackend
+    from gsmile.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="must start with http:// or https://, got 'localhost:8080/v1'"):
+        OpenAIBackend("m", base_url="localhost:8080/v1").validate()
+    monkeypatch.setenv("OPENAI_BASE_URL", "ftp://example")
+    with pytest.raises(InvalidInputError, match="'ftp://example'"):
+        OpenAIBackend("m").validate()
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert OpenAIBackend("m").validate().effective_base_url.startswith("https://")

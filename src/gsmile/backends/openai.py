@@ -119,6 +119,8 @@ class OpenAIBackend:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise InvalidInputError(f"{name} must be an integer ≥ {lo}, got {value!r}")
+        if not self.effective_base_url.startswith(("http://", "https://")):
+            raise InvalidInputError(f"the base URL must start with http:// or https://, got {self.effective_base_url!r}")
         if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise InvalidInputError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         self.template
@@ -137,10 +139,15 @@ class OpenAIBackend:
         return self.template.replace("{prompt}", prompt)
 
     @property
+    def effective_base_url(self) -> str:
+        """``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's own API."""
+        return str(self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
+
+    @property
     def client(self) -> JSONClient:
         if self._client is None:
             self.validate()
-            base_url = self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+            base_url = self.effective_base_url
             key = self.api_key
             if key is None:
                 env = self.api_key_env or "OPENAI_API_KEY"
