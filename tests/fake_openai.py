@@ -51,8 +51,10 @@ def chat_reply(message: str) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, *, logprobs: bool = True, chat: bool = True, retry_after: str = "1", stall_s: float = 3.0, misaligned: bool = False):
+    def __init__(self, *, logprobs: bool = True, chat: bool = True, retry_after: str = "1", stall_s: float = 3.0, misaligned: bool = False, batches: bool = True):
         self.logprobs = logprobs
+        self.batches = batches  # accept a list of prompts in /completions (OpenAI, vLLM do)
+        self.batch_sizes: list[int] = []
         self.misaligned = misaligned  # echo lists without the generated token, as llama-cpp-python without BOS
         self.chat = chat
         self.retry_after = retry_after
@@ -82,6 +84,19 @@ class FakeOpenAI:
 
     # ----------------------------------------------------------- answers
     def completions(self, body: dict) -> tuple[int, dict]:
+        if isinstance(body["prompt"], list):  # a batch of prompts: one choice per prompt
+            if not self.batches:
+                return 400, {"error": {"message": "prompt must be a string"}}
+            self.batch_sizes.append(len(body["prompt"]))
+            choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+            for i, prompt in enumerate(body["prompt"]):
+                status, answer = self.completions({**body, "prompt": prompt})
+                if status != 200:
+                    return status, answer
+                choices.append({**answer["choices"][0], "index": i})
+                for k in usage:
+                    usage[k] += answer["usage"][k]
+            return 200, {"choices": choices[::-1], "usage": usage}  # any order: clients sort by index
         text = body["prompt"]
         if body.get("echo") or body.get("logprobs") is not None:
             if not self.logprobs:

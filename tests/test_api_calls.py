@@ -356,3 +356,26 @@ def test_a_base_url_without_a_scheme_is_refused_before_any_call(monkeypatch):
         OpenAIBackend("m").validate()
     monkeypatch.delenv("OPENAI_BASE_URL")
     assert OpenAIBackend("m").validate().effective_base_url.startswith("https://")
+
+
+# -------------------------------------------------------------- batching
+def test_batched_prompts_give_the_same_explanation_in_fewer_requests(server, tmp_path):
+    single = explain(backend(server, tmp_path / "one"), n=30)
+    server.requests = 0
+    batched = explain(backend(server, tmp_path / "batch", batch_prompts=4), n=30)
+    np.testing.assert_array_equal(batched.coefficients, single.coefficients)
+    assert batched.extras["calls"]["batch_prompts"] == 4
+    assert server.batch_sizes and max(server.batch_sizes) == 4
+    # Scoring n texts takes ceil(n / 4) requests instead of n.
+    scored = sum(server.batch_sizes)
+    assert batched.extras["calls"]["calls"] < single.extras["calls"]["calls"] - scored // 2
+    # Each prompt is cached on its own: an unbatched rerun on the same cache makes no call.
+    rerun = explain(backend(server, tmp_path / "batch"), n=30)
+    assert rerun.extras["calls"]["calls"] == 0
+    np.testing.assert_array_equal(rerun.coefficients, single.coefficients)
+
+
+def test_a_server_that_does_not_batch_gets_a_clear_error(tmp_path):
+    with FakeOpenAI(batches=False) as srv:
+        with pytest.raises(ModelError, match="prompt must be a string"):
+            explain(backend(srv, tmp_path, batch_prompts=4), n=20)

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--prompt-template", metavar="T", help=f"chat markup for the log-prob path: {', '.join(PROMPT_TEMPLATES)} or a text with {{prompt}} (default: chatml)")
     api.add_argument("--top-logprobs", type=int, default=5, metavar="K", help="alternatives per position asked for on the log-prob path (default: 5; OpenAI allows 5, vLLM 20)")
     api.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight at once (default: 4)")
+    api.add_argument("--api-batch", type=int, default=1, metavar="N", help="prompts per log-prob request, for servers that accept a list of prompts (OpenAI, vLLM; not llama.cpp) (default: 1)")
     api.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a call on 429, 5xx, timeouts and dropped connections (default: 6)")
     api.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds to wait for one answer (default: 60)")
     api.add_argument("--cache-dir", metavar="DIR", help="where the call cache lives (default: <gsmile cache>/calls)")
@@ -194,6 +195,7 @@ def _model(args):
         prompt_template=args.prompt_template or "chatml",
         top_logprobs=args.top_logprobs,
         concurrency=args.concurrency,
+        batch_prompts=args.api_batch,
         max_retries=args.max_retries,
         timeout=args.timeout,
         cache_dir=args.cache_dir,

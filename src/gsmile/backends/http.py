@@ -169,6 +169,56 @@ class JSONClient:
                 raise err
         return [f.result() for f in futures]
 
+    def post_batched(self, path: str, bodies: Sequence[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+        """Like :meth:`post_many` for ``/completions`` bodies that differ only in ``prompt``, but
+        sending up to ``batch`` prompts per request (``"prompt": [...]``, as OpenAI's and vLLM's
+        servers accept). Each prompt's answer is cached under the key of its own one-prompt
+        request, so batched and unbatched runs share the cache and a resumed run repeats no
+        prompt. A server that answers a batch with the wrong number of choices is refused."""
+        if batch <= 1 or len(bodies) <= 1:
+            return self.post_many(path, bodies)
+        keys = [self.request_key(path, b) for b in bodies]
+        answers: list[dict[str, Any] | None] = []
+        for key in keys:
+            hit = self.cache.get(key) if self.cache is not None else self._memo.get(key)
+            answers.append(hit)
+        hits = sum(a is not None for a in answers)
+        if hits:
+            self.stats.add(cache_hits=hits)
+        missing = [i for i, a in enumerate(answers) if a is None]
+        chunks = [missing[lo : lo + batch] for lo in range(0, len(missing), batch)]
+
+        def send(chunk: list[int]) -> None:
+            body = {**bodies[chunk[0]], "prompt": [bodies[i]["prompt"] for i in chunk]}
+            answer = self._post_with_retries(path, body)
+            choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+            if len(choices) != len(chunk):
+                raise RequestRejected(
+                    f"{self.label} at {self.base_url + path}: sent {len(chunk)} prompts in one request but got "
+                    f"{len(choices)} answers; this server does not batch prompts (use a batch of 1)"
+                )
+            usage = answer.get("usage") or {}
+            self.stats.add(calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
+            for i, choice in zip(chunk, choices):
+                single = {**{k: v for k, v in answer.items() if k not in ("choices", "usage")}, "choices": [{**choice, "index": 0}]}
+                answers[i] = single
+                if self.cache is not None:
+                    self.cache.put(keys[i], single)
+                else:
+                    with self._rng_lock:
+                        self._memo[keys[i]] = single
+
+        if len(chunks) <= 1 or self.concurrency <= 1:
+            for chunk in chunks:
+                send(chunk)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(chunks))) as pool:
+                errors = [f.exception() for f in [pool.submit(send, c) for c in chunks]]
+            for err in errors:
+                if err is not None:
+                    raise err
+        return answers
+
     def _post_with_retries(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 

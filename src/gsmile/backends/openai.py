@@ -71,6 +71,8 @@ class OpenAIBackend:
         raw text sent to ``/completions`` on the log-prob path.
     top_logprobs: alternatives returned per position (servers cap it, OpenAI at 5).
     concurrency, max_retries, timeout, backoff: call behaviour (see :mod:`gsmile.backends.http`).
+    batch_prompts: prompts sent per log-prob request (a list in `"prompt"`), for servers that
+        accept batches (OpenAI, vLLM); 1 (default) for those that do not (llama.cpp).
     cache_dir / use_cache: the persistent call cache (default ``<gsmile cache>/calls``).
     """
 
@@ -84,6 +86,7 @@ class OpenAIBackend:
         prompt_template: str = "chatml",
         top_logprobs: int = 5,
         concurrency: int = 4,
+        batch_prompts: int = 1,
         max_retries: int = 6,
         timeout: float = 60.0,
         backoff: float = 0.5,
@@ -99,6 +102,7 @@ class OpenAIBackend:
         self.prompt_template = prompt_template
         self.top_logprobs = top_logprobs
         self.concurrency = concurrency
+        self.batch_prompts = batch_prompts
         self.max_retries = max_retries
         self.timeout = timeout
         self.backoff = backoff
@@ -115,7 +119,7 @@ class OpenAIBackend:
     def validate(self) -> "OpenAIBackend":
         if not isinstance(self.model, str) or not self.model.strip():
             raise InvalidInputError("openai:MODEL needs a model name, e.g. openai:gpt-4o-mini")
-        for name, lo in (("concurrency", 1), ("max_retries", 0), ("top_logprobs", 1)):
+        for name, lo in (("concurrency", 1), ("batch_prompts", 1), ("max_retries", 0), ("top_logprobs", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise InvalidInputError(f"{name} must be an integer ≥ {lo}, got {value!r}")
@@ -179,6 +183,7 @@ class OpenAIBackend:
             **c.stats.as_dict(),
             "base_url": c.base_url,
             "concurrency": self.concurrency,
+            "batch_prompts": self.batch_prompts,
             "cache": str(c.cache.path) if c.cache is not None else None,
         }
 
@@ -188,7 +193,7 @@ class OpenAIBackend:
         return {"model": self.model, "prompt": text, "echo": True, "logprobs": self.top_logprobs, "max_tokens": 1, "temperature": 0.0}
 
     def _echo(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        answers = self.client.post_many("/completions", [self._echo_body(t) for t in texts])
+        answers = self.client.post_batched("/completions", [self._echo_body(t) for t in texts], self.batch_prompts)
         return [_echo_logprobs(a, t, self.model_id) for a, t in zip(answers, texts)]
 
     # ------------------------------------------------------ path detection
