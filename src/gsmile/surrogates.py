@@ -38,7 +38,14 @@ def _check(Z, y, sample_weight):
     return Z, y, w
 
 
-class WeightedLinearRegression:
+class _LinearSurrogate:
+    """What every surrogate here predicts once fitted: ``Z @ coef_ + intercept_``."""
+
+    def predict(self, Z) -> np.ndarray:
+        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
+
+
+class WeightedLinearRegression(_LinearSurrogate):
     """Weighted least squares with an intercept, optionally ridge-penalized (``alpha``).
 
     The intercept is never penalized. With ``alpha=0`` a rank-deficient design gets the
@@ -79,9 +86,6 @@ class WeightedLinearRegression:
         self.r2_ = weighted_r2(y, self.predict(Z), w)
         return self
 
-    def predict(self, Z) -> np.ndarray:
-        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
-
 
 def _anchor(Z: np.ndarray, y: np.ndarray, keep_all: bool) -> np.ndarray:
     """Mean value of the rows that keep every unit (``keep_all``) or drop every unit."""
@@ -92,7 +96,7 @@ def _anchor(Z: np.ndarray, y: np.ndarray, keep_all: bool) -> np.ndarray:
     return y[rows].mean(axis=0)
 
 
-class EfficientLinearRegression:
+class EfficientLinearRegression(_LinearSurrogate):
     """Weighted least squares under the efficiency constraint of Shapley values.
 
     The intercept is the value of the empty input and the coefficients sum to
@@ -136,11 +140,8 @@ class EfficientLinearRegression:
         self.intercept_ = y_empty
         return self
 
-    def predict(self, Z) -> np.ndarray:
-        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
 
-
-class LeaveOutDifferences:
+class LeaveOutDifferences(_LinearSurrogate):
     """Occlusion's estimate: how much the value falls when a unit is left out.
 
     Every row that drops units ``D`` shares ``y(full) - y(row)`` equally among them
@@ -171,15 +172,12 @@ class LeaveOutDifferences:
         self.r2_ = weighted_r2(y, self.predict(Z), w)
         return self
 
-    def predict(self, Z) -> np.ndarray:
-        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_
-
 
 #: How :class:`SparseSelection` picks its features.
 SELECTIONS = ("forward", "highest_weights")
 
 
-class SparseSelection:
+class SparseSelection(_LinearSurrogate):
     """Keep at most ``n_features`` units, fit ``estimator`` on them, the rest get 0.
 
     ``selection="forward"`` adds, one at a time, the unit that most lowers the weighted
@@ -234,6 +232,3 @@ class SparseSelection:
         coef[self.selected_] = model.coef_
         self.coef_, self.intercept_, self.r2_ = coef, model.intercept_, model.r2_
         return self
-
-    def predict(self, Z) -> np.ndarray:
-        return np.asarray(Z, dtype=float) @ self.coef_ + self.intercept_

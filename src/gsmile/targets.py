@@ -18,10 +18,6 @@ import numpy as np
 from .errors import InvalidInputError, lookup
 
 
-def _softmax_from_log(logprobs: np.ndarray) -> np.ndarray:
-    return np.exp(logprobs.astype(np.float64, copy=False))
-
-
 class Target:
     name = "target"
     #: How per-position shifts combine into one Δ: "mean" or "sum".

@@ -27,8 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelError
-
-CONTEXT_TEMPLATE = "Context:\n{context}\n\nQuestion: {prompt}"
+from ..explainer import CONTEXT_TEMPLATE  # the same user turn the attribution perturbs
 PMI_SCALE = 0.5
 DETECTION_TYPES = ("halluc_context", "answer_likelihood")
 
