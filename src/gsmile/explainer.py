@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import LanguageModel, ScalarModel, prepare_backend, resolve_model
+from .backends import is_language_model, prepare_backend, resolve_model
 from .errors import InvalidInputError
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
@@ -218,7 +218,7 @@ class Explainer:
         backend, response, route = prepare_backend(
             resolve_model(self.model), prompt=original, response=response, target=self.target, max_new_tokens=max_new_tokens
         )
-        is_lm = isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
+        is_lm = is_language_model(backend)
         if "note" in route:
             notes.append(route["note"])
         target = make_target(self.target) if is_lm else None

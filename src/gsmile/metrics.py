@@ -116,7 +116,7 @@ class ExplanationScorer:
     def _prepare(self) -> None:
         if self._ready:
             return
-        from .backends import LanguageModel, ScalarModel, resolve_model
+        from .backends import is_language_model, resolve_model
         from .explainer import Explainer
         from .targets import make_target
         from .units import Segmentation
@@ -128,7 +128,7 @@ class ExplanationScorer:
 
             model = "local" if exp.model_id not in MODELS and not exp.model_id.startswith("hf:") else exp.model_id
         backend = resolve_model(model)
-        is_lm = isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
+        is_lm = is_language_model(backend)
         self.segmentation_ = Segmentation(exp.text, exp.units)
         template = exp.params.get("context_template") if exp.explained == "context" else None
         if template is not None:

@@ -86,6 +86,12 @@ class ScalarModel:
         return values
 
 
+def is_language_model(backend) -> bool:
+    """Whether ``backend`` is scored as a language model (next-token distributions), not as a
+    scalar black box."""
+    return isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
+
+
 #: names accepted by ``model=`` -> factory of a LanguageModel.
 def _embedded():
     from .local import HFCausalLM

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import LanguageModel, ScalarModel, resolve_model
+from ..backends import ScalarModel, is_language_model, resolve_model
 from ..errors import GsmileError, ModelError, UnknownNameError
 from ..explainer import Explainer
 from ..methods import METHODS
@@ -36,10 +36,6 @@ def _explainer_options() -> set[str]:
 
 def _explain_arguments() -> set[str]:
     return set(inspect.signature(Explainer.explain).parameters)
-
-
-def is_language_model(backend) -> bool:
-    return isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
 
 
 class ModelHolder:
@@ -81,31 +77,13 @@ class _CountingLM:
         self._on_count = on_count
         self.model_id = backend.model_id
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # every other protocol member is the backend's own
         return getattr(self._backend, name)
-
-    def generate(self, prompt, max_new_tokens):
-        return self._backend.generate(prompt, max_new_tokens)
-
-    def encode_response(self, response):
-        return self._backend.encode_response(response)
-
-    def decode(self, token_ids):
-        return self._backend.decode(token_ids)
-
-    def token_strings(self, token_ids):
-        return self._backend.token_strings(token_ids)
 
     def logprobs(self, prompts, response_ids):
         out = self._backend.logprobs(prompts, response_ids)
         self._on_count(len(prompts))
         return out
-
-    def token_embeddings(self):
-        return self._backend.token_embeddings()
-
-    def token_spans(self, text):
-        return self._backend.token_spans(text)
 
 
 def _counting(backend, on_count: Callable[[int], None]):
