@@ -20,8 +20,8 @@ from gsmile.server.detection import (  # noqa: E402
     cut_front_chars,
     fit_length,
     halluc_from_pmi,
-    is_out_of_memory,
 )
+from gsmile.errors import is_out_of_memory  # noqa: E402
 from gsmile.server.schemas import AnalyzeResponse  # noqa: E402
 from server_client import Api, AppFactory  # noqa: E402
 from serve_models import Additive, ToyLM  # noqa: E402

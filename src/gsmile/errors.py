@@ -42,3 +42,15 @@ def lookup(registry: dict, name: object, kind: str):
         return registry[name]
     except (KeyError, TypeError):
         raise UnknownNameError(kind, name, list(registry)) from None
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is an out-of-memory failure of the
+    host or a device (Python's MemoryError, torch's OutOfMemoryError, or a message saying so)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

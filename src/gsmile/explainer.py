@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .backends import is_language_model, prepare_backend, resolve_model
-from .errors import InvalidInputError
+from .errors import InvalidInputError, is_out_of_memory
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
 from .metrics import DEFAULT_TOP_K, stability, top_k_units
@@ -418,7 +418,7 @@ class Explainer:
                     else:
                         values, rows = backend(batch), [None] * len(batch)
                 except Exception as exc:
-                    if batch_size > 1 and _out_of_memory(exc):
+                    if batch_size > 1 and is_out_of_memory(exc):
                         batch_size = max(1, batch_size // 2)
                         continue
                     raise
@@ -470,13 +470,6 @@ def _quality_notes(fidelity: float, ess: float, n_rows: int, explained: str, ess
             f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
         )
     return notes
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure (torch's, CUDA's or Python's)."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def _round_seed(base_seed: int, round_index: int) -> int:

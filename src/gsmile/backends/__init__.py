@@ -59,10 +59,12 @@ class ScalarModel:
     def __init__(self, func: Callable[[list[str]], Sequence[float]], model_id: str | None = None):
         self.func = func
         self.model_id = model_id or f"callable:{getattr(func, '__qualname__', type(func).__name__)}"
+        #: values already known by text (prepare_backend's probe of the original prompt)
+        self._memo: dict[str, float] = {}
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        memo = getattr(self, "_memo", None)
-        if memo and any(t in memo for t in texts):  # reuse values already known (prepare_backend's probe)
+        memo = self._memo
+        if memo and any(t in memo for t in texts):
             todo = [t for t in texts if t not in memo]
             values = dict(memo)
             if todo:
@@ -70,20 +72,30 @@ class ScalarModel:
             return np.array([values[t] for t in texts], dtype=float)
         return self._call(texts)
 
-    def _call(self, texts: Sequence[str]) -> np.ndarray:
+    def raw(self, texts: Sequence[str]):
+        """The function's own answer for ``texts``; its failures become a ModelError."""
         try:
-            out = self.func(list(texts))
+            return self.func(list(texts))
+        except ModelError:  # a backend's own, already worded (an API that gave up)
+            raise
         except Exception as exc:  # the user's function failed; say so without our traceback
             raise ModelError(f"the model function raised {type(exc).__name__}: {exc}") from exc
-        try:
-            values = np.asarray(out, dtype=float).reshape(-1)
-        except (TypeError, ValueError):
-            raise ModelError("the model function must return a list of numbers, one per input text") from None
-        if values.shape != (len(texts),):
-            raise ModelError(f"the model function returned {values.size} values for {len(texts)} texts")
-        if not np.all(np.isfinite(values)):
-            raise ModelError("the model function returned NaN or infinite values")
-        return values
+
+    def _call(self, texts: Sequence[str]) -> np.ndarray:
+        return _finite_values(self.raw(texts), len(texts), "a list of numbers")
+
+
+def _finite_values(out, n: int, expected: str) -> np.ndarray:
+    """``out`` as ``n`` finite floats, or a ModelError saying what the function must return."""
+    try:
+        values = np.asarray(out, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ModelError(f"the model function must return {expected}, one per input text") from None
+    if values.shape != (n,):
+        raise ModelError(f"the model function returned {values.size} values for {n} texts")
+    if not np.all(np.isfinite(values)):
+        raise ModelError("the model function returned NaN or infinite values")
+    return values
 
 
 def is_language_model(backend) -> bool:
@@ -170,17 +182,14 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
     if isinstance(backend, TextModel):
         return backend, backend.set_reference(prompt, response), {"path": "text", "path_reason": "a text model"}
     if type(backend) is ScalarModel:
-        try:
-            raw = backend.func([prompt])
-        except Exception as exc:  # the user's function failed; say so without our traceback
-            raise ModelError(f"the model function raised {type(exc).__name__}: {exc}") from exc
+        raw = backend.raw([prompt])
         if isinstance(raw, (list, tuple)) and len(raw) == 1 and isinstance(raw[0], str):
             text = TextModel(backend.func, model_id=backend.model_id)
             text.set_reference(prompt, response if response is not None else raw[0])
             return text, text.response_, {"path": "text", "path_reason": "the model function returns text: its answers are compared by embedding distance"}
         if target == "embedding":
             raise InvalidInputError("the embedding target needs a model that returns text; this function returns numbers")
-        backend._memo = {prompt: _one_number(raw)}
+        backend._memo = {prompt: float(_finite_values(raw, 1, "a list of numbers or of strings")[0])}
         return backend, response, {"path": "scalar", "path_reason": "the model function returns numbers: its own output is explained"}
     if isinstance(backend, ScalarModel):
         return backend, response, {"path": "scalar", "path_reason": "a scalar model"}
@@ -208,14 +217,3 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
         return text, text.set_reference(prompt, response), {"path": "text", "path_reason": "the embedding target was chosen: greedy regenerations are compared"}
     return backend, response, {"path": "logprobs", "path_reason": "a local model: full next-token distributions"}
 
-
-def _one_number(raw) -> float:
-    try:
-        values = np.asarray(raw, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise ModelError("the model function must return a list of numbers or of strings, one per input text") from None
-    if values.shape != (1,):
-        raise ModelError(f"the model function returned {values.size} values for 1 texts")
-    if not np.isfinite(values[0]):
-        raise ModelError("the model function returned NaN or infinite values")
-    return float(values[0])

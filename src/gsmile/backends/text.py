@@ -34,12 +34,7 @@ class TextModel(ScalarModel):
         self.source = source  # the backend that makes the calls (for call statistics)
 
     def texts(self, prompts: Sequence[str]) -> list[str]:
-        try:
-            out = self.func(list(prompts))
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"the model function raised {type(exc).__name__}: {exc}") from exc
+        out = self.raw(prompts)
         out = list(out) if not isinstance(out, str) else [out]
         if len(out) != len(prompts) or not all(isinstance(t, str) for t in out):
             raise ModelError(f"the text model must return one string per prompt; got {len(out)} values for {len(prompts)} prompts")

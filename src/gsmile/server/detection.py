@@ -159,14 +159,3 @@ def fit_length(backend, prompt: str, context: str | None, response_ids: list[int
     if not prompt.strip():
         raise ModelError(f"the prompt does not fit in {maxlen} tokens with the response; raise GSMILE_XAI_MAXLEN")
     return prompt, context or None, response_ids, notes
-
-
-def is_out_of_memory(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what caused it) is an out-of-memory error of the host or device."""
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False

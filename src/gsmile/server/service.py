@@ -14,7 +14,8 @@ from ..errors import GsmileError, ModelError, UnknownNameError
 from ..explainer import Explainer
 from ..methods import METHODS
 from ..units import Segmentation
-from .detection import DetectionScore, fit_length, is_out_of_memory
+from ..errors import is_out_of_memory
+from .detection import DetectionScore, fit_length
 from .errors import FieldError, NotSupported
 
 #: analyze method -> (library method, key of its result under "xai")
