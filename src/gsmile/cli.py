@@ -151,7 +151,6 @@ def _evaluate(args) -> int:
     from pathlib import Path
 
     from ._io import check_writable, write_atomic
-    from .errors import SchemaError
     from .explanation import Explanation
     from .metrics import evaluate
 
@@ -161,14 +160,7 @@ def _evaluate(args) -> int:
         raise InvalidInputError(f"--random-orders must be 0 or more, got {args.random_orders}")
     if args.batch_size is not None and args.batch_size < 1:
         raise InvalidInputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    path = Path(args.explanation).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise SchemaError(f"{str(path)!r} is not a text file") from None
-    exp = Explanation.from_json(text)
+    exp = Explanation.from_json(_read_text(str(Path(args.explanation).expanduser()), "explanation"))
     metrics = evaluate(exp, args.model, fractions=fractions, random_state=args.seed, n_random=args.random_orders,
                        batch_size=args.batch_size, progress=not args.quiet)
     print(format_metrics(metrics))
@@ -308,7 +300,10 @@ def _read_text(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        if isinstance(exc, UnicodeDecodeError):
+            reason = "not UTF-8 text"
+        else:
+            reason = exc.strerror or type(exc).__name__
         raise InvalidInputError(f"cannot read {what} {path!r}: {reason}") from None
 
 
