@@ -20,7 +20,7 @@ from fake_openai import FakeOpenAI, next_logprobs, tokenize  # noqa: E402
 
 from gsmile import Explainer  # noqa: E402
 from gsmile.backends import ScalarModel, resolve_model  # noqa: E402
-from gsmile.backends.cache import CallCache, call_key  # noqa: E402
+from gsmile.backends.cache import CallCache, _setup, call_key  # noqa: E402
 from gsmile.backends.http import JSONClient, retry_after_seconds  # noqa: E402
 from gsmile.backends.openai import REST, OpenAIBackend  # noqa: E402
 from gsmile.errors import InvalidInputError, ModelError  # noqa: E402
@@ -62,14 +62,20 @@ def test_call_key_covers_every_field():
     assert len({call_key(v) for v in variants} | {call_key(base)}) == len(variants) + 1
 
 
-def _writer(directory, start):
+def _writer(directory, start, go_at):
+    # Every process opens the new cache file at the same moment: that is the race in
+    # which switching to WAL answers "database is locked" without waiting.
+    while time.time() < go_at:
+        pass
     cache = CallCache(directory)
-    for i in range(start, start + 40):
+    for i in range(start, start + 20):
         cache.put(f"k{i}", {"i": i})
 
 
 def test_cache_is_safe_under_concurrent_processes(tmp_path):
-    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(tmp_path, s)) for s in (0, 40, 80)]
+    go_at = time.time() + 2.0
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(tmp_path, s, go_at)) for s in range(0, 120, 20)]
     for p in procs:
         p.start()
     for p in procs:
@@ -81,6 +87,37 @@ def test_cache_is_safe_under_concurrent_processes(tmp_path):
     assert cache.get("missing") is None
     mode = sqlite3.connect(cache.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+class _LockedAtFirst:
+    """A connection whose first ``n`` statements answer "database is locked" at once, as
+    SQLite does when two processes switch a new file to WAL together."""
+
+    def __init__(self, conn, n):
+        self.conn, self.n, self.seen = conn, n, []
+
+    def execute(self, sql):
+        self.seen.append(sql)
+        if self.n > 0:
+            self.n -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql)
+
+
+def test_cache_setup_retries_an_immediate_lock(tmp_path):
+    conn = _LockedAtFirst(sqlite3.connect(tmp_path / "c.sqlite3", isolation_level=None), n=3)
+    _setup(conn)
+    assert conn.seen[:4] == ["PRAGMA journal_mode=WAL"] * 4
+    assert conn.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0
+    # Past the deadline, the lock is reported, not retried forever.
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _setup(_LockedAtFirst(sqlite3.connect(tmp_path / "d.sqlite3"), n=10**9), deadline_s=0.05)
+    # Other errors are not retried.
+    bad = _LockedAtFirst(sqlite3.connect(tmp_path / "e.sqlite3"), n=0)
+    bad.conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        _setup(bad)
 
 
 # -------------------------------------------------------------- retries

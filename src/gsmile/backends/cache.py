@@ -14,6 +14,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,32 @@ def call_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _setup(conn: sqlite3.Connection, deadline_s: float = 60.0) -> None:
+    """Switch the file to write-ahead logging and create the table.
+
+    Switching the journal mode takes an exclusive lock, and SQLite answers "database is
+    locked" at once (without waiting out the busy timeout) when several processes open a
+    new cache file together. So each step is retried until ``deadline_s``.
+    """
+    steps = (
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=NORMAL",
+        "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, answer TEXT NOT NULL, created REAL NOT NULL DEFAULT (julianday('now')))",
+    )
+    stop = time.monotonic() + deadline_s
+    for step in steps:
+        delay = 0.005
+        while True:
+            try:
+                conn.execute(step)
+                break
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > stop:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+
 class CallCache:
     """Key -> JSON answer, in ``<directory>/calls.sqlite3``. Thread-safe; process-safe via
     SQLite's own locking (WAL journal, busy timeout)."""
@@ -51,10 +78,8 @@ class CallCache:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, answer TEXT NOT NULL, created REAL NOT NULL DEFAULT (julianday('now')))")
-            except sqlite3.Error as exc:
+                _setup(conn)
+            except (OSError, sqlite3.Error) as exc:
                 raise ModelError(f"cannot open the call cache {self.path}: {exc} (use --cache-dir elsewhere or --no-cache)") from exc
             self._conn = conn
         return self._conn
