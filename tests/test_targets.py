@@ -93,3 +93,37 @@ def test_js_is_bounded_by_log_2():
 def test_unknown_target_lists_valid_names():
     with pytest.raises(UnknownNameError, match="js, kl, logprob, tv, wasserstein"):
         make_target("cosine")
+
+
+def _wasserstein_by_hand(ref, q, emb, k, rest_cost=1.0):
+    """The definition, one problem at a time: the union of both top-k, a rest atom, ot.emd2."""
+    import ot
+
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out = []
+    for t in range(len(ref)):
+        support = np.union1d(np.argsort(-ref[t])[:k], np.argsort(-q[t])[:k])
+        a = np.exp(ref[t, support])
+        b = np.exp(q[t, support])
+        a = np.append(a, max(0.0, 1 - a.sum()))
+        b = np.append(b, max(0.0, 1 - b.sum()))
+        cost = np.full((len(support) + 1,) * 2, rest_cost)
+        cost[:-1, :-1] = np.clip(1 - unit[support] @ unit[support].T, 0, 2)
+        np.fill_diagonal(cost, 0.0)
+        out.append(ot.emd2(a / a.sum(), b / b.sum(), cost))
+    return np.mean(out)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 3])
+def test_wasserstein_batch_setup_matches_the_definition_problem_by_problem(n_jobs):
+    rng = np.random.default_rng(7)
+    V, T, k = 300, 6, 8
+    emb = rng.normal(size=(V, 16))
+    ref = np.log(rng.dirichlet(np.full(V, 0.05), size=T))
+    # Perturbed outputs that share some top tokens with the reference and not others.
+    qs = np.log(np.stack([0.5 * np.exp(ref) + 0.5 * rng.dirichlet(np.full(V, 0.05), size=T) for _ in range(70)]))
+    target = TARGETS["wasserstein"](top_k=k, n_jobs=n_jobs).prepare(ref, np.zeros(T, dtype=int), emb)
+    got = target(qs)
+    want = [_wasserstein_by_hand(ref, q, emb, k) for q in qs]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert np.all(got > 0)
