@@ -1,6 +1,6 @@
 """Throughput of an explanation against plain batched forward passes, in one process.
 
-    python bench/throughput.py [--samples 200] [--repeats 3] [--batch-sizes 4,8,16] [--target wasserstein]
+    python bench/throughput.py [--samples 200] [--repeats 3] [--batch-sizes 8,16,24,32] [--target wasserstein]
 
 Three arms, interleaved (A, B, C, A, B, C, ...) so that load from other processes hits all
 of them alike; each is timed ``--repeats`` times and the medians are reported:
@@ -49,7 +49,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-sizes", default="4,8,16", help="batch sizes tried for the plain passes (B)")
+    parser.add_argument("--batch-sizes", default="8,16,24,32", help="batch sizes tried for the plain passes (B)")
     parser.add_argument("--target", default="wasserstein")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args(argv)

@@ -33,6 +33,20 @@ def test_prefix_cache_gives_the_plain_log_probs(lm):
     np.testing.assert_allclose(fast, plain, atol=1e-4)
 
 
+@pytest.mark.parametrize("response", [RESPONSE, "Paris"])
+def test_log_probs_are_those_of_one_plain_forward_pass(lm, response):
+    import torch
+
+    ids = lm.encode_response(response)
+    prompt = lm.prompt_ids(PROMPTS[0])
+    with torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([prompt + ids])).logits[0]
+    want = torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + len(ids)], dim=-1).numpy()
+    got = lm.logprobs([PROMPTS[0], PROMPTS[1]], ids)[0]
+    assert got.shape == want.shape == (len(ids), logits.shape[-1])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_batch_sizes_1_2_3_agree_with_the_prefix_cache(lm):
     ids = lm.encode_response(RESPONSE)
     whole = lm.logprobs(PROMPTS, ids)
@@ -44,7 +58,7 @@ def test_batch_sizes_1_2_3_agree_with_the_prefix_cache(lm):
 def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
     ids = lm.encode_response(RESPONSE)
     same_start = ["What is the capital of France?", "What is the capital of Spain and why?", "What is the capital city?"]
-    rows = [lm.prompt_ids(p) + ids for p in same_start]
+    rows = [lm.prompt_ids(p) + ids[:-1] for p in same_start]
     length, _ = lm._shared_prefix(rows, len(ids))
     assert length >= len(lm._prefix[0]) + 3  # the batch's own common start was cached too
     fast = lm.logprobs(same_start, ids)
@@ -60,7 +74,7 @@ def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
 
 def test_prefix_is_not_used_when_a_row_does_not_start_with_it(lm):
     ids = lm.encode_response(RESPONSE)
-    rows = [[1, 2, 3] + lm.prompt_ids("Hi")[3:] + ids]  # a different start: no cache
+    rows = [[1, 2, 3] + lm.prompt_ids("Hi")[3:] + ids[:-1]]  # a different start: no cache
     assert lm._shared_prefix(rows, len(ids)) == (0, None)
 
 
