@@ -228,3 +228,46 @@ def test_cli_evaluate_refuses_a_file_that_is_not_an_explanation(tmp_path, capsys
     bad.write_text(json.dumps({"schema": "other"}))
     assert main(["evaluate", str(bad)]) == 2
     assert "not a gsmile explanation" in capsys.readouterr().err
+
+
+class _CountingToyLM:
+    """serve_models.ToyLM, counting the forward calls and the prompts in each."""
+
+    def __init__(self):
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from serve_models import ToyLM
+
+        self.lm = ToyLM()
+        self.batches = []
+
+    def __getattr__(self, name):
+        return getattr(self.lm, name)
+
+    def logprobs(self, prompts, response_ids):
+        self.batches.append(list(prompts))
+        return self.lm.logprobs(prompts, response_ids)
+
+
+@pytest.mark.parametrize("target", ["logprob", "wasserstein"])
+def test_the_reference_rides_in_the_first_batch(target):
+    prompt = "alpha bravo charlie delta echo"
+    kw = dict(method="occlusion", target=target, progress=False)
+    one = _CountingToyLM()
+    exp = gsmile.Explainer(one, batch_size=8, **kw).explain(prompt, "bravo delta")
+    # N + 1 = 6 inputs in one forward call: the original first, then the 5 occlusions.
+    assert len(one.batches) == 1 and one.batches[0][0] == prompt and len(one.batches[0]) == 6
+    assert exp.n_unique == 5
+    for b in (1, 2, 3):
+        lm = _CountingToyLM()
+        again = gsmile.Explainer(lm, batch_size=b, **kw).explain(prompt, "bravo delta")
+        assert sum(map(len, lm.batches)) == 6 and lm.batches[0][0] == prompt
+        np.testing.assert_allclose(again.coefficients, exp.coefficients, atol=1e-12)
+    # The metrics' scorer does the same: one call for the reference and a deletion curve.
+    lm = _CountingToyLM()
+    scorer = ExplanationScorer(exp, lm, batch_size=16)
+    curve = deletion_curve(scorer, importance_order(exp.coefficients))
+    assert len(lm.batches) == 1 and lm.batches[0][0] == prompt
+    assert curve[0] == 0.0 and curve[-1] > 0

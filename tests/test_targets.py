@@ -127,3 +127,18 @@ def test_wasserstein_batch_setup_matches_the_definition_problem_by_problem(n_job
     want = [_wasserstein_by_hand(ref, q, emb, k) for q in qs]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     assert np.all(got > 0)
+
+
+def test_top_k_breaks_a_tie_at_the_kth_place_towards_the_lower_index():
+    import torch  # noqa: F401  (the torch path)
+
+    from gsmile.targets import _top_k
+
+    x = np.array([[0.0, 5.0, 1.0, 1.0, 1.0, -2.0], [3.0, 2.0, 1.0, 0.0, -1.0, -2.0]], dtype=np.float32)
+    for rows in (x, np.vstack([x] * 7), x[:1]):
+        got = [sorted(r) for r in _top_k(rows, 3)]
+        assert got[0] == [1, 2, 3]  # 5 then the first two of the three tied 1.0s
+        if len(rows) > 1:
+            assert got[1] == [0, 1, 2]
+    assert sorted(_top_k(x.astype(np.float16), 3)[0]) == [1, 2, 3]  # the numpy path
+    assert _top_k(x, 6).shape == (2, 6)

@@ -247,13 +247,8 @@ class Explainer:
             response = backend.decode(response_ids) if response is None else response
             response_tokens = backend.token_strings(response_ids)
             timings["generate"] = time.perf_counter() - tic
-            tic = time.perf_counter()
-            reference = backend.logprobs([original], response_ids)[0]
-            embeddings = backend.token_embeddings() if target.name == "wasserstein" else None
-            target.prepare(reference, response_ids, embeddings)
-            # The original input is not re-scored: its shift is 0 by definition.
-            cache[original] = (0.0, np.zeros(len(response_ids)))
-            timings["reference"] = time.perf_counter() - tic
+            # The original input's output (the target's reference) is scored with the first
+            # batch of perturbations, not in a pass of its own (see _evaluate).
 
         if batch_size is None:
             batch_size = self._auto_batch_size(backend, original, response_ids, is_lm)
@@ -271,7 +266,9 @@ class Explainer:
             unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
             texts = [model_input(m) for m in unique_masks]
             tic = time.perf_counter()
-            y_unique, Y_unique, calls, batch_size = self._evaluate(backend, target, texts, batch_size, is_lm, cache)
+            y_unique, Y_unique, calls, batch_size = self._evaluate(
+                backend, target, texts, batch_size, is_lm, cache, response_ids, original
+            )
             n_calls += calls
             timings["score"] += time.perf_counter() - tic
             tic = time.perf_counter()
@@ -397,22 +394,34 @@ class Explainer:
             )
         return report
 
-    def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict):
+    def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict,
+                  response_ids=None, original: str | None = None):
         """Explained value y per text (and, for language models, one column per response
         token). Each distinct text is sent to the model once; ``cache`` (text -> values)
         keeps them across runs. Texts are sent in sorted order, so a batch's texts tend to share
         their start (a backend can reuse that work, see HFCausalLM._shared_prefix); a batch
         that runs out of memory is retried at half the size. Returns (y, Y or None, number of
-        texts sent, the batch size that worked)."""
-        pending = sorted(t for t in dict.fromkeys(texts) if t not in cache)
+        texts sent, the batch size that worked).
+
+        For a language model, the ``original`` input rides in the first batch when it has not
+        been scored yet: its log-probs prepare ``target`` (the reference every shift is measured
+        from), which saves a forward pass of its own. Its shift is 0 by definition."""
+        needs_reference = is_lm and original not in cache
+        pending = sorted(t for t in dict.fromkeys(texts) if t not in cache and not (needs_reference and t == original))
         bar = _progress(len(pending), self.progress)
         try:
             lo = 0
-            while lo < len(pending):
-                batch = pending[lo : lo + batch_size]
+            while lo < len(pending) or needs_reference:
+                batch = pending[lo : lo + batch_size - needs_reference]
                 try:
                     if is_lm:
-                        shift = target.per_position(backend.logprobs(batch, target.response_ids_))
+                        logprobs = backend.logprobs([original] * needs_reference + batch, response_ids)
+                        if needs_reference:
+                            embeddings = backend.token_embeddings() if target.name == "wasserstein" else None
+                            target.prepare(logprobs[0], response_ids, embeddings)
+                            cache[original] = (0.0, np.zeros(len(response_ids)))
+                            logprobs = logprobs[1:]
+                        shift = target.per_position(logprobs) if batch else np.zeros((0, len(response_ids)))
                         values = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
                         rows = -shift
                     else:
@@ -422,6 +431,7 @@ class Explainer:
                         batch_size = max(1, batch_size // 2)
                         continue
                     raise
+                needs_reference = False
                 for text, value, row in zip(batch, values, rows):
                     cache[text] = (float(value), row)
                 lo += len(batch)

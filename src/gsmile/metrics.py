@@ -145,17 +145,15 @@ class ExplanationScorer:
                 raise InvalidInputError("the explanation has no response to score")
             if hasattr(backend, "load"):
                 backend.load()
-            target = make_target(exp.target)
+            # Prepared from the original's log-probs, scored with the first batch.
+            self._target = make_target(exp.target)
             response_ids = backend.encode_response(exp.response)
-            reference = backend.logprobs([original], response_ids)[0]
-            target.prepare(reference, response_ids, backend.token_embeddings() if target.name == "wasserstein" else None)
-            self._target = target
-            self._cache[original] = (0.0, np.zeros(len(response_ids)))
+        else:
+            response_ids = []
+        self._response_ids = response_ids
         self._backend, self._is_lm = backend, is_lm
         self._explainer = Explainer(backend, progress=self.progress)
-        self._batch = self.batch_size or (
-            Explainer._auto_batch_size(backend, original, self._target.response_ids_ if is_lm else [], is_lm)
-        )
+        self._batch = self.batch_size or Explainer._auto_batch_size(backend, original, response_ids, is_lm)
         self.n_calls = 0
         self._original = original
         self._ready = True
@@ -165,7 +163,9 @@ class ExplanationScorer:
         self._prepare()
         masks = np.atleast_2d(np.asarray(masks, dtype=bool))
         texts = [self._input(m) for m in masks]
-        y, _, calls, self._batch = self._explainer._evaluate(self._backend, self._target, texts, self._batch, self._is_lm, self._cache)
+        y, _, calls, self._batch = self._explainer._evaluate(
+            self._backend, self._target, texts, self._batch, self._is_lm, self._cache, self._response_ids, self._original
+        )
         self.n_calls += calls
         return y
 

@@ -314,15 +314,33 @@ class EmbeddingTarget(Target):
 
 
 def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest entries of each row (as a set; order unspecified).
+    """Indices of the ``k`` largest entries of each row of a 2-D array (as a set; order
+    unspecified). A tie at the k-th place is broken towards the lower index, so a row's set
+    never depends on the other rows it is computed with (batch size) or on the algorithm.
     torch.topk when torch is loaded (several times faster than a full argpartition)."""
     import sys
 
+    rows, width = logprobs.shape
+    k = min(k, width)
+    if k == width:
+        return np.broadcast_to(np.arange(width), (rows, width)).copy()
     torch = sys.modules.get("torch")
-    if torch is not None and logprobs.dtype in (np.float32, np.float64) and logprobs.ndim == 2:
+    if torch is not None and logprobs.dtype in (np.float32, np.float64):
+        # k + 1 entries, sorted: the (k+1)-th tells whether the k-th place is tied.
         with torch.inference_mode():
-            return torch.topk(torch.from_numpy(np.ascontiguousarray(logprobs)), k, dim=-1, sorted=False).indices.numpy()
-    return np.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+            vals, idx = torch.topk(torch.from_numpy(np.ascontiguousarray(logprobs)), k + 1, dim=-1, sorted=True)
+        vals, idx = vals.numpy(), idx.numpy()
+    else:
+        idx = np.argpartition(-logprobs, k, axis=-1)[:, : k + 1]
+        vals = np.take_along_axis(logprobs, idx, axis=-1)
+        order = np.argsort(-vals, axis=-1, kind="stable")
+        idx, vals = np.take_along_axis(idx, order, axis=-1), np.take_along_axis(vals, order, axis=-1)
+    top = idx[:, :k].copy()
+    for r in np.flatnonzero(vals[:, k] == vals[:, k - 1]):  # rare with a real model's logits
+        row, kth = logprobs[r], vals[r, k - 1]
+        above = np.flatnonzero(row > kth)
+        top[r] = np.concatenate([above, np.flatnonzero(row == kth)[: k - len(above)]])
+    return top
 
 
 #: target name -> factory. CLI choices come from this dict.
