@@ -12,8 +12,9 @@ B. plain teacher-forced forward passes over exactly the perturbed prompts A scor
    the fastest batch size (by median) is the baseline;
 C. the same explanation with the prefix cache switched off (the plain scoring path).
 
-Prints the ratio A / B (goal: at most 0.7) and checks that A and C give the same
-coefficients and per-prompt scores to 1e-4.
+Prints the ratio A / B (goal: at most 0.7), where A's time goes (transformer body, output
+layer, the rest; body + output layer over B is the floor of any exact scorer of these inputs)
+and checks that A and C give the same coefficients and per-prompt scores to 1e-4.
 """
 
 from __future__ import annotations
@@ -96,6 +97,31 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [a / b for a, b in zip(times["A"], times["B"])]
 
+    # Where A's time goes: the transformer body and the output layer, timed by forward hooks
+    # during one more run of A. Body + output layer is what any exact teacher-forced scorer
+    # must compute for these inputs: their sum over B bounds the ratio A / B from below.
+    spent = {"body": 0.0, "head": 0.0}
+    started = {}
+
+    def timer(key):
+        def pre(module, args, kwargs=None):
+            started[key] = time.perf_counter()
+
+        def post(module, args, out, kwargs=None):
+            spent[key] += time.perf_counter() - started[key]
+
+        return pre, post
+
+    hooks = []
+    for key, module in (("body", lm.model.model), ("head", lm.model.lm_head)):
+        pre, post = timer(key)
+        hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        t_hooked, _, _ = explain(True)
+    finally:
+        for h in hooks:
+            h.remove()
+
     # Same scores on both paths: per-prompt values (via the coefficients' inputs) and coefficients.
     from gsmile.metrics import ExplanationScorer
 
@@ -122,6 +148,11 @@ def main(argv=None):
     print(f"ratio A / B at the best batch size {best} (median of per-repeat ratios): {statistics.median(ratios):.2f}  "
           f"(goal <= 1.15 for the core issue, <= 0.7 for the fast scorer)")
     print(f"ratio A / C (prefix cache gain): {med['A'] / med['C']:.2f}")
+    rest = t_hooked - spent["body"] - spent["head"]
+    print(f"A, one more run, by part: transformer body {spent['body']:.2f} s, output layer at the response positions "
+          f"{spent['head']:.2f} s, the rest (log-softmax, target, Python) {rest:.2f} s; total {t_hooked:.2f} s")
+    print(f"floor for an exact scorer of these inputs, (body + output layer) / B: "
+          f"{(spent['body'] + spent['head']) / med['B']:.2f}")
     print(f"max |coefficient difference| A vs C: {coef_diff:.2e}; max |score difference| on {len(some)} prompts: "
           f"{value_diff:.2e}  ({'OK' if max(coef_diff, value_diff) <= 1e-4 else 'ABOVE'} 1e-4)")
     print(f"peak resident memory: {peak_mb:.0f} MiB")
