@@ -8,7 +8,8 @@ smaller than the file) the model's greedy response is fixed and every method exp
 same quantity, log p(response | prompt), over the same word units, with a budget of
 ``b·N`` model evaluations for each ``b`` in ``--budgets`` (N = number of units):
 
-* gsmile's methods (``GSMILE_METHODS``): ``n_samples = b·N``;
+* gsmile's methods (``GSMILE_METHODS``): ``max_evals = b·N`` (masks are drawn until their
+  distinct ones, plus the original prompt, fill the budget: repeats cost no evaluation);
 * Captum ``LLMAttribution`` (``forward_in_tokens=False``, ``TextTemplateInput`` over the
   same words in the same chat template): FeatureAblation (always N+1 evaluations),
   ShapleyValueSampling (``n_samples = max(1, b·N // (N+1))`` permutations), KernelShap and
@@ -106,7 +107,7 @@ def gsmile_runner(method: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             exp = gsmile.explain(case.prompt, case.response, model=case.lm, method=method, target="logprob",
-                                 n_samples=max(10, budget), random_state=seed)
+                                 max_evals=budget, random_state=seed)
         return exp.coefficients, exp.n_unique + 1  # + the reference pass
 
     return run

@@ -23,6 +23,8 @@ PROMPT = "What is the capital of France and why is it historically significant?"
         (["explain", PROMPT, "--dropout", "0.9"], "dropout must be between 0.05 and 0.5"),
         (["explain", PROMPT, "--samples", "3"], "n_samples must be an integer from 10"),
         (["explain", PROMPT, "--samples", "many"], "invalid int value"),
+        (["explain", PROMPT, "--max-evals", "1"], "max_evals must be an integer from 2"),
+        (["explain", PROMPT, "--max-evals", "40", "--until-stable"], "max_evals and until_stable cannot be combined"),
         (["explain", PROMPT, "--json", "/nonexistent-dir/out.json"], "does not exist"),
         (["explain", PROMPT, "--model", "gpt-9"], "unknown model 'gpt-9'"),
         (["frobnicate"], "invalid choice"),

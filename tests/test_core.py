@@ -258,3 +258,40 @@ def test_import_does_not_load_torch():
     code = "import sys, gsmile, gsmile.cli; print('torch' in sys.modules, 'transformers' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "False"]
+
+
+@pytest.mark.parametrize("method", ["gsmile", "kernelshap", "lime", "mupax"])
+def test_max_evals_fills_a_budget_of_model_evaluations(additive, method):
+    budget = 40
+    exp = gsmile.explain(PROMPT, model=additive, method=method, max_evals=budget, random_state=3)
+    # The original prompt counts: at most budget evaluations in all, and close to it.
+    assert additive.calls == exp.n_unique <= budget
+    assert exp.n_unique >= budget - 4
+    # More draws than evaluations: repeats are free.
+    assert exp.n_samples > exp.n_unique - 1
+    assert exp.params["max_evals"] == budget
+    again = gsmile.explain(PROMPT, model=additive, method=method, max_evals=budget, random_state=3)
+    np.testing.assert_array_equal(again.coefficients, exp.coefficients)
+
+
+def test_max_evals_stops_when_every_mask_is_drawn(additive):
+    # 7 units: 127 masks drop at least one unit; a budget of 500 is more than there is. lime
+    # draws how many units to drop uniformly, so every mask turns up.
+    exp = gsmile.explain(PROMPT, model=additive, method="lime", max_evals=500, random_state=0)
+    assert exp.n_unique == 128
+    # every coalition seen: lime's ridge fit ranks the units as the true weights do
+    np.testing.assert_array_equal(np.argsort(exp.coefficients), np.argsort(additive.weights))
+    # gSMILE's dropout rarely drops most units: drawing stops once doubling adds no mask.
+    exp = gsmile.explain(PROMPT, model=additive, max_evals=500, random_state=0)
+    assert 100 < exp.n_unique <= 128
+
+
+def test_max_evals_below_a_fixed_method_needs_is_refused(additive):
+    with pytest.raises(InvalidInputError, match=r"needs 128 model evaluations .* max_evals = 20.*kernelshap"):
+        gsmile.explain(PROMPT, model=additive, method="shapley", max_evals=20)
+    exp = gsmile.explain(PROMPT, model=additive, method="occlusion", max_evals=20)
+    assert exp.n_unique == 8
+    with pytest.raises(InvalidInputError, match="max_evals must be an integer from 2"):
+        gsmile.explain(PROMPT, model=additive, max_evals=1)
+    with pytest.raises(InvalidInputError, match="max_evals and until_stable"):
+        gsmile.explain(PROMPT, model=additive, max_evals=50, until_stable=True)

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
     ex.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results (default: chosen from the sequence length)")
+    ex.add_argument("--max-evals", type=int, default=None, metavar="N",
+                    help="a budget of model evaluations instead of --samples: draw masks until their distinct ones fill it")
     ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
     ex.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
     ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
@@ -222,6 +224,7 @@ def _explain(args) -> int:
         sigma=args.sigma,
         batch_size=args.batch_size,
         until_stable=args.until_stable,
+        max_evals=args.max_evals,
         max_rounds=args.max_rounds,
         max_new_tokens=args.max_new_tokens,
         random_state=args.seed,

@@ -18,7 +18,7 @@ from .errors import InvalidInputError, is_out_of_memory
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
 from .metrics import DEFAULT_TOP_K, stability, top_k_units
-from .samplers import DROPOUT_WARN, make_rng
+from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .targets import make_target
 from .units import Segmentation
 
@@ -85,6 +85,10 @@ class Explainer:
     context_unit: unit of a context explained with ``explain(..., context=...)``.
     context_template: the user turn built from the context and the prompt; it must contain
         ``{context}`` and ``{prompt}``.
+    max_evals: a budget of model evaluations (the original input's included): masks are drawn
+        until their distinct ones fill it, and ``n_samples`` is not used. Identical masks are
+        evaluated once, so this draws more masks than ``n_samples = max_evals`` would. For
+        methods with a fixed number of masks (occlusion, shapley) it is only a cap.
     until_stable: sample in rounds of ``n_samples`` (refitting on all samples so far) until
         the ``top_k`` units are the same after two consecutive rounds, at most ``max_rounds``
         rounds; the rounds used are in ``params["rounds"]`` and ``extras["until_stable"]``.
@@ -111,6 +115,7 @@ class Explainer:
         context_template: str = CONTEXT_TEMPLATE,
         until_stable: bool = False,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_evals: int | None = None,
     ):
         self.model = model
         self.method = method
@@ -130,6 +135,7 @@ class Explainer:
         self.context_template = context_template
         self.until_stable = until_stable
         self.max_rounds = max_rounds
+        self.max_evals = max_evals
 
     # ----------------------------------------------------------- checks
     def _method_options(self) -> dict[str, Any]:
@@ -158,6 +164,10 @@ class Explainer:
         _int_in("max_rounds", self.max_rounds, 2, 1000)
         if self.until_stable and self.runs != 1:
             raise InvalidInputError("until_stable and runs > 1 cannot be combined; use one of them")
+        if self.max_evals is not None:
+            _int_in("max_evals", self.max_evals, 2, SAMPLES_RANGE[1])
+            if self.until_stable:
+                raise InvalidInputError("max_evals and until_stable cannot be combined; until_stable samples in rounds of n_samples")
         max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
         _int_in("runs", self.runs, *RUNS_RANGE)
         _int_in("top_k", self.top_k, 1, 100_000)
@@ -306,7 +316,11 @@ class Explainer:
         else:
             for r, seed in enumerate(seeds):
                 run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
-                masks = np.vstack([segmentation.full_mask[None, :], run_method.sample(n_units, n_samples)])
+                if self.max_evals is None:
+                    drawn = run_method.sample(n_units, n_samples)
+                else:
+                    drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1)
+                masks = np.vstack([segmentation.full_mask[None, :], drawn])
                 results.append(score_and_fit(run_method, masks))
                 n_rows = len(masks) if r == 0 else n_rows
         timings["total"] = time.perf_counter() - t_start
@@ -331,6 +345,8 @@ class Explainer:
         params = {**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm or route["path"] == "text" else None}
         if runs > 1:
             params.update(runs=runs, top_k=int(self.top_k))
+        if self.max_evals is not None:
+            params["max_evals"] = int(self.max_evals)
         if self.until_stable:
             params.update(until_stable=True, max_rounds=max_rounds, top_k=int(self.top_k), rounds=rounds_report["rounds"])
         if self.batch_size is None:

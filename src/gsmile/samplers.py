@@ -180,3 +180,47 @@ class ShapleySampler:
         paired[0::2] = kept
         paired[1::2] = ~kept
         return np.vstack([np.zeros((1, n_units), dtype=bool), paired[:n_draws]])
+
+
+def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -> np.ndarray:
+    """Masks from ``sample(n_units, n)`` for the largest ``n`` found whose draws hold at most
+    ``max_distinct`` distinct masks besides the full one: the most draws a budget of model
+    evaluations allows (identical masks are evaluated once, so draws cost nothing beyond
+    their distinct masks). ``n`` doubles from ``max_distinct`` (at most ``growth_cap`` times
+    that) and is then bisected. Raises when even ``n = max_distinct`` draws too many (a
+    sampler with a fixed number of masks, e.g. exhaustive enumeration)."""
+
+    def draw(n):
+        masks = sample(n_units, n)
+        unique = np.unique(masks, axis=0)
+        return masks, len(unique) - int(unique.all(axis=1).any())
+
+    lo = max_distinct
+    masks, count = draw(lo)
+    if count > max_distinct:
+        raise InvalidInputError(
+            f"this method needs {count + 1} model evaluations for {n_units} units, more than max_evals = "
+            f"{max_distinct + 1}; raise max_evals or use a sampling method such as kernelshap"
+        )
+    best, hi = masks, None
+    n = lo
+    while n < growth_cap * max_distinct:
+        n *= 2
+        masks, count_n = draw(n)
+        if count_n > max_distinct:
+            hi = n
+            break
+        best, lo = masks, n
+        if count_n == count:  # no new masks from twice the draws: the mask space is used up
+            return best
+        count = count_n
+    if hi is None:
+        return best
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        masks, count_mid = draw(mid)
+        if count_mid <= max_distinct:
+            best, lo = masks, mid
+        else:
+            hi = mid
+    return best
