@@ -182,12 +182,16 @@ class ShapleySampler:
         return np.vstack([np.zeros((1, n_units), dtype=bool), paired[:n_draws]])
 
 
+#: The most masks :func:`draw_within` draws at once (bounds its memory and time).
+MAX_DRAWS = 1_000_000
+
+
 def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -> np.ndarray:
     """Masks from ``sample(n_units, n)`` for the largest ``n`` found whose draws hold at most
     ``max_distinct`` distinct masks besides the full one: the most draws a budget of model
     evaluations allows (identical masks are evaluated once, so draws cost nothing beyond
     their distinct masks). ``n`` doubles from ``max_distinct`` (at most ``growth_cap`` times
-    that) and is then bisected. Raises when even ``n = max_distinct`` draws too many (a
+    that, and at most ``MAX_DRAWS``) and is then bisected. Raises when even ``n = max_distinct`` draws too many (a
     sampler with a fixed number of masks, e.g. exhaustive enumeration)."""
 
     def draw(n):
@@ -204,8 +208,9 @@ def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -
         )
     best, hi = masks, None
     n = lo
-    while n < growth_cap * max_distinct:
-        n *= 2
+    limit = min(growth_cap * max_distinct, MAX_DRAWS)
+    while n < limit:
+        n = min(2 * n, limit)
         masks, count_n = draw(n)
         if count_n > max_distinct:
             hi = n
