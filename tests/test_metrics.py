@@ -22,6 +22,7 @@ from gsmile.metrics import (
     sufficiency,
 )
 from gsmile.units import Segmentation
+from serve_models import ToyLM
 
 PROMPT = "alpha bravo charlie delta echo foxtrot golf"
 # conftest's additive model: weights of alpha..golf and bias 0.25.
@@ -230,25 +231,16 @@ def test_cli_evaluate_refuses_a_file_that_is_not_an_explanation(tmp_path, capsys
     assert "not a gsmile explanation" in capsys.readouterr().err
 
 
-class _CountingToyLM:
-    """serve_models.ToyLM, counting the forward calls and the prompts in each."""
+class _CountingToyLM(ToyLM):
+    """serve_models.ToyLM, recording the prompts of each forward call."""
 
     def __init__(self):
-        import sys
-        from pathlib import Path
-
-        sys.path.insert(0, str(Path(__file__).parent))
-        from serve_models import ToyLM
-
-        self.lm = ToyLM()
+        super().__init__()
         self.batches = []
-
-    def __getattr__(self, name):
-        return getattr(self.lm, name)
 
     def logprobs(self, prompts, response_ids):
         self.batches.append(list(prompts))
-        return self.lm.logprobs(prompts, response_ids)
+        return super().logprobs(prompts, response_ids)
 
 
 @pytest.mark.parametrize("target", ["logprob", "wasserstein"])
