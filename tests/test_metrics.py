@@ -263,3 +263,30 @@ def test_the_reference_rides_in_the_first_batch(target):
     curve = deletion_curve(scorer, importance_order(exp.coefficients))
     assert len(lm.batches) == 1 and lm.batches[0][0] == prompt
     assert curve[0] == 0.0 and curve[-1] > 0
+
+
+class _StreamingToyLM(ToyLM):
+    """ToyLM with ``reduced_logprobs``: its rows go to ``reduce`` one at a time, through one
+    reused array that is spoiled afterwards (a reduce that kept it would see NaN)."""
+
+    def reduced_logprobs(self, prompts, response_ids, reduce):
+        out, scratch = [], None
+        for p in prompts:
+            lp = self.logprobs([p], response_ids)
+            scratch = np.empty_like(lp) if scratch is None else scratch
+            scratch[...] = lp
+            out.append(reduce(scratch))
+        if scratch is not None:
+            scratch[...] = np.nan
+        return np.concatenate(out) if out else np.zeros((0, len(response_ids)))
+
+
+@pytest.mark.parametrize("target", ["wasserstein", "logprob", "kl"])
+def test_a_backend_streaming_rows_to_the_target_gives_the_same_explanation(target):
+    prompt = "Name the capital city of France and the river through it"
+    kw = dict(target=target, n_samples=60, random_state=3, progress=False)
+    plain = gsmile.Explainer(ToyLM(), **kw).explain(prompt, "Paris river")
+    for b in (1, 2, 3):
+        streamed = gsmile.Explainer(_StreamingToyLM(), batch_size=b, **kw).explain(prompt, "Paris river")
+        np.testing.assert_allclose(streamed.coefficients, plain.coefficients, atol=1e-12)
+        assert np.all(np.isfinite(streamed.coefficients))

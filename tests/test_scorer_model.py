@@ -21,13 +21,13 @@ PROMPTS = [
 RESPONSE = "The capital of France is Paris."
 
 
-def test_prefix_cache_gives_the_plain_log_probs(lm):
+def test_fast_path_gives_the_plain_log_probs(lm):
     ids = lm.encode_response(RESPONSE)
-    lm.prefix_cache = False
+    lm.fast_path = False
     try:
         plain = lm.logprobs(PROMPTS, ids)
     finally:
-        lm.prefix_cache = True
+        lm.fast_path = True
     fast = lm.logprobs(PROMPTS, ids)
     assert lm._prefix is not None and len(lm._prefix[0]) > 10  # the template prefix was cached
     np.testing.assert_allclose(fast, plain, atol=1e-4)
@@ -47,7 +47,7 @@ def test_log_probs_are_those_of_one_plain_forward_pass(lm, response):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_batch_sizes_1_2_3_agree_with_the_prefix_cache(lm):
+def test_batch_sizes_1_2_3_agree_with_the_fast_path(lm):
     ids = lm.encode_response(RESPONSE)
     whole = lm.logprobs(PROMPTS, ids)
     for b in (1, 2, 3):
@@ -62,11 +62,11 @@ def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
     length, _ = lm._shared_prefix(rows, len(ids))
     assert length >= len(lm._prefix[0]) + 3  # the batch's own common start was cached too
     fast = lm.logprobs(same_start, ids)
-    lm.prefix_cache = False
+    lm.fast_path = False
     try:
         plain = lm.logprobs(same_start, ids)
     finally:
-        lm.prefix_cache = True
+        lm.fast_path = True
     np.testing.assert_allclose(fast, plain, atol=1e-4)
     single = np.concatenate([lm.logprobs([p], ids) for p in same_start])
     np.testing.assert_allclose(fast, single, atol=1e-4)
@@ -99,3 +99,21 @@ def test_evaluate_on_the_real_model(lm, tmp_path, capsys):
     assert "deletion AOPC" in printed
     saved = json.loads(out.read_text())
     assert saved["deletion_aopc"] == pytest.approx(m["deletion_aopc"], abs=1e-4)
+
+
+def test_reduced_log_probs_stream_chunks_of_rows_to_reduce(lm, monkeypatch):
+    from gsmile.backends import local
+
+    ids = lm.encode_response(RESPONSE)
+    whole = lm.logprobs(PROMPTS, ids)
+    monkeypatch.setattr(local, "HEAD_POSITIONS", 2 * len(ids))  # two rows per product
+    sizes = []
+
+    def reduce(lp):
+        sizes.append(len(lp))
+        return lp[:, :, :5].copy()  # a reduce keeps nothing it is given
+
+    got = lm.reduced_logprobs(PROMPTS, ids, reduce)
+    assert sizes == [2, 2, 1]
+    np.testing.assert_allclose(got, whole[:, :, :5], atol=1e-4)
+    np.testing.assert_allclose(lm.logprobs(PROMPTS, ids), whole, atol=1e-4)  # the plain result, in chunks too

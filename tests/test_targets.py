@@ -142,3 +142,34 @@ def test_top_k_breaks_a_tie_at_the_kth_place_towards_the_lower_index():
             assert got[1] == [0, 1, 2]
     assert sorted(_top_k(x.astype(np.float16), 3)[0]) == [1, 2, 3]  # the numpy path
     assert _top_k(x, 6).shape == (2, 6)
+
+
+def test_top_k_on_wide_rows_searches_blocks_and_finds_the_same_sets():
+    import torch  # noqa: F401  (the torch path, with its block pre-selection)
+
+    from gsmile import targets
+
+    rng = np.random.default_rng(3)
+    width = 64 * 8 * 22 * 2  # wide enough for the block path at k = 21
+    x = np.log(rng.dirichlet(np.full(width, 0.05), size=40) + 1e-12).astype(np.float32)
+    x[:4, 100:130] = x[:4].max(axis=1, keepdims=True)  # 30 tied maxima
+    kth = np.sort(x[4:8], axis=1)[:, -21:-20]
+    x[4:8, ::997] = kth  # ties at the k-th place, spread over many blocks
+    x[8, :] = 0.0  # a whole row tied
+    for k in (1, 5, 21):
+        got = targets._top_k(x, k)
+        # what the definition says: everything above the k-th value, then the lowest tied indices
+        for row, top in zip(x, got):
+            value = np.sort(row)[-k]
+            above = np.flatnonzero(row > value)
+            want = np.concatenate([above, np.flatnonzero(row == value)[: k - len(above)]])
+            assert sorted(top) == sorted(want)
+
+
+def test_gram_through_torch_is_the_product():
+    import torch  # noqa: F401
+
+    from gsmile.targets import _gram
+
+    e = np.random.default_rng(0).normal(size=(30, 7))
+    np.testing.assert_allclose(_gram(e), e @ e.T, rtol=1e-12)

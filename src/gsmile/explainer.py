@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import is_language_model, prepare_backend, resolve_model
+from .backends import is_language_model, prepare_backend, reduced_logprobs, resolve_model
 from .errors import InvalidInputError, is_out_of_memory
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
@@ -431,13 +431,11 @@ class Explainer:
                 batch = pending[lo : lo + batch_size - needs_reference]
                 try:
                     if is_lm:
-                        logprobs = backend.logprobs([original] * needs_reference + batch, response_ids)
+                        shift = reduced_logprobs(backend, [original] * needs_reference + batch, response_ids,
+                                                 _ShiftFromReference(target, backend, response_ids, needs_reference))
                         if needs_reference:
-                            embeddings = backend.token_embeddings() if target.name == "wasserstein" else None
-                            target.prepare(logprobs[0], response_ids, embeddings)
                             cache[original] = (0.0, np.zeros(len(response_ids)))
-                            logprobs = logprobs[1:]
-                        shift = target.per_position(logprobs) if batch else np.zeros((0, len(response_ids)))
+                            shift = shift[1:]
                         values = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
                         rows = -shift
                     else:
@@ -464,6 +462,28 @@ class Explainer:
         if is_lm and hasattr(backend, "suggest_batch_size") and hasattr(backend, "prompt_ids"):
             return int(backend.suggest_batch_size(len(backend.prompt_ids(original)) + len(response_ids)))
         return DEFAULT_BATCH_SIZE if is_lm else SCALAR_BATCH_SIZE
+
+
+class _ShiftFromReference:
+    """Per-position output shifts ``target.per_position`` of log-prob rows, given to the
+    backend as its ``reduce``. With ``first_is_reference``, the first row seen is the original
+    input's: it prepares ``target`` (the reference every shift is measured from; the target
+    keeps a copy) and its own shift is 0."""
+
+    def __init__(self, target, backend, response_ids, first_is_reference: bool):
+        self.target, self.backend, self.response_ids = target, backend, response_ids
+        self.pending = first_is_reference
+
+    def __call__(self, logprobs: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(logprobs), len(self.response_ids)))
+        start = 0
+        if self.pending and len(logprobs):
+            embeddings = self.backend.token_embeddings() if self.target.name == "wasserstein" else None
+            self.target.prepare(logprobs[0], self.response_ids, embeddings)
+            self.pending, start = False, 1
+        if start < len(logprobs):
+            out[start:] = self.target.per_position(logprobs[start:])
+        return out
 
 
 def _mean_of_runs(results):

@@ -25,7 +25,8 @@ class Target:
 
     def prepare(self, reference: np.ndarray, response_ids: np.ndarray, embeddings: np.ndarray | None = None) -> "Target":
         """Record the reference log-probs ``(positions, vocab)`` and the response token ids."""
-        reference = np.asarray(reference)
+        # A copy: the reference is kept, the batch it came from need not be.
+        reference = np.array(reference)
         if reference.ndim != 2:
             raise InvalidInputError(f"reference log-probs must be (positions, vocab), got {reference.shape}")
         self.reference_ = reference
@@ -199,7 +200,7 @@ class WassersteinTarget(Target):
         # distinct tokens, then each problem's block is gathered from it.
         tokens, index = np.unique(support, return_inverse=True)
         e = self.embeddings_[tokens].astype(np.float64) * self.inv_norms_[tokens][:, None]
-        gram = np.clip(1.0 - e @ e.T, 0.0, 2.0)
+        gram = np.clip(1.0 - _gram(e), 0.0, 2.0)
         index = index.reshape(support.shape)
         cost[:, :, :n, :n] = gram[index[..., :, None], index[..., None, :]]
         diag = np.arange(n)
@@ -208,6 +209,19 @@ class WassersteinTarget(Target):
         cost[:, :, :, n] = self.rest_cost
         cost[:, :, n, n] = 0.0
         return cost
+
+
+def _gram(e: np.ndarray) -> np.ndarray:
+    """``e @ e.T``; through torch when it is loaded. numpy's OpenBLAS keeps its own threads
+    spinning after each product, and between the model's passes they took the cores from
+    torch's: on a 2-core CPU the same explanation took 16.5 s instead of 12.5 s."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return e @ e.T
+    t = torch.from_numpy(e)
+    return (t @ t.T).numpy()
 
 
 def _with_rest(p: np.ndarray) -> np.ndarray:
@@ -328,7 +342,7 @@ def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
     if torch is not None and logprobs.dtype in (np.float32, np.float64):
         # k + 1 entries, sorted: the (k+1)-th tells whether the k-th place is tied.
         with torch.inference_mode():
-            vals, idx = torch.topk(torch.from_numpy(np.ascontiguousarray(logprobs)), k + 1, dim=-1, sorted=True)
+            vals, idx = _torch_top(torch, torch.from_numpy(np.ascontiguousarray(logprobs)), k + 1)
         vals, idx = vals.numpy(), idx.numpy()
     else:
         idx = np.argpartition(-logprobs, k, axis=-1)[:, : k + 1]
@@ -341,6 +355,27 @@ def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
         above = np.flatnonzero(row > kth)
         top[r] = np.concatenate([above, np.flatnonzero(row == kth)[: k - len(above)]])
     return top
+
+
+#: Block length of the pre-selection in :func:`_torch_top`.
+TOP_BLOCK = 64
+
+
+def _torch_top(torch, x, m: int):
+    """The ``m`` largest values of each row of ``x`` (sorted, descending) and indices holding
+    them. On wide rows (a vocabulary) the rows are cut into blocks of ``TOP_BLOCK`` and only
+    the ``m`` blocks with the largest maxima are searched: every one of the ``m`` largest
+    values lies in such a block (a value outside them has ``m`` block maxima at least as
+    large above it), so the values are exact; under ties the indices may differ, which
+    :func:`_top_k` settles on the whole row. 0.36 s of topk over a 12 s explanation became
+    about 0.1 s."""
+    rows, width = x.shape
+    if width % TOP_BLOCK or width < 8 * TOP_BLOCK * m:
+        return torch.topk(x, m, dim=-1, sorted=True)
+    _, blocks = torch.topk(x.view(rows, -1, TOP_BLOCK).amax(dim=-1), m, dim=-1, sorted=False)
+    candidates = (blocks[:, :, None] * TOP_BLOCK + torch.arange(TOP_BLOCK)).reshape(rows, -1)
+    vals, where = torch.topk(torch.gather(x, 1, candidates), m, dim=-1, sorted=True)
+    return vals, torch.gather(candidates, 1, where)
 
 
 #: target name -> factory. CLI choices come from this dict.

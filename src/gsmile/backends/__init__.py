@@ -53,6 +53,17 @@ class LanguageModel(Protocol):
         """Character spans of the tokenizer's tokens of ``text``."""
 
 
+def reduced_logprobs(model, prompts: Sequence[str], response_ids: Sequence[int],
+                     reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``reduce(log-probs)`` for ``prompts``: through the model's own ``reduced_logprobs``
+    when it has one (it may call ``reduce`` on a few rows at a time, on arrays it reuses, so
+    ``reduce`` must keep nothing it is given), else on the whole ``logprobs`` array."""
+    own = getattr(model, "reduced_logprobs", None)
+    if callable(own):
+        return own(prompts, response_ids, reduce)
+    return reduce(np.asarray(model.logprobs(prompts, response_ids)))
+
+
 class ScalarModel:
     """Wrap ``f: list[str] -> list[float]`` as a scalar black box."""
 

@@ -1,0 +1,119 @@
+"""A leaner forward pass through a Llama-architecture body (the embedded SmolLM2 is one), used
+by :class:`~gsmile.backends.local.HFCausalLM` to score batches of perturbed prompts.
+
+It computes what transformers' ``LlamaModel`` computes, from the same weights, with less
+work around the matrix products, which are most of the time on a CPU:
+
+- the query, key and value projections are one matrix product, and so are the gate and up
+  projections (their weights are stacked once; the modules' own weights become views of the
+  stacked ones, so nothing is held twice and transformers' forward still works);
+- the rotary embedding is applied to queries and keys together, in place;
+- no padding mask: rows are right-padded, and in a causal model a real position never
+  attends to a later one, so the pads cannot change it (their own outputs are never read);
+- the residual stream is updated in place.
+
+Only the model's last hidden states come out (after the final norm); the caller applies
+the output layer at the positions it needs. ``tests/test_scorer_model.py`` checks the result
+against transformers' forward.
+"""
+
+from __future__ import annotations
+
+
+def supports(model) -> bool:
+    """Whether ``model`` is a plain fp32 Llama body this pass reproduces exactly."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) != "llama" or model.training:
+        return False
+    body = getattr(model, "model", None)
+    if body is None or not hasattr(body, "rotary_emb") or not hasattr(body, "layers"):
+        return False
+    plain = (
+        getattr(config, "hidden_act", None) == "silu"
+        and not getattr(config, "attention_bias", False)
+        and not getattr(config, "mlp_bias", False)
+        and getattr(config, "pretraining_tp", 1) == 1
+    )
+    return plain and all(p.dtype == torch.float32 for p in body.parameters())
+
+
+class LlamaBody:
+    """``body(input_ids, past, start)`` → last hidden states ``(rows, width, hidden)``.
+
+    ``past`` is a per-layer list of (keys, values) of a prefix every row shares, each of shape
+    ``(1, kv_heads, start, head_dim)`` as transformers caches them (keys after the rotary
+    embedding), or None with ``start`` 0. ``input_ids`` continue that prefix at position
+    ``start``; rows may be right-padded."""
+
+    def __init__(self, model):
+        import torch
+
+        config = model.config
+        self.body = model.model
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.eps = config.rms_norm_eps
+        self.layers = []
+        for layer in self.body.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = _stack(torch, attn.q_proj, attn.k_proj, attn.v_proj)
+            gate_up = _stack(torch, mlp.gate_proj, mlp.up_proj)
+            self.layers.append((layer.input_layernorm.weight, qkv, attn.o_proj.weight,
+                                layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
+
+    def __call__(self, input_ids, past=None, start: int = 0):
+        import torch
+        import torch.nn.functional as F
+
+        n, width = input_ids.shape
+        heads, kv, dim = self.n_heads, self.n_kv, self.head_dim
+        half = dim // 2
+        x = self.body.embed_tokens(input_ids)
+        hidden = x.shape[-1]
+        positions = torch.arange(start, start + width)[None]
+        cos, sin = self.body.rotary_emb(x, positions)  # (1, width, dim)
+        # Broadcast over rows and heads: (width, 1, half) for each half of the head dimension.
+        cos1, cos2 = cos[0, :, None, :half], cos[0, :, None, half:]
+        sin1, sin2 = sin[0, :, None, :half], sin[0, :, None, half:]
+        # Causal over the prefix and the rows' own tokens: position i sees keys up to start + i.
+        mask = torch.ones((width, start + width), dtype=torch.bool).tril(diagonal=start)
+        for layer_index, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
+            h = F.rms_norm(x, (hidden,), norm1, self.eps)
+            qkv = F.linear(h, qkv_w).view(n, width, heads + 2 * kv, dim)
+            # Rotary embedding on queries and keys at once, in place:
+            # (x1, x2) -> (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2), as transformers' rotate_half.
+            x1, x2 = qkv[:, :, : heads + kv, :half], qkv[:, :, : heads + kv, half:]
+            a, b = x2 * sin1, x1 * sin2
+            x1.mul_(cos1).sub_(a)
+            x2.mul_(cos2).add_(b)
+            q = qkv[:, :, :heads].transpose(1, 2)
+            k = qkv[:, :, heads : heads + kv].transpose(1, 2)
+            v = qkv[:, :, heads + kv :].transpose(1, 2)
+            if past is not None:
+                pk, pv = past[layer_index]
+                k = torch.cat((pk.expand(n, -1, -1, -1), k), dim=2)
+                v = torch.cat((pv.expand(n, -1, -1, -1), v), dim=2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            x.add_(F.linear(out.transpose(1, 2).reshape(n, width, heads * dim), o_w))
+            h = F.rms_norm(x, (hidden,), norm2, self.eps)
+            gate_up = F.linear(h, gate_up_w)
+            inner = gate_up.shape[-1] // 2
+            act = F.silu(gate_up[..., :inner])
+            act.mul_(gate_up[..., inner:])
+            x.add_(F.linear(act, down_w))
+        return F.rms_norm(x, (hidden,), self.body.norm.weight, self.eps)
+
+
+def _stack(torch, *linears):
+    """One weight matrix for several bias-free linear layers on the same input; each layer's
+    weight becomes a view of its rows (contiguous), so the stack costs no extra memory."""
+    stacked = torch.cat([lin.weight.detach() for lin in linears]).contiguous()
+    lo = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = torch.nn.Parameter(stacked[lo : lo + rows], requires_grad=False)
+        lo += rows
+    return stacked

@@ -1,0 +1,50 @@
+"""The lean Llama body against transformers' own forward, on a small random Llama (fast; the
+embedded model's check is in test_scorer_model.py)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from gsmile.backends import llama_fast  # noqa: E402
+
+
+def tiny_llama(**overrides):
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=128, rope_theta=1000.0, **overrides,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_supports_only_plain_fp32_llamas():
+    assert llama_fast.supports(tiny_llama())
+    assert not llama_fast.supports(tiny_llama(mlp_bias=True))
+    assert not llama_fast.supports(tiny_llama().to(torch.bfloat16))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    assert not llama_fast.supports(gpt2.eval())
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_lean_body_matches_transformers_on_right_padded_rows(prefix):
+    model = tiny_llama()
+    rows = [[3, 14, 15, 92, 65, 35, 89, 79], [26, 53, 58], [9, 79, 32, 38, 46]]
+    shared = [7, 1, 8, 2, 8][:prefix]
+    width = max(map(len, rows))
+    with torch.inference_mode():
+        want = [model.model(input_ids=torch.tensor([shared + r])).last_hidden_state[0, prefix:] for r in rows]
+        past = None
+        if prefix:
+            cache = model.model(input_ids=torch.tensor([shared]), use_cache=True).past_key_values
+            past = [(layer.keys, layer.values) for layer in cache.layers]
+        body = llama_fast.LlamaBody(model)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        got = body(ids, past, prefix)
+        for b, r in enumerate(rows):  # the real positions; pads' own outputs are never read
+            torch.testing.assert_close(got[b, : len(r)], want[b], rtol=0, atol=1e-5)
+        # the stacked weights are the modules' own memory: transformers' forward is unchanged
+        again = model.model(input_ids=torch.tensor([shared + rows[0]])).last_hidden_state[0, prefix:]
+        torch.testing.assert_close(again, want[0], rtol=0, atol=0)
+        attn = model.model.layers[0].self_attn
+        assert attn.k_proj.weight.data_ptr() == attn.q_proj.weight.data_ptr() + attn.q_proj.weight.numel() * 4
