@@ -117,3 +117,15 @@ def test_reduced_log_probs_stream_chunks_of_rows_to_reduce(lm, monkeypatch):
     assert sizes == [2, 2, 1]
     np.testing.assert_allclose(got, whole[:, :, :5], atol=1e-4)
     np.testing.assert_allclose(lm.logprobs(PROMPTS, ids), whole, atol=1e-4)  # the plain result, in chunks too
+
+
+def test_threads_scoring_at_once_do_not_share_scratch(lm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = lm.encode_response(RESPONSE)
+    jobs = [PROMPTS[:3], PROMPTS[2:]]
+    alone = [lm.reduced_logprobs(p, ids, lambda lp: lp[:, :, :50].copy()) for p in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda p: lm.reduced_logprobs(p, ids, lambda lp: lp[:, :, :50].copy()), jobs * 2))
+    for got, want in zip(together, alone * 2):
+        np.testing.assert_allclose(got, want, atol=1e-4)

@@ -4,13 +4,15 @@
 The user's text is placed in the chat template as the user turn (the template's own
 system prompt and markup are never units); the response follows the generation prompt
 and is scored teacher-forced: one forward pass per perturbed prompt gives the next-token
-distribution at every response position. Batches are right-padded with an attention
-mask, so a sequence's result does not depend on what it is batched with.
+distribution at every response position. Batches are right-padded, so a sequence's result
+does not depend on what it is batched with (transformers' forward gets an attention mask;
+the lean Llama body of :mod:`.llama_fast` needs none, see there).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,7 +48,8 @@ class HFCausalLM:
         self.fast_path = True
         self._prefix = None
         self._body = None
-        self._scratch = None
+        self._body_lock = threading.Lock()
+        self._local = threading.local()  # per-thread scratch: explanations may run in parallel threads
 
     @classmethod
     def embedded(cls) -> "HFCausalLM":
@@ -156,10 +159,10 @@ class HFCausalLM:
 
     def reduced_logprobs(self, prompts: Sequence[str], response_ids: Sequence[int],
                          reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """``reduce`` applied to each prompt's log-probs ``(1, positions, vocab)`` as soon as
-        they are computed; the results stacked. Same values as ``reduce(logprobs(...))`` row by
-        row, without the batch's whole log-prob array (a few hundred MB): each row is written
-        to one scratch array, reused, which ``reduce`` must not keep."""
+        """``reduce`` applied to the log-probs of a few prompts at a time (an array ``(rows,
+        positions, vocab)``) as soon as they are computed; the results stacked. The same values
+        as ``reduce(logprobs(...))``, without the batch's whole log-prob array (a few hundred
+        MB): the rows are written to one scratch array, reused, which ``reduce`` must not keep."""
         response = list(response_ids)
         rows = [self.prompt_ids(p) + response[:-1] for p in prompts]
         return self._score_rows(rows, len(response), self.fast_path, reduce)
@@ -209,10 +212,11 @@ class HFCausalLM:
 
     def _fast_body(self):
         """The lean Llama body for this model (built once), or None for other architectures."""
-        if self._body is None:
-            from . import llama_fast
+        with self._body_lock:
+            if self._body is None:
+                from . import llama_fast
 
-            self._body = llama_fast.LlamaBody(self.model) if llama_fast.supports(self.model) else False
+                self._body = llama_fast.LlamaBody(self.model) if llama_fast.supports(self.model) else False
         return self._body or None
 
     def _head_log_softmax(self, picked, reduce=None) -> np.ndarray:
@@ -227,15 +231,16 @@ class HFCausalLM:
         n, positions, hidden = picked.shape
         vocab = head.out_features
         step = max(1, min(n, HEAD_POSITIONS // max(1, positions)))
+        scratch = getattr(self._local, "scratch", None)
         if reduce is None:
             out = torch.from_numpy(np.empty((n, positions, vocab), dtype=np.float32))
-        elif self._scratch is None or self._scratch.shape != (step, positions, vocab):
-            self._scratch = torch.empty((step, positions, vocab))
+        elif scratch is None or scratch.shape[1:] != (positions, vocab) or len(scratch) < step:
+            scratch = self._local.scratch = torch.empty((step, positions, vocab))  # kept for the next batches
         plain = head.weight.dtype == torch.float32 and head.bias is None
         results = []
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            logits = out[lo:hi] if reduce is None else self._scratch[: hi - lo]
+            logits = out[lo:hi] if reduce is None else scratch[: hi - lo]
             if plain:
                 torch.matmul(picked[lo:hi].reshape(-1, hidden), head.weight.t(), out=logits.view(-1, vocab))
             else:
