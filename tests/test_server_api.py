@@ -57,6 +57,19 @@ def test_explain_returns_the_library_explanation(make_api):
     assert body["n_unique"] == direct["n_unique"]
 
 
+def test_explain_within_a_budget_of_model_evaluations(make_api):
+    api = make_api(model=ToyLM())
+    payload = {"prompt": "a cat sat on the mat today", "response": "cat mat", "method": "kernelshap",
+               "target": "logprob", "max_evals": 20, "random_state": 1}
+    r = api.post("/v1/explain", json=payload)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n_unique"] + 1 == 20  # the budget counts the original
+    direct = explain(payload["prompt"], "cat mat", model=ToyLM(), method="kernelshap", target="logprob",
+                     max_evals=20, random_state=1).to_dict()
+    assert body["coefficients"] == direct["coefficients"]
+
+
 def test_explain_with_a_language_model_has_per_token_coefficients(make_api):
     api = make_api(model=ToyLM())
     r = api.post("/v1/explain", json={"prompt": "the cat sat on the mat today", "response": "cat mat",
@@ -82,6 +95,7 @@ def test_explain_with_a_language_model_has_per_token_coefficients(make_api):
         ({"prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
         ({"prompt": 12}, "prompt"),
         ({"prompt": "   "}, "prompt"),
+        ({"prompt": PROMPT, "max_evals": 1}, "max_evals"),
     ],
 )
 def test_invalid_fields_get_422_naming_the_field(make_api, payload, field):
@@ -402,3 +416,19 @@ def test_runs_segments_and_context_reach_the_library(make_api):
     ctx = api.post("/v1/explain", json={"prompt": "Which words?", "context": "alpha bravo. delta echo.", "n_samples": 20})
     assert ctx.status_code == 200, ctx.text
     assert ctx.json()["explained"] == "context" and ctx.json()["context"] == "alpha bravo. delta echo."
+
+
+def test_progress_counts_prompts_scored_through_a_streaming_backend():
+    from gsmile.server.service import _CountingLM
+
+    class Streaming(ToyLM):
+        def reduced_logprobs(self, prompts, response_ids, reduce):
+            return np.concatenate([reduce(self.logprobs([p], response_ids)) for p in prompts])
+
+    for backend in (ToyLM(), Streaming()):
+        counted = []
+        model = _CountingLM(backend, counted.append)
+        exp = Explainer(model, method="occlusion", target="logprob", progress=False).explain(PROMPT, "alpha delta")
+        assert sum(counted) == len(exp.units) + 1  # every occlusion and the original, each counted once
+        want = Explainer(backend, method="occlusion", target="logprob", progress=False).explain(PROMPT, "alpha delta")
+        np.testing.assert_allclose(exp.coefficients, want.coefficients, atol=1e-12)

@@ -173,3 +173,19 @@ def test_gram_through_torch_is_the_product():
 
     e = np.random.default_rng(0).normal(size=(30, 7))
     np.testing.assert_allclose(_gram(e), e @ e.T, rtol=1e-12)
+
+
+def test_a_failing_transport_solver_is_a_gsmile_error_that_names_another_target(monkeypatch):
+    pytest.importorskip("ot.lp.emd_wrap")
+    import ot.lp.emd_wrap
+
+    from gsmile.errors import ComputationError, GsmileError
+
+    rng = np.random.default_rng(1)
+    ref = np.log(rng.dirichlet(np.ones(40), size=3))
+    target = TARGETS["wasserstein"](top_k=4).prepare(ref, np.zeros(3, dtype=int), rng.normal(size=(40, 5)))
+    real = ot.lp.emd_wrap.emd_c
+    monkeypatch.setattr(ot.lp.emd_wrap, "emd_c", lambda *a: (*real(*a)[:-1], 3))  # the iteration cap
+    with pytest.raises(ComputationError, match="--target kl") as info:
+        target(ref[None])
+    assert isinstance(info.value, GsmileError)

@@ -32,6 +32,10 @@ class ModelError(GsmileError, RuntimeError):
     """The model could not be loaded or called (missing wheel, failing callable...)."""
 
 
+class ComputationError(GsmileError, RuntimeError):
+    """A numerical step failed on these inputs; the message says which and what to try."""
+
+
 class SchemaError(GsmileError, ValueError):
     """A serialized explanation cannot be read (wrong schema, unsupported version)."""
 

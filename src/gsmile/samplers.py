@@ -187,45 +187,31 @@ MAX_DRAWS = 1_000_000
 
 
 def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -> np.ndarray:
-    """Masks from ``sample(n_units, n)`` for the largest ``n`` found whose draws hold at most
-    ``max_distinct`` distinct masks besides the full one: the most draws a budget of model
-    evaluations allows (identical masks are evaluated once, so draws cost nothing beyond
-    their distinct masks). ``n`` doubles from ``max_distinct`` (at most ``growth_cap`` times
-    that, and at most ``MAX_DRAWS``) and is then bisected. Raises when even ``n = max_distinct`` draws too many (a
-    sampler with a fixed number of masks, e.g. exhaustive enumeration)."""
+    """The longest run of draws from ``sample(n_units, n)`` holding at most ``max_distinct``
+    distinct masks besides the full one: the most draws a budget of model evaluations allows
+    (identical masks are evaluated once, so repeats cost nothing beyond their distinct masks).
 
-    def draw(n):
-        masks = sample(n_units, n)
-        unique = np.unique(masks, axis=0)
-        return masks, len(unique) - int(unique.all(axis=1).any())
-
-    lo = max_distinct
-    masks, count = draw(lo)
+    ``growth_cap * max_distinct`` masks (at most ``MAX_DRAWS``) are drawn once and cut just
+    before the first that would be one distinct mask too many, so the budget is filled
+    exactly whenever the sampler has that many masks to give. (Drawing ``n`` masks anew for
+    each ``n`` tried does not: two draws of different sizes share nothing, and the number
+    of distinct masks jumps around.) Raises when even ``max_distinct`` draws hold too many (a
+    sampler with a fixed set of masks, e.g. exhaustive enumeration)."""
+    first = sample(n_units, max_distinct)
+    count = _distinct_besides_full(first)
     if count > max_distinct:
         raise InvalidInputError(
             f"this method needs {count + 1} model evaluations for {n_units} units, more than max_evals = "
             f"{max_distinct + 1}; raise max_evals or use a sampling method such as kernelshap"
         )
-    best, hi = masks, None
-    n = lo
-    limit = min(growth_cap * max_distinct, MAX_DRAWS)
-    while n < limit:
-        n = min(2 * n, limit)
-        masks, count_n = draw(n)
-        if count_n > max_distinct:
-            hi = n
-            break
-        best, lo = masks, n
-        if count_n == count:  # no new masks from twice the draws: the mask space is used up
-            return best
-        count = count_n
-    if hi is None:
-        return best
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        masks, count_mid = draw(mid)
-        if count_mid <= max_distinct:
-            best, lo = masks, mid
-        else:
-            hi = mid
-    return best
+    pool = sample(n_units, int(min(growth_cap * max_distinct, MAX_DRAWS)))
+    unique, first_seen = np.unique(pool, axis=0, return_index=True)
+    first_seen = np.sort(first_seen[~unique.all(axis=1)])
+    if len(first_seen) <= max_distinct:
+        return pool
+    return pool[: first_seen[max_distinct]]
+
+
+def _distinct_besides_full(masks: np.ndarray) -> int:
+    unique = np.unique(masks, axis=0)
+    return len(unique) - int(unique.all(axis=1).any())

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InvalidInputError, lookup
+from .errors import ComputationError, InvalidInputError, lookup
 
 
 class Target:
@@ -249,7 +249,10 @@ def _emd_solver():
     def solve(a, b, m):
         result = emd_c(a, b, m, EMD_MAX_ITER, 1)
         if result[-1] != 1:  # 1 = optimal; 0 infeasible, 2 unbounded, 3 iteration cap
-            raise RuntimeError(f"the optimal-transport solver stopped without an optimum (code {result[-1]})")
+            raise ComputationError(
+                f"the optimal-transport solver of the wasserstein target stopped without an optimum "
+                f"(POT code {result[-1]}); use another target, e.g. --target kl or --target logprob"
+            )
         return float(result[1])
 
     return solve

@@ -30,7 +30,8 @@ class ExplainRequest(BaseModel):
     dropout: float = Field(0.2, gt=0, lt=1, description="share of units each perturbation drops (0.05-0.5)")
     sigma: float | None = Field(None, gt=0, description="kernel width (default 0.5*sqrt(units))")
     random_state: int | None = Field(0, description="seed; the same seed gives the same explanation")
-    batch_size: int = Field(8, ge=1, le=256, description="prompts per forward pass; never changes results")
+    batch_size: int | None = Field(None, ge=1, le=256, description="prompts per forward pass (default: from the sequence length); never changes results")
+    max_evals: int | None = Field(None, ge=2, le=MAX_SAMPLES, description="budget of model evaluations, the original included (default: n_samples draws)")
     max_new_tokens: int = Field(48, ge=1, le=512, description="length of the generated response")
     method_options: dict[str, float | int | str | bool | None] | None = Field(
         None, description='the method\'s own options, e.g. {"threshold_percentile": 0.2} for mupax'

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import ScalarModel, is_language_model, resolve_model
+from ..backends import ScalarModel, is_language_model, reduced_logprobs, resolve_model
 from ..errors import GsmileError, ModelError, UnknownNameError
 from ..explainer import Explainer
 from ..methods import METHODS
@@ -86,6 +86,11 @@ class _CountingLM:
         self._on_count(len(prompts))
         return out
 
+    def reduced_logprobs(self, prompts, response_ids, reduce):
+        out = reduced_logprobs(self._backend, prompts, response_ids, reduce)
+        self._on_count(len(prompts))
+        return out
+
 
 def _counting(backend, on_count: Callable[[int], None]):
     if is_language_model(backend):
@@ -112,7 +117,7 @@ def _progress_counter(progress: Progress, expected: int):
 
 # --------------------------------------------------------------------------- explain
 EXPLAIN_FIELDS = ("method", "unit", "context_unit", "target", "n_samples", "dropout", "sigma", "random_state",
-                  "batch_size", "max_new_tokens", "method_options", "runs", "top_k", "context_template")
+                  "batch_size", "max_evals", "max_new_tokens", "method_options", "runs", "top_k", "context_template")
 
 
 def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -134,7 +139,8 @@ def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress)
                 raise FieldError(name, "this gsmile version does not support it; leave it out")
             extra[name] = params[name]
     backend = holder.get()
-    expected = int(options.get("n_samples", 200)) * int(options.get("runs") or 1) + 1
+    budget = int(options.get("max_evals") or int(options.get("n_samples", 200)) + 1)  # the original included
+    expected = (budget - 1) * int(options.get("runs") or 1) + 1
     model = _counting(backend, _progress_counter(progress, expected))
     explainer = Explainer(model, **options)
     exp = explainer.explain(params["prompt"], params.get("response"), **extra)
