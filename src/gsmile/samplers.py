@@ -191,25 +191,35 @@ def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -
     distinct masks besides the full one: the most draws a budget of model evaluations allows
     (identical masks are evaluated once, so repeats cost nothing beyond their distinct masks).
 
-    ``growth_cap * max_distinct`` masks (at most ``MAX_DRAWS``) are drawn once and cut just
-    before the first that would be one distinct mask too many, so the budget is filled
-    exactly whenever the sampler has that many masks to give. (Drawing ``n`` masks anew for
-    each ``n`` tried does not: two draws of different sizes share nothing, and the number
-    of distinct masks jumps around.) Raises when even ``max_distinct`` draws hold too many (a
-    sampler with a fixed set of masks, e.g. exhaustive enumeration)."""
-    first = sample(n_units, max_distinct)
-    count = _distinct_besides_full(first)
+    ``n`` doubles from ``max_distinct`` (up to ``growth_cap`` times it, at most ``MAX_DRAWS``)
+    until a draw holds too many distinct masks; that draw is cut just before the first mask
+    one too many, so the budget is filled exactly. (Redrawing for every ``n`` tried, as a
+    bisection would, does not fill it: draws of different sizes share nothing and their
+    distinct counts jump around.) A sampler that returns a fixed set for this ``n`` (it
+    enumerates every coalition, say) is never cut: a prefix of an enumeration is not a sample;
+    the last random draw is kept instead. Raises when even ``max_distinct`` draws hold too
+    many (a sampler with a fixed set of masks, e.g. occlusion or exhaustive enumeration)."""
+    masks = sample(n_units, max_distinct)
+    count = _distinct_besides_full(masks)
     if count > max_distinct:
         raise InvalidInputError(
             f"this method needs {count + 1} model evaluations for {n_units} units, more than max_evals = "
             f"{max_distinct + 1}; raise max_evals or use a sampling method such as kernelshap"
         )
-    pool = sample(n_units, int(min(growth_cap * max_distinct, MAX_DRAWS)))
-    unique, first_seen = np.unique(pool, axis=0, return_index=True)
-    first_seen = np.sort(first_seen[~unique.all(axis=1)])
-    if len(first_seen) <= max_distinct:
-        return pool
-    return pool[: first_seen[max_distinct]]
+    n, limit = max_distinct, int(min(growth_cap * max_distinct, MAX_DRAWS))
+    while n < limit:
+        n = min(2 * n, limit)
+        pool = sample(n_units, n)
+        if np.array_equal(pool, sample(n_units, n + 1)):  # a fixed set, not draws
+            return pool if _distinct_besides_full(pool) <= max_distinct else masks
+        unique, first_seen = np.unique(pool, axis=0, return_index=True)
+        first_seen = np.sort(first_seen[~unique.all(axis=1)])
+        if len(first_seen) > max_distinct:
+            return pool[: first_seen[max_distinct]]
+        if len(first_seen) == count:  # no new masks from twice the draws: the mask space is used up
+            return pool
+        masks, count = pool, len(first_seen)
+    return masks
 
 
 def _distinct_besides_full(masks: np.ndarray) -> int:
