@@ -213,8 +213,9 @@ class WassersteinTarget(Target):
 
 def _gram(e: np.ndarray) -> np.ndarray:
     """``e @ e.T``; through torch when it is loaded. numpy's OpenBLAS keeps its own threads
-    spinning after each product, and between the model's passes they took the cores from
-    torch's: on a 2-core CPU the same explanation took 16.5 s instead of 12.5 s."""
+    spinning after each product; called between the model's products (the target runs on a
+    few rows at a time), they took the cores from torch's: on a 2-core CPU an explanation took
+    16.5 s with numpy's product here and 12.5 s with torch's."""
     import sys
 
     torch = sys.modules.get("torch")
