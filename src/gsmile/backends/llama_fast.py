@@ -10,7 +10,7 @@ work around the matrix products, which are most of the time on a CPU:
 - the rotary embedding is applied to queries and keys together, in place;
 - no padding mask: rows are right-padded, and in a causal model a real position never
   attends to a later one, so the pads cannot change it (their own outputs are never read);
-- the residual stream is updated in place.
+- the residual stream is updated in place, and RMSNorm is a norm and two products.
 
 Only the model's last hidden states come out (after the final norm); the caller applies
 the output layer at the positions it needs. ``tests/test_scorer_model.py`` checks the result
@@ -81,7 +81,7 @@ class LlamaBody:
         # Causal over the prefix and the rows' own tokens: position i sees keys up to start + i.
         mask = torch.ones((width, start + width), dtype=torch.bool).tril(diagonal=start)
         for layer_index, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
-            h = F.rms_norm(x, (hidden,), norm1, self.eps)
+            h = _rms_norm(torch, x, norm1, self.eps)
             qkv = F.linear(h, qkv_w).view(n, width, heads + 2 * kv, dim)
             # Rotary embedding on queries and keys at once, in place:
             # (x1, x2) -> (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2), as transformers' rotate_half.
@@ -98,13 +98,22 @@ class LlamaBody:
                 v = torch.cat((pv.expand(n, -1, -1, -1), v), dim=2)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             x.add_(F.linear(out.transpose(1, 2).reshape(n, width, heads * dim), o_w))
-            h = F.rms_norm(x, (hidden,), norm2, self.eps)
+            h = _rms_norm(torch, x, norm2, self.eps)
             gate_up = F.linear(h, gate_up_w)
             inner = gate_up.shape[-1] // 2
             act = F.silu(gate_up[..., :inner])
             act.mul_(gate_up[..., inner:])
             x.add_(F.linear(act, down_w))
-        return F.rms_norm(x, (hidden,), self.body.norm.weight, self.eps)
+        return _rms_norm(torch, x, self.body.norm.weight, self.eps)
+
+
+def _rms_norm(torch, x, weight, eps: float):
+    """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension, in three passes over
+    ``x`` (a norm, two products); torch's ``rms_norm`` on CPU took 0.64 ms where this takes
+    0.39 for a batch's (23, 88, 576)."""
+    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    scale.mul_(x.shape[-1] ** -0.5).pow_(2).add_(eps).rsqrt_()
+    return torch.mul(x, scale).mul_(weight)
 
 
 def _stack(torch, *linears):
