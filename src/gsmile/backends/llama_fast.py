@@ -13,15 +13,17 @@ work around the matrix products, which are most of the time on a CPU:
 - the residual stream is updated in place, and RMSNorm is a norm and two products.
 
 Only the model's last hidden states come out (after the final norm); the caller applies
-the output layer at the positions it needs. ``tests/test_scorer_model.py`` checks the result
-against transformers' forward.
+the output layer at the positions it needs. ``tests/test_llama_fast.py`` (a small random
+Llama) and ``tests/test_scorer_model.py`` (the embedded model) check the result against
+transformers' forward; they differ only by float rounding (the products and norms are
+grouped differently).
 """
 
 from __future__ import annotations
 
 
 def supports(model) -> bool:
-    """Whether ``model`` is a plain fp32 Llama body this pass reproduces exactly."""
+    """Whether ``model`` is a plain fp32 Llama body this pass reproduces (to float rounding)."""
     import torch
 
     config = getattr(model, "config", None)

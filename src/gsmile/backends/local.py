@@ -153,9 +153,7 @@ class HFCausalLM:
         forward from its first token.
 
         The last response token is not fed: it predicts nothing the response contains."""
-        response = list(response_ids)
-        rows = [self.prompt_ids(p) + response[:-1] for p in prompts]
-        return self._score_rows(rows, len(response), self.fast_path)
+        return self._score_rows(self._rows(prompts, response_ids), len(response_ids), self.fast_path)
 
     def reduced_logprobs(self, prompts: Sequence[str], response_ids: Sequence[int],
                          reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -163,9 +161,13 @@ class HFCausalLM:
         positions, vocab)``) as soon as they are computed; the results stacked. The same values
         as ``reduce(logprobs(...))``, without the batch's whole log-prob array (a few hundred
         MB): the rows are written to one scratch array, reused, which ``reduce`` must not keep."""
+        return self._score_rows(self._rows(prompts, response_ids), len(response_ids), self.fast_path, reduce)
+
+    def _rows(self, prompts: Sequence[str], response_ids: Sequence[int]) -> list[list[int]]:
+        """Token ids fed for each prompt: the chat-formatted prompt, then every response token
+        but the last."""
         response = list(response_ids)
-        rows = [self.prompt_ids(p) + response[:-1] for p in prompts]
-        return self._score_rows(rows, len(response), self.fast_path, reduce)
+        return [self.prompt_ids(p) + response[:-1] for p in prompts]
 
     def _score_rows(self, rows: list[list[int]], n_resp: int, fast: bool = True, reduce=None) -> np.ndarray:
         """Log-probs ``(len(rows), n_resp, vocab)`` predicted at the last ``n_resp`` positions
@@ -182,14 +184,11 @@ class HFCausalLM:
         width = max(len(r) for r in rest)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((n, width), pad, dtype=torch.long)
-        attention = torch.zeros((n, prefix_len + width), dtype=torch.long)
-        attention[:, :prefix_len] = 1
         # Position j of a row predicts token j+1: the response tokens are predicted at the
         # row's last n_resp positions, here counted after the prefix.
         gather = torch.empty((n, n_resp), dtype=torch.long)
         for b, r in enumerate(rest):
             input_ids[b, : len(r)] = torch.tensor(r)
-            attention[b, prefix_len : prefix_len + len(r)] = 1
             gather[b] = torch.arange(len(r) - n_resp, len(r))
         with torch.inference_mode():
             body = self._fast_body() if fast else None
@@ -197,6 +196,10 @@ class HFCausalLM:
                 # Right padding needs no mask here: a real position never attends to a later one.
                 hidden = body(input_ids, past, prefix_len)
             else:
+                attention = torch.zeros((n, prefix_len + width), dtype=torch.long)
+                attention[:, :prefix_len] = 1
+                for b, r in enumerate(rest):
+                    attention[b, prefix_len : prefix_len + len(r)] = 1
                 kwargs = {}
                 if past is not None:
                     from transformers import DynamicCache
