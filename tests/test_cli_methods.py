@@ -56,6 +56,8 @@ def test_method_flags_reach_the_method(stand, tmp_path):
     assert sum(c != 0 for c in data["coefficients"]) == 2
     assert main(["explain", PROMPT, "--method", "mupax", "--threshold-percentile", "0.5", "--quiet", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["extras"]["mupax"]["threshold_percentile"] == 0.5
+    assert main(["explain", PROMPT, "--method", "banzhaf", "--keep", "0.3", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["params"]["keep"] == 0.3
 
 
 def test_context_segments_and_runs_from_the_cli(stand, tmp_path, capsys):
@@ -99,6 +101,8 @@ def test_unit_flag_applies_to_the_context(stand, tmp_path):
         (["--method", "occlusion", "--window", "0"], "window must be a positive integer"),
         (["--method", "mupax", "--threshold-percentile", "1.5"], "threshold_percentile must be a number from 0 to 1"),
         (["--method", "lime", "--num-features", "0"], "num_features must be a positive integer"),
+        (["--method", "lime", "--keep", "0.3"], "--keep does not apply to method 'lime'"),
+        (["--method", "banzhaf", "--keep", "1"], "keep must be a probability strictly between 0 and 1"),
         (["--method", "mesh"], "invalid choice: 'mesh'"),
         (["--runs", "0"], "runs must be an integer from 1"),
         (["--top-k", "0"], "top_k must be an integer from 1"),

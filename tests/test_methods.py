@@ -47,6 +47,8 @@ def fit_on(method_name, values, n_units, n_samples=200, Y=None, **options):
         ("occlusion", {}, 200),
         ("lime", {"alpha": 0.0}, 200),
         ("mupax", {}, 200),
+        ("banzhaf", {}, 200),
+        ("banzhaf", {"keep": 0.3}, 200),
     ],
 )
 def test_linear_model_weights_are_recovered(method, options, n_samples):
@@ -276,7 +278,51 @@ def test_mupax_threshold_outside_0_1_is_refused(value):
         quiet_explain(PROMPT, model=linear, method="mupax", method_options={"threshold_percentile": value})
 
 
-# ------------------------------------------------------- token → token values
+# ------------------------------------------------------------------- banzhaf
+def interaction_game(masks):
+    """Units 0 and 1 only count together (+4), unit 2 alone counts 1, units 2 and 3 together
+    lose 2, and all of 0, 1, 4 together add 3 more."""
+    z = np.asarray(masks, dtype=float)
+    return 4 * z[:, 0] * z[:, 1] + z[:, 2] - 2 * z[:, 2] * z[:, 3] + 3 * z[:, 0] * z[:, 1] * z[:, 4]
+
+
+def banzhaf_by_definition(values, n_units):
+    """Mean over all 2^(n-1) coalitions S without i of v(S + i) - v(S)."""
+    masks = all_coalitions(n_units)
+    v = values(masks)
+    index = {tuple(m): k for k, m in enumerate(masks)}
+    out = np.zeros(n_units)
+    for i in range(n_units):
+        without = masks[~masks[:, i]]
+        with_i = without.copy()
+        with_i[:, i] = True
+        out[i] = np.mean([v[index[tuple(a)]] - v[index[tuple(b)]] for a, b in zip(with_i, without)])
+    return out
+
+
+def test_banzhaf_on_every_coalition_equals_the_banzhaf_values_by_definition():
+    method = make_method("banzhaf")
+    masks = all_coalitions(5)
+    result = method.fit(masks, interaction_game(masks))
+    want = banzhaf_by_definition(interaction_game, 5)
+    np.testing.assert_allclose(result.coefficients, want, atol=1e-12)
+    # Hand check: unit 0 gains 4 when unit 1 is there (half the coalitions) and 3 more when 4 is too (a quarter).
+    assert want[0] == pytest.approx(4 / 2 + 3 / 4)
+    assert want[3] == pytest.approx(-2 / 2)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.7])
+def test_banzhaf_samples_estimate_the_keep_weighted_banzhaf_values(keep):
+    # With units kept independently with probability q, unit 0's value is the expected gain
+    # of adding it: 4 q (unit 1 there) + 3 q^2 (units 1 and 4 there); unit 2's: 1 - 2 q.
+    _, masks, result = fit_on("banzhaf", interaction_game, 5, n_samples=20000, keep=keep)
+    q = keep
+    want = [4 * q + 3 * q * q, 4 * q + 3 * q * q, 1 - 2 * q, -2 * q, 3 * q * q]
+    np.testing.assert_allclose(result.coefficients, want, atol=0.06)
+    assert abs(masks[1:].mean() - q) < 0.01  # the sampler keeps each unit with probability q
+
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_per_token_columns_are_fitted_the_same_way_in_one_solve(method):
     # Column 0 repeats the explained value, column 1 doubles it, column 2 is another model.
@@ -299,7 +345,7 @@ def linear_masks(masks):
 
 
 # ------------------------------------------------------ seeds, names, options
-@pytest.mark.parametrize("method", ["gsmile", "lime", "kernelshap", "mupax"])
+@pytest.mark.parametrize("method", ["gsmile", "lime", "kernelshap", "mupax", "banzhaf"])
 def test_same_seed_same_masks_other_seed_other_masks(method):
     a = make_method(method, random_state=7).sample(9, 60)
     b = make_method(method, random_state=7).sample(9, 60)
@@ -322,7 +368,7 @@ def test_seeds_reproduce_explanations(method):
 def test_unknown_method_lists_the_methods():
     with pytest.raises(UnknownNameError) as err:
         Explainer(linear, method="integrated-gradients").validate()
-    for name in ["gsmile", "occlusion", "lime", "kernelshap", "shapley", "mupax"]:
+    for name in ["gsmile", "occlusion", "lime", "kernelshap", "shapley", "mupax", "banzhaf"]:
         assert name in str(err.value)
 
 
@@ -367,6 +413,8 @@ def test_gsmile_options_still_work_and_are_refused_elsewhere():
         ("lime", {"alpha": -1}, "alpha must be a non-negative number"),
         ("occlusion", {"window": 1.5}, "window must be a positive integer"),
         ("mupax", {"neutral_tolerance": 2}, "neutral_tolerance must be a number from 0 to 1"),
+        ("banzhaf", {"keep": 1.0}, "keep must be a probability strictly between 0 and 1"),
+        ("banzhaf", {"keep": 0}, "keep must be a probability strictly between 0 and 1"),
     ],
 )
 def test_bad_option_values_say_what_to_fix(method, options, message):

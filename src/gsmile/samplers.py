@@ -52,6 +52,26 @@ class DropoutSampler:
         return masks
 
 
+class BernoulliSampler:
+    """Keep each unit independently with probability ``keep`` (the full and the empty mask
+    included: a full one repeats the original and costs no model call)."""
+
+    name = "bernoulli"
+
+    def __init__(self, keep: float = 0.5, random_state: int | np.random.Generator | None = None):
+        self.keep = keep
+        self.random_state = random_state
+
+    def validate(self) -> None:
+        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not (0.0 < self.keep < 1.0):
+            raise InvalidInputError(f"keep must be a probability strictly between 0 and 1, got {self.keep!r}")
+
+    def sample(self, n_units: int, n_samples: int) -> np.ndarray:
+        self.validate()
+        n_units = _check_units(n_units)
+        return make_rng(self.random_state).random((n_samples, n_units)) < self.keep
+
+
 def _check_units(n_units: int) -> int:
     if isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units < 1:
         raise InvalidInputError(f"the number of units must be a positive integer, got {n_units!r}")

@@ -10,6 +10,7 @@ import inspect
 from typing import Callable
 
 from ..errors import InvalidInputError, lookup
+from .banzhaf import banzhaf
 from .base import MethodResult, SurrogateMethod
 from .gsmile import gsmile
 from .lime import lime
@@ -24,6 +25,7 @@ METHODS: dict[str, Callable[..., SurrogateMethod]] = {
     "kernelshap": kernelshap,
     "shapley": shapley,
     "mupax": mupax,
+    "banzhaf": banzhaf,
 }
 
 

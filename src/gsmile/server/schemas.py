@@ -22,7 +22,7 @@ class ExplainRequest(BaseModel):
     prompt: str = Field(..., min_length=1, max_length=MAX_TEXT, description="the prompt to explain")
     response: str | None = Field(None, max_length=MAX_TEXT, description="explain this response instead of the model's greedy one")
     context: str | None = Field(None, max_length=MAX_TEXT, description="explain this context (its units) instead of the prompt")
-    method: str = Field("gsmile", description="attribution method (gsmile, occlusion, lime, kernelshap, shapley, mupax, ...)")
+    method: str = Field("gsmile", description="attribution method (gsmile, occlusion, lime, kernelshap, shapley, mupax, banzhaf)")
     unit: str = Field("word", description="unit of the prompt: word, token or sentence")
     context_unit: str | None = Field(None, description="unit of the context (default: sentence)")
     target: str = Field("wasserstein", description="output shift measured: wasserstein, logprob, kl, js, tv")
