@@ -18,11 +18,14 @@ same quantity, log p(response | prompt), over the same word units, with a budget
 * lime's ``LimeTextExplainer`` (same words, ``num_samples = b·N``), its classifier function
   returning log p(response) as the one "class".
 
-Per method and budget, averaged over prompts: deletion and insertion AOPC (gsmile.metrics,
-scored with gsmile's scorer on the log-prob target), Spearman correlation and top-3
-agreement with exact Shapley values (all 2^N coalitions, prompts of at most
+Per method and budget, averaged over prompts and seeds: deletion and insertion AOPC
+(gsmile.metrics, scored with gsmile's scorer on the log-prob target), Spearman correlation
+and top-3 agreement with exact Shapley values (all 2^N coalitions, prompts of at most
 ``--shapley-max-units`` units), top-3 Jaccard across ``--seeds`` seeds, wall time (median
-over the seeds) and model evaluations made. Writes ``compare.md``, ``compare.json`` and
+over the seeds) and model evaluations made. The goals table compares the best gsmile method
+with the best peer prompt by prompt: the mean difference and its 95% interval (t
+distribution over prompts), and whether gsmile is ahead, level (the interval holds 0) or
+behind. Writes ``compare.md``, ``compare.json`` and
 ``compare.png`` to ``--out`` (default bench/results). Every number comes from one run.
 Adding a method is one entry in ``RUNNERS``.
 """
@@ -45,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 TOP = 3
 
 #: gsmile methods benchmarked (exact "shapley" is the reference, not a contestant).
-GSMILE_METHODS = ["gsmile", "kernelshap", "lime", "occlusion", "mupax"]
+GSMILE_METHODS = ["gsmile", "kernelshap", "lime", "occlusion", "mupax", "banzhaf"]
 
 
 # --------------------------------------------------------------------------- context
@@ -335,12 +338,20 @@ def run(args) -> dict:
                 attrs, times, evals, error = (runs[name][k] for k in ("attrs", "times", "evals", "error"))
                 rec = {"prompt": row["id"], "n_units": case.n, "budget": b, "method": name, "error": error}
                 if error is None:
-                    deletion, insertion = faithfulness(case, attrs[0])
+                    # Every seed's attributions are scored (the oracle caches texts; for prompts
+                    # with exact Shapley values every coalition is already scored), and averaged.
+                    per_seed = [faithfulness(case, a) for a in attrs]
+                    deletion = float(np.mean([d for d, _ in per_seed]))
+                    insertion = float(np.mean([i for _, i in per_seed]))
+                    rhos = [spearman(a, exact) for a in attrs] if exact is not None else []
+                    rhos = [r for r in rhos if r is not None]
                     rec.update(
                         deletion_aopc=deletion,
                         insertion_aopc=insertion,
-                        spearman=spearman(attrs[0], exact) if exact is not None else None,
-                        top3=top_agreement(attrs[0], exact) if exact is not None else None,
+                        deletion_aopc_seeds=[d for d, _ in per_seed],
+                        spearman=float(np.mean(rhos)) if rhos else None,
+                        spearman_seeds=rhos if exact is not None else None,
+                        top3=float(np.mean([top_agreement(a, exact) for a in attrs])) if exact is not None else None,
                         jaccard=jaccard(attrs) if len(attrs) > 1 else (1.0 if name in DETERMINISTIC else None),
                         seconds=statistics.median(times),
                         evaluations=statistics.median(evals),
@@ -420,27 +431,61 @@ def markdown(result: dict, rows: list[dict]) -> str:
 PAIRS = {"gsmile:occlusion": "captum:FeatureAblation", "gsmile:kernelshap": "captum:KernelShap", "gsmile:lime": "captum:Lime"}
 
 
+def paired(result: dict, b: int, key: str, ours: str, theirs: str):
+    """Mean over prompts of ``key``(ours) − ``key``(theirs) at budget ``b``, with a 95%
+    t interval: (mean, low, high, prompts), or None with fewer than 2 prompts."""
+    from scipy.stats import t as student
+
+    def by_prompt(name):
+        first = result["budgets"][0]
+        return {r["prompt"]: r[key] for r in result["records"]
+                if r["method"] == name and r.get(key) is not None
+                and (r["budget"] == b or (name in FIXED_BUDGET and r["budget"] == first))}
+
+    a, c = by_prompt(ours), by_prompt(theirs)
+    diffs = np.array([a[p] - c[p] for p in a if p in c])
+    if len(diffs) < 2:
+        return None
+    half = student.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    return float(diffs.mean()), float(diffs.mean() - half), float(diffs.mean() + half), len(diffs)
+
+
 def goals(result: dict, rows: list[dict]) -> list[str]:
     """The issue's goals, checked on this run's numbers."""
 
     def best(b, key, gsmile: bool):
-        vals = [r[key] for r in rows if r["budget"] == b and r.get(key) is not None and r["method"].startswith("gsmile") == gsmile]
-        return max(vals) if vals else None
+        cands = [r for r in rows if r["budget"] == b and r.get(key) is not None and r["method"].startswith("gsmile") == gsmile]
+        return max(cands, key=lambda r: r[key]) if cands else None
 
     def f(x, d=3):
         return "–" if x is None else f"{x:.{d}f}"
 
+    def versus(b, key):
+        ours, theirs = best(b, key, True), best(b, key, False)
+        if ours is None or theirs is None:
+            return "–", "–", "–"
+        diff = paired(result, b, key, ours["method"], theirs["method"])
+        if diff is None:
+            verdict = "–"
+        else:
+            mean, lo, hi, _ = diff
+            verdict = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] " + ("ahead" if lo > 0 else "behind" if hi < 0 else "level")
+        return (f"{f(ours[key])} ({ours['method'].split(':')[1]})", f"{f(theirs[key])} ({theirs['method']})", verdict)
+
     out = ["## Goals checked on this run", "",
-           "| budget | best gsmile deletion AOPC | best peer | best gsmile ρ | best peer ρ | time gsmile / Captum, same algorithm |",
-           "|---|---|---|---|---|---|"]
+           "| budget | best gsmile deletion AOPC | best peer | difference [95% CI] | best gsmile ρ | best peer ρ | "
+           "difference [95% CI] | time gsmile / Captum, same algorithm |",
+           "|---|---|---|---|---|---|---|---|"]
     for b in result["budgets"]:
         by = {r["method"]: r for r in rows if r["budget"] == b}
         ratios = [f"{g.split(':')[1]} {by[g]['seconds'] / by[c]['seconds']:.2f}" for g, c in PAIRS.items()
                   if g in by and c in by and by[g].get("seconds") and by[c].get("seconds")]
-        out.append(f"| {b}N | {f(best(b, 'deletion_aopc', True))} | {f(best(b, 'deletion_aopc', False))} | "
-                   f"{f(best(b, 'spearman', True))} | {f(best(b, 'spearman', False))} | {', '.join(ratios) or '–'} |")
-    out += ["", "Time ratios: median wall time per explanation, gsmile's method over Captum's implementation of the "
-            "same algorithm, both measured in this run with their repeats interleaved (lower is faster; goal ≤ 0.33).", ""]
+        out.append(f"| {b}N | {' | '.join(versus(b, 'deletion_aopc'))} | {' | '.join(versus(b, 'spearman'))} | "
+                   f"{', '.join(ratios) or '–'} |")
+    out += ["", "Differences: best gsmile method minus best peer (each chosen by its mean), prompt by prompt; "
+            "ahead / behind when the 95% interval excludes 0, else level. Time ratios: median wall time per "
+            "explanation, gsmile's method over Captum's implementation of the same algorithm, both measured in this "
+            "run with their repeats interleaved (lower is faster; goal ≤ 0.33).", ""]
     return out
 
 
