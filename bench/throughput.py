@@ -5,9 +5,9 @@
 Three arms, interleaved (A, B, C, A, B, C, ...) so that load from other processes hits all
 of them alike; each is timed ``--repeats`` times and the medians are reported:
 
-A. the explanation as shipped (the fast path: prefix key/value cache, the lean Llama body,
-   logits only at the response positions, batch size chosen automatically), the response
-   given, the model loaded;
+A. the explanation as shipped (the fast path: prefix key/value cache, the lean Llama body
+   over a token tree of each batch's perturbed prompts, logits only at the response
+   positions, batch size chosen automatically), the response given, the model loaded;
 B. plain teacher-forced forward passes over exactly the perturbed prompts A scored
    (full logits at every position, no cache), nothing else, at each of ``--batch-sizes``;
    the fastest batch size (by median) is the baseline;
@@ -105,9 +105,12 @@ def main(argv=None):
     from gsmile.backends import local
 
     spent = {"body": 0.0, "head": 0.0, "target": 0.0}
+    body_tokens = [0]
 
     def timed(key, func):
         def run(*a, **k):
+            if key == "body":
+                body_tokens[0] += a[1].numel()  # input_ids (self is a[0]), padding included
             start = time.perf_counter()
             try:
                 return func(*a, **k)
@@ -128,18 +131,16 @@ def main(argv=None):
             setattr(owner, name, func)
     spent["head"] -= spent["target"]  # the target runs inside the head's loop (reduce)
 
-    # Matrix-product work of A over B's: body tokens (after the cached prefix, padding
-    # included) times the body's weights, plus output-layer positions times the vocabulary.
-    # The ratio A / B could reach it only if A's products ran as fast as B's and nothing else
-    # took time.
+    # Matrix-product work of A over B's: body tokens (as fed to the lean body in the run
+    # above: tree nodes and tails, padding included) times the body's weights, plus
+    # output-layer positions times the vocabulary. The ratio A / B could reach it only if A's
+    # products ran as fast as B's and nothing else took time.
     config = lm.model.config
     per_token = sum(p.numel() for n_, p in lm.model.model.layers.named_parameters() if p.dim() == 2)
     head_size = config.hidden_size * config.vocab_size
-    prefix = len(lm._prefix[0]) if lm._prefix else 0
-    batch = warm.params["batch_size"]
     rows = sorted(texts)
-    a_rows = [len(lm.prompt_ids(t)) + len(response_ids) - 1 - prefix for t in [PROMPT] + rows]
-    a_tokens = sum(len(c) * max(c) for c in (a_rows[i : i + batch] for i in range(0, len(a_rows), batch)))
+    a_rows = [PROMPT] + rows
+    a_tokens = body_tokens[0]
     b_rows = [len(lm.prompt_ids(t)) + len(response_ids) for t in rows]
     b_tokens = sum(len(c) * max(c) for c in (b_rows[i : i + best] for i in range(0, len(b_rows), best)))
     a_work = a_tokens * per_token + len(a_rows) * len(response_ids) * head_size

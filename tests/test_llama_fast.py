@@ -1,6 +1,7 @@
 """The lean Llama body against transformers' own forward, on a small random Llama (fast; the
 embedded model's check is in test_scorer_model.py)."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -48,3 +49,61 @@ def test_lean_body_matches_transformers_on_right_padded_rows(prefix):
         torch.testing.assert_close(again, want[0], rtol=0, atol=0)
         attn = model.model.layers[0].self_attn
         assert attn.k_proj.weight.data_ptr() == attn.q_proj.weight.data_ptr() + attn.q_proj.weight.numel() * 4
+
+
+def tree_scorer(model, prefix):
+    """The local scorer around a small random Llama, its template prefix given."""
+    import types
+
+    from gsmile.backends.local import HFCausalLM
+
+    lm = HFCausalLM("/nonexistent")
+    lm._model = model
+    lm._tokenizer = types.SimpleNamespace(pad_token_id=0)
+    with torch.inference_mode():
+        cache = model.model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+    lm._prefix = (prefix, [(layer.keys, layer.values) for layer in cache.layers])
+    return lm
+
+
+PREFIX = [5, 6, 7, 8]
+TAIL = [90, 91, 40, 41, 42]  # the template's end, then the response tokens fed
+STEMS = [
+    [10, 11, 12, 13],
+    [10, 11, 12, 14, 15],  # shares three tokens with the first
+    [10, 11],
+    [],  # everything dropped
+    [20, 21, 22, 23, 24, 25, 26],
+    [10, 11, 12, 13],  # a repeat
+    [20, 30],
+]
+
+
+@pytest.mark.parametrize("tree_nodes", [256, 4])  # one tree; several, one stem longer than the cap
+def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes):
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "TREE_NODES", tree_nodes)
+    model = tiny_llama()
+    lm = tree_scorer(model, PREFIX)
+    rows = [PREFIX + s + TAIL for s in STEMS]
+    n_resp = 3
+    body = lm._fast_body()
+    with torch.inference_mode():
+        picked = lm._tree_hidden(body, rows, n_resp)
+        assert picked.shape == (len(rows), n_resp, 48)
+        for b, row in enumerate(rows):
+            want = model.model(input_ids=torch.tensor([row])).last_hidden_state[0, -n_resp:]
+            torch.testing.assert_close(picked[b], want, rtol=0, atol=1e-5)
+    fast = lm._score_rows(rows, n_resp, fast=True)
+    plain = lm._score_rows(rows, n_resp, fast=False)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_token_tree_is_skipped_when_a_row_lacks_the_prefix():
+    model = tiny_llama()
+    lm = tree_scorer(model, PREFIX)
+    rows = [PREFIX + [10, 11] + TAIL, [1, 2, 3, 4, 10] + TAIL]
+    with torch.inference_mode():
+        assert lm._tree_hidden(lm._fast_body(), rows, 3) is None
+    np.testing.assert_allclose(lm._score_rows(rows, 3, fast=True), lm._score_rows(rows, 3, fast=False), atol=1e-5)

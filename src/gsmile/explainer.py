@@ -415,7 +415,7 @@ class Explainer:
         """Explained value y per text (and, for language models, one column per response
         token). Each distinct text is sent to the model once; ``cache`` (text -> values)
         keeps them across runs. Texts are sent in sorted order, so a batch's texts tend to share
-        their start (a backend can reuse that work, see HFCausalLM._shared_prefix); a batch
+        their start (a backend can reuse that work, see HFCausalLM._tree_hidden); a batch
         that runs out of memory is retried at half the size. Returns (y, Y or None, number of
         texts sent, the batch size that worked).
 

@@ -47,7 +47,14 @@ class LlamaBody:
     ``past`` is a per-layer list of (keys, values) of a prefix every row shares, each of shape
     ``(1, kv_heads, start, head_dim)`` as transformers caches them (keys after the rotary
     embedding), or None with ``start`` 0. ``input_ids`` continue that prefix at position
-    ``start``; rows may be right-padded."""
+    ``start``; rows may be right-padded.
+
+    For a past that differs by row (a token tree, see ``HFCausalLM._tree_hidden``) give
+    ``positions`` ``(rows, width)`` (each token's position, for the rotary embedding), ``mask``
+    ``(rows, 1, width, past + width)`` (True where a token may attend) and per-row past
+    tensors ``(rows, kv_heads, past, head_dim)``. ``kv_only=True`` returns each layer's
+    (keys, values) of ``input_ids`` instead of hidden states, and skips the work only the
+    hidden states need (the last layer's attention and MLP)."""
 
     def __init__(self, model):
         import torch
@@ -66,7 +73,7 @@ class LlamaBody:
             self.layers.append((layer.input_layernorm.weight, qkv, attn.o_proj.weight,
                                 layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
 
-    def __call__(self, input_ids, past=None, start: int = 0):
+    def __call__(self, input_ids, past=None, start: int = 0, positions=None, mask=None, kv_only: bool = False):
         import torch
         import torch.nn.functional as F
 
@@ -75,13 +82,17 @@ class LlamaBody:
         half = dim // 2
         x = self.body.embed_tokens(input_ids)
         hidden = x.shape[-1]
-        positions = torch.arange(start, start + width)[None]
-        cos, sin = self.body.rotary_emb(x, positions)  # (1, width, dim)
-        # Broadcast over rows and heads: (width, 1, half) for each half of the head dimension.
-        cos1, cos2 = cos[0, :, None, :half], cos[0, :, None, half:]
-        sin1, sin2 = sin[0, :, None, :half], sin[0, :, None, half:]
-        # Causal over the prefix and the rows' own tokens: position i sees keys up to start + i.
-        mask = torch.ones((width, start + width), dtype=torch.bool).tril(diagonal=start)
+        if positions is None:
+            positions = torch.arange(start, start + width)[None]
+        cos, sin = self.body.rotary_emb(x, positions)  # (1 or rows, width, dim)
+        # Broadcast over heads: (1 or rows, width, 1, half) for each half of the head dimension.
+        cos1, cos2 = cos[:, :, None, :half], cos[:, :, None, half:]
+        sin1, sin2 = sin[:, :, None, :half], sin[:, :, None, half:]
+        if mask is None:
+            # Causal over the prefix and the rows' own tokens: position i sees keys up to start + i.
+            mask = torch.ones((width, start + width), dtype=torch.bool).tril(diagonal=start)
+        kept = []
+        last = len(self.layers) - 1
         for layer_index, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
             h = _rms_norm(torch, x, norm1, self.eps)
             qkv = F.linear(h, qkv_w).view(n, width, heads + 2 * kv, dim)
@@ -94,6 +105,10 @@ class LlamaBody:
             q = qkv[:, :, :heads].transpose(1, 2)
             k = qkv[:, :, heads : heads + kv].transpose(1, 2)
             v = qkv[:, :, heads + kv :].transpose(1, 2)
+            if kv_only:
+                kept.append((k, v))
+                if layer_index == last:
+                    return kept
             if past is not None:
                 pk, pv = past[layer_index]
                 k = torch.cat((pk.expand(n, -1, -1, -1), k), dim=2)

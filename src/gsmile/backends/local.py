@@ -4,9 +4,11 @@
 The user's text is placed in the chat template as the user turn (the template's own
 system prompt and markup are never units); the response follows the generation prompt
 and is scored teacher-forced: one forward pass per perturbed prompt gives the next-token
-distribution at every response position. Batches are right-padded, so a sequence's result
-does not depend on what it is batched with (transformers' forward gets an attention mask;
-the lean Llama body of :mod:`.llama_fast` needs none, see there).
+distribution at every response position. A sequence's result does not depend on what it is
+batched with (to float rounding): for Llama-architecture models the lean body of
+:mod:`.llama_fast` scores a batch over a token tree of its perturbed prompts, so what they
+share is computed once (see ``HFCausalLM._tree_hidden``); other models go through
+transformers' forward over right-padded rows with an attention mask.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import numpy as np
 
 from ..errors import ModelError
 
-#: Shared tokens beyond the template after which a batch's own common start is cached too.
+#: Shared tokens beyond the template after which a batch's own common start is cached too
+#: (transformers' forward; the lean body shares starts through its token tree instead).
 MIN_SHARED_EXTENSION = 3
+#: Most token-tree nodes in one sequence of the tree scorer's first pass (their attention
+#: grows with the square of it); a batch whose tree is larger is split into several.
+TREE_NODES = 256
 #: Tokens per forward pass aimed at by :meth:`HFCausalLM.suggest_batch_size`.
 TOKENS_PER_BATCH = 2048
 #: Positions per product with the output layer: one row's 48 gave 200 GFLOP/s on a 2-core
@@ -175,6 +181,12 @@ class HFCausalLM:
         ``reduce`` of each row's, stacked."""
         import torch
 
+        body = self._fast_body() if fast else None
+        if body is not None:
+            with torch.inference_mode():
+                picked = self._tree_hidden(body, rows, n_resp)
+                if picked is not None:
+                    return self._head_log_softmax(picked, reduce)
         prefix_len = 0
         past = None
         if fast:
@@ -191,7 +203,6 @@ class HFCausalLM:
             input_ids[b, : len(r)] = torch.tensor(r)
             gather[b] = torch.arange(len(r) - n_resp, len(r))
         with torch.inference_mode():
-            body = self._fast_body() if fast else None
             if body is not None:
                 # Right padding needs no mask here: a real position never attends to a later one.
                 hidden = body(input_ids, past, prefix_len)
@@ -255,9 +266,109 @@ class HFCausalLM:
             return out.numpy()
         return np.concatenate(results) if results else np.zeros((0, positions))
 
-    def _shared_prefix(self, rows: list[list[int]], n_resp: int):
-        """(length, per-layer (key, value)) of the template prefix shared by every row, computed
-        once per backend and kept; (0, None) when the rows do not all start with it."""
+    def _tree_hidden(self, body, rows: list[list[int]], n_resp: int):
+        """Hidden states ``(rows, n_resp, hidden)`` at the predicting positions, computed over a
+        token tree so that what rows share is computed once; None when the rows do not all
+        start with the template prefix (the caller then scores them row by row).
+
+        Every row is the template prefix (its cache is kept), the row's own tokens (its
+        *stem*: the perturbed user text) and a *tail* every row ends with (the template's end
+        and the response). The stems of a batch form a tree of distinct prefixes: perturbed
+        prompts sharing their first words share its first nodes. Two passes of the lean body:
+
+        1. the tree's nodes as one sequence, each at its depth's position, attending to the
+           template prefix and to its own ancestors only: every node's keys and values;
+        2. the tail for every row, after that row's path through the tree (its keys and
+           values gathered from pass 1), at positions that continue the row.
+
+        So a shared start is computed once per batch, and no row is padded: the tails are the
+        same length. Each token sees exactly the tokens before it in its own row, so the
+        results are those of a forward pass over each row, to float rounding."""
+        import torch
+
+        ids, past = self._template_prefix()
+        start = len(ids)
+        if past is None or start == 0 or any(r[:start] != ids for r in rows):
+            return None
+        rest = [r[start:] for r in rows]
+        first, shortest = rest[0], min(map(len, rest))
+        tail = 0
+        while tail < shortest and all(r[-1 - tail] == first[-1 - tail] for r in rest[1:]):
+            tail += 1
+        if tail < max(n_resp, 1):
+            return None
+        # The stems' trees, a few rows each (at most TREE_NODES nodes, unless one stem alone
+        # is longer): node = (parent, token); parents come before their children.
+        groups, paths = [], []
+        for row in rest:
+            stem = row[: len(row) - tail]
+            if not groups or (len(groups[-1]["tokens"]) + len(stem) > TREE_NODES and groups[-1]["tokens"]):
+                groups.append({"index": {}, "tokens": [], "parents": [], "depth": []})
+            g = groups[-1]
+            node, path = -1, []
+            for tok in stem:
+                child = g["index"].get((node, tok))
+                if child is None:
+                    child = g["index"][(node, tok)] = len(g["tokens"])
+                    g["tokens"].append(tok)
+                    g["parents"].append(node)
+                    g["depth"].append(len(path))
+                node = child
+                path.append(child)
+            paths.append((len(groups) - 1, path))
+        n, width = len(rows), max(len(g["tokens"]) for g in groups)
+        depth = max(len(p) for _, p in paths)
+        n_layers = len(past)
+        if width:
+            # Pass 1: the trees' nodes, one sequence per group (right-padded; pads see the prefix only).
+            m = len(groups)
+            node_ids = torch.zeros((m, width), dtype=torch.long)
+            positions = torch.full((m, width), start, dtype=torch.long)
+            mask = torch.zeros((m, 1, width, start + width), dtype=torch.bool)
+            mask[..., :start] = True
+            for gi, g in enumerate(groups):
+                count = len(g["tokens"])
+                node_ids[gi, :count] = torch.tensor(g["tokens"], dtype=torch.long)
+                positions[gi, :count] += torch.tensor(g["depth"], dtype=torch.long)
+                seen = mask[gi, 0, :, start:]
+                for i, parent in enumerate(g["parents"]):  # a node sees its parent's view and itself
+                    if parent >= 0:
+                        seen[i] = seen[parent]
+                    seen[i, i] = True
+                seen[count:, count:] = torch.eye(width - count, dtype=torch.bool)
+            tree_kv = body(node_ids, past, start, positions=positions, mask=mask, kv_only=True)
+            # Each row's path, as indices into the groups' nodes laid end to end (pads: node 0, masked).
+            gather = torch.zeros((n, depth), dtype=torch.long)
+            for b, (gi, path) in enumerate(paths):
+                gather[b, : len(path)] = torch.tensor(path, dtype=torch.long) + gi * width
+            gather = gather.reshape(-1)
+        # Pass 2: every row's tail after its own path.
+        lengths = torch.tensor([len(p) for _, p in paths], dtype=torch.long)
+        row_past = []
+        for layer in range(n_layers):
+            pk, pv = past[layer]
+            if width:
+                k, v = tree_kv[layer]  # (groups, kv_heads, width, head_dim)
+                kv_heads, dim = k.shape[1], k.shape[3]
+                k = k.transpose(0, 1).reshape(kv_heads, -1, dim)[:, gather].view(kv_heads, n, depth, dim).transpose(0, 1)
+                v = v.transpose(0, 1).reshape(kv_heads, -1, dim)[:, gather].view(kv_heads, n, depth, dim).transpose(0, 1)
+                row_past.append((torch.cat((pk.expand(n, -1, -1, -1), k), dim=2),
+                                 torch.cat((pv.expand(n, -1, -1, -1), v), dim=2)))
+            else:
+                row_past.append((pk, pv))
+        known = start + depth
+        mask = torch.zeros((n, 1, tail, known + tail), dtype=torch.bool)
+        mask[..., :start] = True
+        mask[:, 0, :, start:known] = (torch.arange(depth)[None, :] < lengths[:, None])[:, None, :]
+        mask[..., known:] = torch.ones((tail, tail), dtype=torch.bool).tril()
+        positions = start + lengths[:, None] + torch.arange(tail)[None, :]
+        tail_ids = torch.tensor(first[len(first) - tail :], dtype=torch.long)[None].expand(n, -1)
+        hidden = body(tail_ids, row_past, known, positions=positions, mask=mask)
+        return hidden[:, tail - n_resp :]
+
+    def _template_prefix(self):
+        """(token ids, per-layer (key, value)) of the chat template up to the user's text,
+        computed once per backend and kept (past None when there is no such prefix)."""
         import torch
 
         if self._prefix is None:
@@ -271,7 +382,15 @@ class HFCausalLM:
                     cache = self.model.model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
                 past = [(layer.keys, layer.values) for layer in cache.layers]
             self._prefix = (ids, past)
-        ids, past = self._prefix
+        return self._prefix
+
+    def _shared_prefix(self, rows: list[list[int]], n_resp: int):
+        """(length, per-layer (key, value)) of the template prefix shared by every row, extended
+        over the batch's own common start when that is long enough; (0, None) when the rows do
+        not all start with the template prefix."""
+        import torch
+
+        ids, past = self._template_prefix()
         length = len(ids)
         limit = min(len(r) for r in rows) - max(n_resp, 1)  # the rest must hold every predicting position
         if past is None or length > limit or any(r[:length] != ids for r in rows):
