@@ -276,8 +276,9 @@ class HFCausalLM:
         and the response). The stems of a batch form a tree of distinct prefixes: perturbed
         prompts sharing their first words share its first nodes. Two passes of the lean body:
 
-        1. the tree's nodes as one sequence, each at its depth's position, attending to the
-           template prefix and to its own ancestors only: every node's keys and values;
+        1. the tree's nodes as one sequence (or a few: see :func:`_stem_trees`), each at its
+           depth's position, attending to the template prefix and to its own ancestors only:
+           every node's keys and values;
         2. the tail for every row, after that row's path through the tree (its keys and
            values gathered from pass 1), at positions that continue the row.
 
@@ -297,25 +298,7 @@ class HFCausalLM:
             tail += 1
         if tail < max(n_resp, 1):
             return None
-        # The stems' trees, a few rows each (at most TREE_NODES nodes, unless one stem alone
-        # is longer): node = (parent, token); parents come before their children.
-        groups, paths = [], []
-        for row in rest:
-            stem = row[: len(row) - tail]
-            if not groups or (len(groups[-1]["tokens"]) + len(stem) > TREE_NODES and groups[-1]["tokens"]):
-                groups.append({"index": {}, "tokens": [], "parents": [], "depth": []})
-            g = groups[-1]
-            node, path = -1, []
-            for tok in stem:
-                child = g["index"].get((node, tok))
-                if child is None:
-                    child = g["index"][(node, tok)] = len(g["tokens"])
-                    g["tokens"].append(tok)
-                    g["parents"].append(node)
-                    g["depth"].append(len(path))
-                node = child
-                path.append(child)
-            paths.append((len(groups) - 1, path))
+        groups, paths = _stem_trees([row[: len(row) - tail] for row in rest])
         n, width = len(rows), max(len(g["tokens"]) for g in groups)
         depth = max(len(p) for _, p in paths)
         n_layers = len(past)
@@ -413,3 +396,36 @@ class HFCausalLM:
                 ).past_key_values
             return extra, [(layer.keys, layer.values) for layer in cache.layers]
         return length, past
+
+
+def _stem_trees(stems: list[list[int]]):
+    """The stems' token trees: ``(groups, paths)``. A group is one tree over consecutive stems,
+    with at most ``TREE_NODES`` nodes unless one stem alone is longer: ``tokens``, ``parents``
+    (-1: the root, i.e. the template prefix) and ``depth`` per node, parents before their
+    children, one node per distinct (parent, token). ``paths[i]`` is (group, node of each of
+    stem i's tokens)."""
+    groups, paths = [], []
+    for stem in stems:
+        new = len(stem)
+        if groups:  # the nodes this stem adds to the current tree
+            node = -1
+            for tok in stem:
+                node = groups[-1]["index"].get((node, tok))
+                if node is None:
+                    break
+                new -= 1
+        if not groups or (groups[-1]["tokens"] and len(groups[-1]["tokens"]) + new > TREE_NODES):
+            groups.append({"index": {}, "tokens": [], "parents": [], "depth": []})
+        g = groups[-1]
+        node, path = -1, []
+        for tok in stem:
+            child = g["index"].get((node, tok))
+            if child is None:
+                child = g["index"][(node, tok)] = len(g["tokens"])
+                g["tokens"].append(tok)
+                g["parents"].append(node)
+                g["depth"].append(len(path))
+            node = child
+            path.append(child)
+        paths.append((len(groups) - 1, path))
+    return groups, paths
