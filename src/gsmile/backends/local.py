@@ -320,21 +320,20 @@ class HFCausalLM:
                     seen[i, i] = True
                 seen[count:, count:] = torch.eye(width - count, dtype=torch.bool)
             tree_kv = body(node_ids, past, start, positions=positions, mask=mask, kv_only=True)
-            # Each row's path, as indices into the groups' nodes laid end to end (pads: node 0, masked).
-            gather = torch.zeros((n, depth), dtype=torch.long)
-            for b, (gi, path) in enumerate(paths):
-                gather[b, : len(path)] = torch.tensor(path, dtype=torch.long) + gi * width
-            gather = gather.reshape(-1)
+            # Each row's path: (group, node) of each of its tokens (pads: node 0, masked).
+            group_of = torch.tensor([gi for gi, _ in paths], dtype=torch.long)[:, None].expand(n, depth).reshape(-1)
+            node_of = torch.zeros((n, depth), dtype=torch.long)
+            for b, (_, path) in enumerate(paths):
+                node_of[b, : len(path)] = torch.tensor(path, dtype=torch.long)
+            node_of = node_of.reshape(-1)
         # Pass 2: every row's tail after its own path.
         lengths = torch.tensor([len(p) for _, p in paths], dtype=torch.long)
         row_past = []
         for layer in range(n_layers):
             pk, pv = past[layer]
             if width:
-                k, v = tree_kv[layer]  # (groups, kv_heads, width, head_dim)
-                kv_heads, dim = k.shape[1], k.shape[3]
-                k = k.transpose(0, 1).reshape(kv_heads, -1, dim)[:, gather].view(kv_heads, n, depth, dim).transpose(0, 1)
-                v = v.transpose(0, 1).reshape(kv_heads, -1, dim)[:, gather].view(kv_heads, n, depth, dim).transpose(0, 1)
+                # (groups, kv_heads, width, head_dim) -> each row's path: (rows, kv_heads, depth, head_dim)
+                k, v = (x[group_of, :, node_of].view(n, depth, *x.shape[1::2]).transpose(1, 2) for x in tree_kv[layer])
                 row_past.append((torch.cat((pk.expand(n, -1, -1, -1), k), dim=2),
                                  torch.cat((pv.expand(n, -1, -1, -1), v), dim=2)))
             else:
