@@ -256,6 +256,13 @@ DETERMINISTIC = {"gsmile:occlusion", "captum:FeatureAblation", "shap:Partition"}
 FIXED_BUDGET = {"gsmile:occlusion", "captum:FeatureAblation"}
 
 
+def counts_at(record: dict, budget: int, budgets: list[int]) -> bool:
+    """Whether a record stands for its method at ``budget`` (a fixed-budget method runs at
+    the first budget only and stands for every one)."""
+    first = budgets[0]
+    return record["budget"] == budget or (record["method"] in FIXED_BUDGET and record["budget"] == first)
+
+
 # --------------------------------------------------------------------------- measures
 def spearman(a, b) -> float | None:
     from scipy.stats import spearmanr
@@ -375,7 +382,7 @@ def summarize(result: dict) -> list[dict]:
     recs = [r for r in result["records"] if r.get("budget") is not None]
     for b in result["budgets"]:
         for name in result["methods"]:
-            group = [r for r in recs if r["method"] == name and (r["budget"] == b or (name in FIXED_BUDGET and r["budget"] == result["budgets"][0]))]
+            group = [r for r in recs if r["method"] == name and counts_at(r, b, result["budgets"])]
             ok = [r for r in group if r["error"] is None]
             if not group:
                 continue
@@ -437,10 +444,8 @@ def paired(result: dict, b: int, key: str, ours: str, theirs: str):
     from scipy.stats import t as student
 
     def by_prompt(name):
-        first = result["budgets"][0]
         return {r["prompt"]: r[key] for r in result["records"]
-                if r["method"] == name and r.get(key) is not None
-                and (r["budget"] == b or (name in FIXED_BUDGET and r["budget"] == first))}
+                if r["method"] == name and r.get(key) is not None and counts_at(r, b, result["budgets"])}
 
     a, c = by_prompt(ours), by_prompt(theirs)
     diffs = np.array([a[p] - c[p] for p in a if p in c])
