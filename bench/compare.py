@@ -1,6 +1,6 @@
 """gsmile's methods against Captum, shap and lime on the embedded model, at equal budgets.
 
-    python bench/compare.py [--prompts 3] [--budgets 2,4,8,16] [--seeds 3] [--max-new-tokens 12]
+    python bench/compare.py [--prompts 3] [--budgets 2,4,8,16] [--seeds 3] [--max-new-tokens 8]
 
 Needs the peers (``pip install -e '.[bench]'``; see ``make compare``). For each prompt of
 ``bench/prompts.jsonl`` (the ones with the fewest word units first when ``--prompts`` is
@@ -26,8 +26,14 @@ over the seeds) and model evaluations made. The goals table compares the best gs
 with the best peer prompt by prompt: the mean difference and its 95% interval (t
 distribution over prompts), and whether gsmile is ahead, level (the interval holds 0) or
 behind. Writes ``compare.md``, ``compare.json`` and
-``compare.png`` to ``--out`` (default bench/results). Every number comes from one run.
-Adding a method is one entry in ``RUNNERS``.
+``compare.png`` to ``--out`` (default bench/results). Adding a method is one entry in
+``RUNNERS``.
+
+A full run takes hours on a small CPU, so it can be stopped and started again: each prompt's
+records at each budget are kept in ``OUT/compare.partial.jsonl`` as soon as every method has
+run there, and the next run with the same settings reuses them (``--fresh`` discards them).
+The same command with every block finished only rebuilds the tables. The time ratios compare
+methods timed within one block, with their repeats interleaved.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -55,12 +62,13 @@ GSMILE_METHODS = ["gsmile", "kernelshap", "lime", "occlusion", "mupax", "banzhaf
 class Case:
     """One prompt: the model, its units, the fixed response and an oracle scorer."""
 
-    def __init__(self, lm, prompt: str, max_new_tokens: int):
+    def __init__(self, lm, prompt: str, max_new_tokens: int, id: str = "prompt"):
         from gsmile.explanation import Explanation
         from gsmile.metrics import ExplanationScorer
         from gsmile.units import Segmentation
 
         self.lm = lm
+        self.id = id
         self.prompt = prompt
         self.seg = Segmentation.from_text(prompt, "word")
         self.n = len(self.seg)
@@ -296,85 +304,200 @@ def faithfulness(case: Case, attributions):
 
 # --------------------------------------------------------------------------- main
 def load_prompts(path: Path, count: int | None):
+    """The prompts with the fewest word units first (ties in file order); the first ``count``."""
     from gsmile.units import Segmentation
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if count is not None and count < len(rows):
-        rows = sorted(rows, key=lambda r: len(Segmentation.from_text(r["prompt"])))[:count]
-    return rows
+    rows = sorted(rows, key=lambda r: len(Segmentation.from_text(r["prompt"])))
+    return rows if count is None else rows[:count]
+
+
+class Checkpoint:
+    """The finished blocks of a run, one JSON line each in ``compare.partial.jsonl`` beside
+    the results, so a run that is stopped goes on where it stopped: a block is one prompt's
+    records at one budget (or its exact Shapley values), written only once every method has
+    run. The first line holds the settings every block depends on; a run with other settings
+    refuses the file rather than mixing numbers (``--fresh`` starts a new one). A last line
+    cut short by a kill is ignored."""
+
+    NAME = "compare.partial.jsonl"
+
+    def __init__(self, out: Path, settings: dict, fresh: bool = False):
+        self.path = out / self.NAME
+        self.settings = settings
+        self.blocks: dict[tuple[str, int | None], dict] = {}
+        if fresh or not self.path.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            from gsmile._io import write_atomic
+
+            write_atomic(self.path, json.dumps({"settings": settings}) + "\n")
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            head = json.loads(lines[0])["settings"] if lines else None
+        except (ValueError, KeyError, TypeError):
+            head = None
+        if head != settings:
+            raise SystemExit(f"error: {self.path} was written with other settings ({head}, this run: {settings}); "
+                             "run with --fresh to discard it, or give another --out")
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                block = json.loads(line)
+            except ValueError:
+                if number == len(lines):  # cut short by a kill: that block is simply run again
+                    break
+                raise SystemExit(f"error: {self.path} line {number} is not JSON; run with --fresh to discard the file")
+            self.blocks[(block["prompt"], block["budget"])] = block
+
+    def get(self, prompt: str, budget: int | None) -> dict | None:
+        return self.blocks.get((prompt, budget))
+
+    def put(self, block: dict) -> None:
+        line = json.dumps(block) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.blocks[(block["prompt"], block["budget"])] = block
+
+
+def _commit() -> str | None:
+    """The checked-out commit (with "+" when the tree has changes), or None outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
+def run_budget(case: Case, methods: list[str], b: int, seeds: int, exact) -> list[dict]:
+    """Every method on one prompt at budget ``b``: one record per method."""
+    runs = {m: {"attrs": [], "times": [], "evals": [], "error": None} for m in methods}
+    # Seeds outermost, methods inside: every method's repeats are spread over the same
+    # stretch of time, so load from other processes hits them alike.
+    for seed in range(seeds):
+        for name in methods:
+            state = runs[name]
+            if state["error"] is not None:
+                continue
+            try:
+                t = time.perf_counter()
+                a, n_evals = RUNNERS[name](case, b * case.n, seed)
+                state["times"].append(time.perf_counter() - t)
+                state["attrs"].append(np.asarray(a, dtype=float))
+                state["evals"].append(n_evals)
+            except Exception as exc:  # a peer failing is reported, not fatal
+                state["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    records = []
+    for name in methods:
+        attrs, times, evals, error = (runs[name][k] for k in ("attrs", "times", "evals", "error"))
+        rec = {"prompt": case.id, "n_units": case.n, "budget": b, "method": name, "error": error}
+        if error is None:
+            # Every seed's attributions are scored (the oracle caches texts; for prompts
+            # with exact Shapley values every coalition is already scored), and averaged.
+            per_seed = [faithfulness(case, a) for a in attrs]
+            rhos = [spearman(a, exact) for a in attrs] if exact is not None else []
+            rhos = [r for r in rhos if r is not None]
+            rec.update(
+                deletion_aopc=float(np.mean([d for d, _ in per_seed])),
+                insertion_aopc=float(np.mean([i for _, i in per_seed])),
+                deletion_aopc_seeds=[d for d, _ in per_seed],
+                spearman=float(np.mean(rhos)) if rhos else None,
+                spearman_seeds=rhos if exact is not None else None,
+                top3=float(np.mean([top_agreement(a, exact) for a in attrs])) if exact is not None else None,
+                jaccard=jaccard(attrs) if len(attrs) > 1 else (1.0 if name in DETERMINISTIC else None),
+                seconds=statistics.median(times),
+                evaluations=statistics.median(evals),
+                attributions=attrs[0].tolist(),
+            )
+        records.append(rec)
+    return records
+
+
+def _print_records(records: list[dict]) -> None:
+    for rec in records:
+        if rec["error"] is None:
+            rho = rec["spearman"] if rec["spearman"] is not None else float("nan")
+            print(f"    {rec['budget']:>2}N {rec['method']:<28} del {rec['deletion_aopc']:7.3f} "
+                  f"ins {rec['insertion_aopc']:7.3f} rho {rho:6.3f} {rec['seconds']:6.2f} s "
+                  f"{rec['evaluations']:6.0f} evals", flush=True)
+        else:
+            print(f"    {rec['budget']:>2}N {rec['method']:<28} FAILED {rec['error']}", flush=True)
 
 
 def run(args) -> dict:
-    from gsmile.backends import resolve_model
-
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = [m for m in RUNNERS if not args.methods or m in args.methods.split(",")]
+    settings = {"max_new_tokens": args.max_new_tokens, "seeds": args.seeds, "shapley_max_units": args.shapley_max_units,
+                "methods": methods, "first_budget": budgets[0]}
+    checkpoint = Checkpoint(Path(args.out), settings, fresh=args.fresh)
+    commit = _commit()
+    lm = None
+    records = []
+    for p_index, row in enumerate(load_prompts(Path(args.prompt_file), args.prompts)):
+        pid = row["id"]
+        done = {b: checkpoint.get(pid, b) for b in [None, *budgets]}
+        for block in done.values():
+            if block is not None and block.get("text") not in (None, row["prompt"]):
+                raise SystemExit(f"error: prompt {pid!r} changed since {checkpoint.path} was written; run with --fresh")
+        case = None
+        if any(block is None for b, block in done.items() if b is not None) or done[None] is None:
+            if lm is None:
+                lm = _load_model()
+            case = Case(lm, row["prompt"], args.max_new_tokens, pid)
+            stored = next((blk["response"] for blk in done.values() if blk and blk.get("response") is not None), None)
+            if stored is not None and stored != case.response:
+                raise SystemExit(f"error: the model's response to {pid!r} is now {case.response!r}, not {stored!r} as "
+                                 f"in {checkpoint.path}; run with --fresh")
+        if done[None] is None:  # the reference: exact Shapley values, or none for a long prompt
+            t0 = time.perf_counter()
+            exact_recs = []
+            if case.n <= args.shapley_max_units:
+                exact = case.exact_shapley()
+                exact_recs = [{"prompt": pid, "n_units": case.n, "method": "exact-shapley", "budget": None,
+                               "attributions": exact.tolist(), "deletion_aopc": faithfulness(case, exact)[0]}]
+            done[None] = {"prompt": pid, "budget": None, "text": row["prompt"], "response": case.response,
+                          "commit": commit, "seconds": time.perf_counter() - t0, "records": exact_recs}
+            checkpoint.put(done[None])
+        exact_recs = done[None]["records"]
+        exact = np.array(exact_recs[0]["attributions"]) if exact_recs else None
+        n_units = case.n if case is not None else next(r["n_units"] for blk in done.values() for r in blk["records"])
+        print(f"[{p_index + 1}] {pid}: {n_units} units, response {done[None]['response']!r}"
+              + (", exact Shapley values" if exact is not None else ""), flush=True)
+        for b in budgets:
+            if done[b] is None:
+                active = [m for m in methods if not (m in FIXED_BUDGET and b != budgets[0])]
+                done[b] = {"prompt": pid, "budget": b, "text": row["prompt"], "response": case.response,
+                           "commit": commit, "records": run_budget(case, active, b, args.seeds, exact)}
+                checkpoint.put(done[b])
+                _print_records(done[b]["records"])
+            else:
+                print(f"    {b:>2}N from {checkpoint.path.name} (commit {done[b].get('commit') or '?'})", flush=True)
+            records += done[b]["records"]
+        records += exact_recs
+    commits = sorted({blk.get("commit") or "?" for blk in checkpoint.blocks.values()
+                      if blk["prompt"] in {r["prompt"] for r in records}})
+    return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "max_new_tokens": args.max_new_tokens,
+            "command": "python bench/compare.py " + " ".join(sys.argv[1:]), "commits": commits, "records": records}
+
+
+def _load_model():
+    """The embedded model, and every peer (and scipy) imported before any timing: import time
+    is not explanation time."""
+    from gsmile.backends import resolve_model
+
     lm = resolve_model("local").load()
-    # Import every peer (and scipy) before any timing: import time is not explanation time.
     for module in ("captum.attr", "shap", "lime.lime_text", "scipy.stats"):
         try:
             __import__(module)
         except ImportError as exc:
             print(f"warning: {module} is not installed ({exc}); its methods will fail", file=sys.stderr)
-    records = []
-    for p_index, row in enumerate(load_prompts(Path(args.prompt_file), args.prompts)):
-        case = Case(lm, row["prompt"], args.max_new_tokens)
-        t0 = time.perf_counter()
-        exact = case.exact_shapley() if case.n <= args.shapley_max_units else None
-        print(f"[{p_index + 1}] {row['id']}: {case.n} units, response {case.response!r}"
-              + (f", exact Shapley in {time.perf_counter() - t0:.0f} s" if exact is not None else ""), flush=True)
-        for b in budgets:
-            active = [m for m in methods if not (m in FIXED_BUDGET and b != budgets[0])]
-            runs = {m: {"attrs": [], "times": [], "evals": [], "error": None} for m in active}
-            # Seeds outermost, methods inside: every method's repeats are spread over the same
-            # stretch of time, so load from other processes hits them alike.
-            for seed in range(args.seeds):
-                for name in active:
-                    state = runs[name]
-                    if state["error"] is not None:
-                        continue
-                    try:
-                        t = time.perf_counter()
-                        a, n_evals = RUNNERS[name](case, b * case.n, seed)
-                        state["times"].append(time.perf_counter() - t)
-                        state["attrs"].append(np.asarray(a, dtype=float))
-                        state["evals"].append(n_evals)
-                    except Exception as exc:  # a peer failing is reported, not fatal
-                        state["error"] = f"{type(exc).__name__}: {exc}"[:300]
-            for name in active:
-                attrs, times, evals, error = (runs[name][k] for k in ("attrs", "times", "evals", "error"))
-                rec = {"prompt": row["id"], "n_units": case.n, "budget": b, "method": name, "error": error}
-                if error is None:
-                    # Every seed's attributions are scored (the oracle caches texts; for prompts
-                    # with exact Shapley values every coalition is already scored), and averaged.
-                    per_seed = [faithfulness(case, a) for a in attrs]
-                    deletion = float(np.mean([d for d, _ in per_seed]))
-                    insertion = float(np.mean([i for _, i in per_seed]))
-                    rhos = [spearman(a, exact) for a in attrs] if exact is not None else []
-                    rhos = [r for r in rhos if r is not None]
-                    rec.update(
-                        deletion_aopc=deletion,
-                        insertion_aopc=insertion,
-                        deletion_aopc_seeds=[d for d, _ in per_seed],
-                        spearman=float(np.mean(rhos)) if rhos else None,
-                        spearman_seeds=rhos if exact is not None else None,
-                        top3=float(np.mean([top_agreement(a, exact) for a in attrs])) if exact is not None else None,
-                        jaccard=jaccard(attrs) if len(attrs) > 1 else (1.0 if name in DETERMINISTIC else None),
-                        seconds=statistics.median(times),
-                        evaluations=statistics.median(evals),
-                        attributions=attrs[0].tolist(),
-                    )
-                    print(f"    {b:>2}N {name:<28} del {deletion:7.3f} ins {insertion:7.3f} "
-                          f"rho {rec['spearman'] if rec['spearman'] is not None else float('nan'):6.3f} "
-                          f"{rec['seconds']:6.2f} s {rec['evaluations']:6.0f} evals", flush=True)
-                else:
-                    print(f"    {b:>2}N {name:<28} FAILED {error}", flush=True)
-                records.append(rec)
-        if exact is not None:
-            records.append({"prompt": row["id"], "n_units": case.n, "method": "exact-shapley", "budget": None,
-                            "attributions": exact.tolist(), "deletion_aopc": faithfulness(case, exact)[0]})
-    return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "max_new_tokens": args.max_new_tokens,
-            "command": "python bench/compare.py " + " ".join(sys.argv[1:]), "records": records}
+    return lm
 
 
 def summarize(result: dict) -> list[dict]:
@@ -407,6 +530,8 @@ def markdown(result: dict, rows: list[dict]) -> str:
         "# gsmile vs Captum, shap and lime",
         "",
         f"Command: `{result['command']}`  ",
+        *([f"Finished blocks come from commits {', '.join(result['commits'])} (kept in {Checkpoint.NAME}).  "]
+          if len(result.get("commits", [])) > 1 else []),
         f"{n_prompts} prompts ({len(exact)} with exact Shapley values), embedded SmolLM2-135M-Instruct on CPU, "
         f"greedy response of at most {result['max_new_tokens']} tokens, target log p(response), word units, "
         f"{result['seeds']} seeds. Budget bN = b × (number of units) model evaluations.",
@@ -534,12 +659,14 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=None, help="number of prompts (the shortest first; default: all)")
     parser.add_argument("--budgets", default="2,4,8,16", help="budgets as multiples of the number of units")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--shapley-max-units", type=int, default=12)
     parser.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(RUNNERS))
     parser.add_argument("--prompt-file", default=str(HERE / "prompts.jsonl"))
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--from-json", metavar="PATH", help="only rewrite the table and chart from a saved compare.json")
+    parser.add_argument("--fresh", action="store_true",
+                        help=f"discard the finished blocks kept in OUT/{Checkpoint.NAME} (by default a run reuses them)")
     args = parser.parse_args(argv)
 
     from gsmile._io import write_atomic
