@@ -366,7 +366,7 @@ def test_killed_run_resumes_with_only_the_remaining_calls(server, tmp_path):
 def test_cli_api_flag_errors(tmp_path):
     env = {**os.environ, "GSMILE_CACHE_DIR": str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", "gsmile.cli", "explain", PROMPT, "--base-url", "http://x"], capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and "--base-url apply only to --model openai:NAME" in r.stderr
+    assert r.returncode == 2 and "--base-url applies only to --model openai:NAME" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "gsmile.cli", "explain", PROMPT, "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "GSMILE_NO_SUCH_KEY"],
         capture_output=True, text=True, env=env,

@@ -67,3 +67,43 @@ def test_bad_environment_exits_2(captured, capsys, monkeypatch):
     monkeypatch.setenv("GSMILE_XAI_MAXLEN", "big")
     assert main(["serve"]) == 2
     assert "GSMILE_XAI_MAXLEN must be an integer" in capsys.readouterr().err
+
+
+def test_an_api_model_is_served_with_the_api_flags(captured, tmp_path):
+    """``gsmile serve --model openai:NAME`` with the API flags serves that model: the
+    explanation comes from the API (requests reach it) and equals the library's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_openai import FakeOpenAI
+    from server_client import Api
+
+    from gsmile import explain
+    from gsmile.backends.openai import OpenAIBackend
+
+    with FakeOpenAI() as srv:
+        assert main(["serve", "--quiet", "--model", "openai:toy", "--base-url", srv.base_url, "--concurrency", "2",
+                     "--cache-dir", str(tmp_path / "calls")]) == 0
+        api = Api(captured["app"])
+        assert api.get("/healthz").json()["model"] == "openai:toy"
+        r = api.post("/v1/explain", json={"prompt": "What is the capital of France", "n_samples": 20, "random_state": 1})
+        assert r.status_code == 200, r.text
+        assert srv.requests > 0
+        body = r.json()
+        assert body["model_id"] == "openai:toy"
+        backend = OpenAIBackend("toy", base_url=srv.base_url, use_cache=False)
+        lib = explain("What is the capital of France", model=backend, n_samples=20, random_state=1)
+        assert body["coefficients"] == pytest.approx(list(lib.coefficients), abs=1e-12)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--base-url", "http://127.0.0.1:1/v1"], "--base-url applies only to --model openai:NAME"),
+    (["serve", "--model", "openai:"], "openai:MODEL needs a model name"),
+    (["serve", "--model", "openai:toy", "--base-url", "ftp://x"], "must start with http:// or https://"),
+])
+def test_bad_api_flags_exit_2_with_one_line(captured, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "app" not in captured

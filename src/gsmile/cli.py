@@ -32,9 +32,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_api_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a model behind an OpenAI-compatible API (explain and serve)."""
+    from .backends.openai import PROMPT_TEMPLATES
+
+    api = parser.add_argument_group("models behind an API (--model openai:NAME)")
+    api.add_argument("--base-url", metavar="URL", help="the API's base URL, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
+    api.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (default: OPENAI_API_KEY; none sent when unset)")
+    api.add_argument("--prompt-template", metavar="T", help=f"chat markup for the log-prob path: {', '.join(PROMPT_TEMPLATES)} or a text with {{prompt}} (default: chatml)")
+    api.add_argument("--top-logprobs", type=int, default=5, metavar="K", help="alternatives per position asked for on the log-prob path (default: 5; OpenAI allows 5, vLLM 20)")
+    api.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight at once (default: 4)")
+    api.add_argument("--api-batch", type=int, default=1, metavar="N", help="prompts per log-prob request, for servers that accept a list of prompts (OpenAI, vLLM; not llama.cpp) (default: 1)")
+    api.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a call on 429, 5xx, timeouts and dropped connections (default: 6)")
+    api.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds to wait for one answer (default: 60)")
+    api.add_argument("--cache-dir", metavar="DIR", help="where the call cache lives (default: <gsmile cache>/calls)")
+    api.add_argument("--no-cache", action="store_true", help="neither read nor write the call cache")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backends import MODELS
-    from .backends.openai import PROMPT_TEMPLATES
     from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
     from .methods import METHODS
     from .targets import TARGETS, TEXT_TARGETS
@@ -74,17 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
     ex.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
     ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
-    api = ex.add_argument_group("models behind an API (--model openai:NAME)")
-    api.add_argument("--base-url", metavar="URL", help="the API's base URL, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL or https://api.openai.com/v1)")
-    api.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (default: OPENAI_API_KEY; none sent when unset)")
-    api.add_argument("--prompt-template", metavar="T", help=f"chat markup for the log-prob path: {', '.join(PROMPT_TEMPLATES)} or a text with {{prompt}} (default: chatml)")
-    api.add_argument("--top-logprobs", type=int, default=5, metavar="K", help="alternatives per position asked for on the log-prob path (default: 5; OpenAI allows 5, vLLM 20)")
-    api.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight at once (default: 4)")
-    api.add_argument("--api-batch", type=int, default=1, metavar="N", help="prompts per log-prob request, for servers that accept a list of prompts (OpenAI, vLLM; not llama.cpp) (default: 1)")
-    api.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries of a call on 429, 5xx, timeouts and dropped connections (default: 6)")
-    api.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="seconds to wait for one answer (default: 60)")
-    api.add_argument("--cache-dir", metavar="DIR", help="where the call cache lives (default: <gsmile cache>/calls)")
-    api.add_argument("--no-cache", action="store_true", help="neither read nor write the call cache")
+    _add_api_flags(ex)
     ex.add_argument("--json", metavar="PATH", help="write the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="write an HTML report")
     ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
@@ -99,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8800, help="port (default: 8800)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="allow cross-origin calls from ORIGIN (repeatable; default: no CORS)")
-    sv.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)} or hf:PATH (default: GSMILE_MODEL or local)")
+    sv.add_argument("--model", default=None, help=f"model: {', '.join(MODELS)}, hf:PATH or openai:NAME (with the API flags below) (default: GSMILE_MODEL or local)")
     sv.add_argument("--jobs-db", metavar="PATH", help="SQLite file for jobs (default: GSMILE_JOBS_DB or jobs.sqlite3 in the cache)")
     sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
     sv.add_argument("--quiet", action="store_true", help="no access log")
+    _add_api_flags(sv)
 
     ev = sub.add_parser("evaluate", help="measure how faithful a saved explanation is",
                         description="Deletion/insertion curves (AOPC, with a random-order reference), ERASER "
@@ -174,17 +181,17 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _model(args):
-    """The --model value, or an API backend built from the API flags."""
-    if not args.model.startswith("openai:"):
+def _model(args, name: str):
+    """The model ``name``, or an API backend built from the API flags when it is openai:NAME."""
+    if not name.startswith("openai:"):
         given = [flag for flag, value in (("--base-url", args.base_url), ("--api-key-env", args.api_key_env), ("--prompt-template", args.prompt_template), ("--cache-dir", args.cache_dir)) if value is not None]
         if given:
-            raise InvalidInputError(f"{', '.join(given)} apply only to --model openai:NAME")
+            raise InvalidInputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to --model openai:NAME")
         return args.model
     from .backends import resolve_model
 
     return resolve_model(
-        args.model,
+        name,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         prompt_template=args.prompt_template or "chatml",
@@ -195,7 +202,7 @@ def _model(args):
         timeout=args.timeout,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
-        random_state=args.seed,
+        random_state=getattr(args, "seed", None),
     )
 
 
@@ -212,7 +219,7 @@ def _explain(args) -> int:
         raise InvalidInputError("--segments and --unit cannot be combined: the segments are the units")
     segments = _segments(args.segments) if args.segments is not None else None
     explainer = Explainer(
-        _model(args),
+        _model(args, args.model),
         method=args.method,
         unit=(args.unit or "word") if context is None else "word",
         context_unit=args.unit or "sentence",
@@ -260,7 +267,8 @@ def _serve(args) -> int:
     settings = Settings.from_env(
         cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent
     )
-    app = create_app(settings)
+    model = _model(args, settings.model)
+    app = create_app(settings, model=None if isinstance(model, str) else model)
     if not args.quiet:
         print(f"gsmile: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
         if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
