@@ -310,3 +310,20 @@ def test_max_evals_never_cuts_an_enumeration_of_coalitions():
     enumeration = all_coalitions(8)
     assert len(masks) < len(enumeration) or not np.array_equal(masks, enumeration)
     assert not np.array_equal(masks[:20], enumeration[:20])
+    # with the sampler's random draws to grow on, those 200 are filled exactly, none cut from the enumeration
+    sampler = ShapleySampler(0)
+    masks = draw_within(sampler.sample, 8, 200, draw=sampler.draw)
+    unique = np.unique(masks, axis=0)
+    assert len(unique) - unique.all(axis=1).any() == 200
+    assert not np.array_equal(masks[:20], enumeration[:20])
+
+
+@pytest.mark.parametrize("budget, exhaustive", [(112, False), (127, False), (128, True), (300, True)])
+def test_kernelshap_fills_a_budget_just_below_every_coalition(additive, budget, exhaustive):
+    # 7 units, 128 coalitions. Draws enumerate them all once 127 draws could; a budget of 112
+    # used to stop at the ~66 distinct coalitions 111 draws hold. Now it is filled exactly.
+    exp = gsmile.explain(PROMPT, model=additive, method="kernelshap", max_evals=budget, random_state=0)
+    assert exp.n_unique == min(budget, 128) == additive.calls
+    assert exp.extras["exhaustive"] is exhaustive
+    # an additive model's Shapley values are its weights, from any set of coalitions
+    np.testing.assert_allclose(exp.coefficients, additive.weights, atol=1e-9)

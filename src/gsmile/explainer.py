@@ -319,7 +319,8 @@ class Explainer:
                 if self.max_evals is None:
                     drawn = run_method.sample(n_units, n_samples)
                 else:
-                    drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1)
+                    drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1,
+                                        draw=getattr(run_method, "draw", None))
                 masks = np.vstack([segmentation.full_mask[None, :], drawn])
                 results.append(score_and_fit(run_method, masks))
                 n_rows = len(masks) if r == 0 else n_rows

@@ -191,6 +191,14 @@ class ShapleySampler:
         n_units = _check_units(n_units)
         if n_units < 2 or self.exhaustive(n_units, n_samples):
             return all_coalitions(n_units)
+        return self.draw(n_units, n_samples)
+
+    def draw(self, n_units: int, n_samples: int) -> np.ndarray:
+        """``n_samples`` random masks as in :meth:`sample`, never the enumeration: what
+        :func:`draw_within` grows when a budget of distinct coalitions is below their number."""
+        n_units = _check_units(n_units)
+        if n_units < 2:
+            return all_coalitions(n_units)
         rng = make_rng(self.random_state)
         n_draws = n_samples - 1
         n_pairs = (n_draws + 1) // 2
@@ -206,7 +214,7 @@ class ShapleySampler:
 MAX_DRAWS = 1_000_000
 
 
-def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -> np.ndarray:
+def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64, draw=None) -> np.ndarray:
     """The longest run of draws from ``sample(n_units, n)`` holding at most ``max_distinct``
     distinct masks besides the full one: the most draws a budget of model evaluations allows
     (identical masks are evaluated once, so repeats cost nothing beyond their distinct masks).
@@ -218,7 +226,12 @@ def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -
     distinct counts jump around.) A sampler that returns a fixed set for this ``n`` (it
     enumerates every coalition, say) is never cut: a prefix of an enumeration is not a sample;
     the last random draw is kept instead. Raises when even ``max_distinct`` draws hold too
-    many (a sampler with a fixed set of masks, e.g. occlusion or exhaustive enumeration)."""
+    many (a sampler with a fixed set of masks, e.g. occlusion or exhaustive enumeration).
+
+    ``draw(n_units, n)``, when given, makes the larger draws instead of ``sample``: for a
+    sampler that enumerates every coalition once ``n`` could cover them (KernelSHAP's), so a
+    budget just below their number is filled with random coalitions rather than left at what
+    ``max_distinct`` draws happened to hold."""
     masks = sample(n_units, max_distinct)
     count = _distinct_besides_full(masks)
     if count > max_distinct:
@@ -226,6 +239,10 @@ def draw_within(sample, n_units: int, max_distinct: int, growth_cap: int = 64) -
             f"this method needs {count + 1} model evaluations for {n_units} units, more than max_evals = "
             f"{max_distinct + 1}; raise max_evals or use a sampling method such as kernelshap"
         )
+    if draw is not None:
+        if np.array_equal(masks, sample(n_units, max_distinct + 1)):  # an enumeration within the budget
+            return masks
+        sample = draw
     n, limit = max_distinct, int(min(growth_cap * max_distinct, MAX_DRAWS))
     while n < limit:
         n = min(2 * n, limit)

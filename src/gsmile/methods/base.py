@@ -69,6 +69,12 @@ class SurrogateMethod:
     def sample(self, n_units: int, n_samples: int) -> np.ndarray:
         return self.sampler.sample(n_units, n_samples)
 
+    @property
+    def draw(self):
+        """The sampler's ``draw`` (random masks, never an enumeration) when it has one, else
+        None (see :func:`~gsmile.samplers.draw_within`)."""
+        return getattr(self.sampler, "draw", None)
+
     def fit(self, masks: np.ndarray, y: np.ndarray, Y: np.ndarray | None = None) -> MethodResult:
         masks = np.asarray(masks, dtype=bool)
         weights = self.kernel(masks)
