@@ -119,7 +119,7 @@ def gsmile_runner(method: str):
             warnings.simplefilter("ignore")
             exp = gsmile.explain(case.prompt, case.response, model=case.lm, method=method, target="logprob",
                                  max_evals=budget, random_state=seed)
-        return exp.coefficients, exp.n_unique + 1  # + the reference pass
+        return exp.coefficients, exp.n_unique  # the original included
 
     return run
 

@@ -8,8 +8,9 @@ of them alike; each is timed ``--repeats`` times and the medians are reported:
 A. the explanation as shipped (the fast path: prefix key/value cache, the lean Llama body
    over a token tree of each batch's perturbed prompts, logits only at the response
    positions, batch size chosen automatically), the response given, the model loaded;
-B. plain teacher-forced forward passes over exactly the perturbed prompts A scored
-   (full logits at every position, no cache), nothing else, at each of ``--batch-sizes``;
+B. plain teacher-forced forward passes over exactly the prompts A scored (the original and
+   each distinct perturbation; full logits at every position, no cache), nothing else, at
+   each of ``--batch-sizes``;
    the fastest batch size (by median) is the baseline;
 C. the same explanation with the fast path switched off (transformers' own forward over
    each whole row).
@@ -80,7 +81,8 @@ def main(argv=None):
     method = explainer.validate()[3]
     seg = Segmentation(warm.prompt, warm.units)
     masks = np.unique(method.sample(len(seg), args.samples), axis=0)
-    texts = sorted({seg.render(m) for m in masks} - {PROMPT})
+    perturbed = sorted({seg.render(m) for m in masks} - {PROMPT})
+    texts = [PROMPT] + perturbed  # what the explanation scores: the original (the reference) and each distinct perturbation
     assert len(texts) == warm.n_unique, (len(texts), warm.n_unique)
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -138,10 +140,9 @@ def main(argv=None):
     config = lm.model.config
     per_token = sum(p.numel() for n_, p in lm.model.model.layers.named_parameters() if p.dim() == 2)
     head_size = config.hidden_size * config.vocab_size
-    rows = sorted(texts)
-    a_rows = [PROMPT] + rows
+    a_rows = texts
     a_tokens = body_tokens[0]
-    b_rows = [len(lm.prompt_ids(t)) + len(response_ids) for t in rows]
+    b_rows = [len(lm.prompt_ids(t)) + len(response_ids) for t in texts]
     b_tokens = sum(len(c) * max(c) for c in (b_rows[i : i + best] for i in range(0, len(b_rows), best)))
     a_work = a_tokens * per_token + len(a_rows) * len(response_ids) * head_size
     b_work = b_tokens * (per_token + head_size)
@@ -162,7 +163,7 @@ def main(argv=None):
     # And A's log-probs against B's: the log-softmax of plain full forward passes.
     import torch
 
-    check = [PROMPT] + rows[:7]
+    check = [PROMPT] + perturbed[:7]
     fast_lp = lm.logprobs(check, response_ids)
     with torch.inference_mode():
         plain_lp = []
@@ -173,7 +174,7 @@ def main(argv=None):
     lp_diff = float(np.abs(fast_lp - np.stack(plain_lp)).max())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"prompt: {PROMPT!r}; {len(warm.units)} units; {args.samples} samples, {warm.n_unique} unique prompts scored; "
+    print(f"prompt: {PROMPT!r}; {len(warm.units)} units; {args.samples} samples, {warm.n_unique} distinct prompts scored (the original included); "
           f"target {args.target}; {len(response_ids)} response tokens (given; generation is not timed)")
     print(f"auto batch size: {warm.params['batch_size']}; repeats: {args.repeats} (interleaved A, B, C)")
     for b in batch_sizes:

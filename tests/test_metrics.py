@@ -251,7 +251,7 @@ def test_the_reference_rides_in_the_first_batch(target):
     exp = gsmile.Explainer(one, batch_size=8, **kw).explain(prompt, "bravo delta")
     # N + 1 = 6 inputs in one forward call: the original first, then the 5 occlusions.
     assert len(one.batches) == 1 and one.batches[0][0] == prompt and len(one.batches[0]) == 6
-    assert exp.n_unique == 5
+    assert exp.n_unique == 6  # the model evaluations, the original included
     for b in (1, 2, 3):
         lm = _CountingToyLM()
         again = gsmile.Explainer(lm, batch_size=b, **kw).explain(prompt, "bravo delta")

@@ -418,12 +418,14 @@ class Explainer:
         keeps them across runs. Texts are sent in sorted order, so a batch's texts tend to share
         their start (a backend can reuse that work, see HFCausalLM._tree_hidden); a batch
         that runs out of memory is retried at half the size. Returns (y, Y or None, number of
-        texts sent, the batch size that worked).
+        texts scored (the original included when it was scored here), the batch size that
+        worked).
 
         For a language model, the ``original`` input rides in the first batch when it has not
         been scored yet: its log-probs prepare ``target`` (the reference every shift is measured
         from), which saves a forward pass of its own. Its shift is 0 by definition."""
         needs_reference = is_lm and original not in cache
+        n_scored = int(needs_reference)
         pending = sorted(t for t in dict.fromkeys(texts) if t not in cache and not (needs_reference and t == original))
         bar = _progress(len(pending), self.progress)
         try:
@@ -455,7 +457,7 @@ class Explainer:
             bar.close()
         y = np.array([cache[t][0] for t in texts], dtype=float)
         Y = np.vstack([cache[t][1] for t in texts]) if is_lm else None
-        return y, Y, len(pending), batch_size
+        return y, Y, n_scored + len(pending), batch_size
 
     @staticmethod
     def _auto_batch_size(backend, original: str, response_ids, is_lm: bool) -> int:

@@ -49,6 +49,8 @@ class Explanation:
     ``coefficients`` are signed: positive means the unit's presence keeps the output
     where it is (removing it moves the output away), negative the opposite.
     ``scores`` are ``|coefficients|`` scaled to [0, 1].
+    ``n_samples``: masks drawn, repeats included; ``n_unique``: distinct inputs the model was
+    run on, the original included (the model evaluations ``max_evals`` bounds).
     """
 
     prompt: str
