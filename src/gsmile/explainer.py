@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -208,22 +209,34 @@ class Explainer:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         notes: list[str] = []
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
-        if response is not None and (not isinstance(response, str) or not response.strip()):
-            raise InvalidInputError("the response is empty; leave it out to let the model generate one")
-        if context is not None and (not isinstance(context, str) or not context.strip()):
-            raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt")
+        _check_texts(prompt, response, context)
         n_samples, batch_size, max_new_tokens, method = self.validate()
-        runs = int(self.runs)
-        max_rounds = int(self.max_rounds)
-        template = self._check_template() if context is not None else None
         dropout = method.params.get("dropout")
         if dropout is not None and dropout > DROPOUT_WARN:
             notes.append(f"dropout {dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
+        setup = self._set_up(prompt, response, context, segments, max_new_tokens, notes, timings)
+        if batch_size is None:
+            batch_size = self._auto_batch_size(setup.backend, setup.original, setup.response_ids, setup.is_lm)
+        evaluate = _Evaluator(self, setup, batch_size, timings)
 
+        runs = int(self.runs)
+        base_seed = self.random_state
+        if (runs > 1 or self.until_stable) and base_seed is None:
+            base_seed = int(make_rng(None).integers(0, 2**31 - 1))
+        seeds = [base_seed] if runs == 1 else [base_seed + r for r in range(runs)]
+        if self.until_stable:
+            results, n_rows, rounds_report = self._fit_until_stable(method, evaluate, setup, n_samples, base_seed, notes)
+        else:
+            (results, n_rows), rounds_report = self._fit_runs(method, evaluate, setup, n_samples, seeds), None
+        timings["total"] = time.perf_counter() - t_start
+        return self._assemble(setup, method, results, n_rows, rounds_report, seeds, base_seed, evaluate,
+                              max_new_tokens, notes, timings)
+
+    def _set_up(self, prompt, response, context, segments, max_new_tokens, notes, timings) -> "_Setup":
+        """The backend (loaded), the units and the response: everything before masks are drawn."""
+        template = self._check_template() if context is not None else None
         tic = time.perf_counter()
-        # The model's input for the unperturbed text (what model_input(full mask) gives below).
+        # The model's input for the unperturbed text (what model_input(full mask) gives).
         original = prompt if context is None else template.format(context=context, prompt=prompt)
         backend, response, route = prepare_backend(
             resolve_model(self.model), prompt=original, response=response, target=self.target, max_new_tokens=max_new_tokens
@@ -238,17 +251,7 @@ class Explainer:
 
         explained = "prompt" if context is None else "context"
         segmentation, unit = self._segment(prompt if context is None else context, explained, segments, backend, is_lm, notes)
-        n_units = len(segmentation)
-
-        if context is None:
-            def model_input(mask):
-                return segmentation.render(mask)
-        else:
-            def model_input(mask):
-                return template.format(context=segmentation.render(mask), prompt=prompt)
-
         response_ids = response_tokens = None
-        cache: dict[str, tuple[float, np.ndarray | None]] = {}
         if is_lm:
             tic = time.perf_counter()
             response_ids = backend.encode_response(response) if response is not None else backend.generate(original, max_new_tokens)
@@ -259,123 +262,109 @@ class Explainer:
             timings["generate"] = time.perf_counter() - tic
             # The original input's output (the target's reference) is scored with the first
             # batch of perturbations, not in a pass of its own (see _evaluate).
+        return _Setup(prompt, context, template, original, backend, route, is_lm, target, segmentation, unit,
+                      explained, response, response_ids, response_tokens)
 
-        if batch_size is None:
-            batch_size = self._auto_batch_size(backend, original, response_ids, is_lm)
-
-        base_seed = self.random_state
-        if (runs > 1 or self.until_stable) and base_seed is None:
-            base_seed = int(make_rng(None).integers(0, 2**31 - 1))
-        seeds = [base_seed] if runs == 1 else [base_seed + r for r in range(runs)]
-        results, n_rows = [], 0
-        timings["score"] = timings["fit"] = 0.0
-        n_calls = 0
-
-        def score_and_fit(run_method, masks):
-            nonlocal n_calls, batch_size
-            unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
-            texts = [model_input(m) for m in unique_masks]
-            tic = time.perf_counter()
-            y_unique, Y_unique, calls, batch_size = self._evaluate(
-                backend, target, texts, batch_size, is_lm, cache, response_ids, original
+    def _fit_until_stable(self, method, evaluate, setup, n_samples, base_seed, notes):
+        """Sample in rounds of n_samples; refit on everything drawn so far; stop when the
+        top-k units are the same as after the previous round. Returns ([fit], rows, report)."""
+        max_rounds = int(self.max_rounds)
+        n_units = len(setup.segmentation)
+        masks = setup.segmentation.full_mask[None, :]
+        previous, history, stable = None, [], False
+        for r in range(max_rounds):
+            seed = base_seed if r == 0 else _round_seed(base_seed, r)
+            run_method = method if seed == self.random_state else self._make_method(seed)
+            masks = np.vstack([masks, run_method.sample(n_units, n_samples)])
+            fitted = evaluate(run_method, masks)
+            top = top_k_units(fitted.coefficients, self.top_k)
+            history.append(sorted(top))
+            if previous is not None and top == previous:
+                stable = True
+                break
+            previous = top
+        report = {"rounds": len(history), "stable": stable, "max_rounds": max_rounds,
+                  "top_k": int(self.top_k), "top_units": history}
+        if not stable:
+            notes.append(
+                f"the top-{self.top_k} units still changed after {max_rounds} rounds of {n_samples} samples; "
+                f"use more samples or larger units"
             )
-            n_calls += calls
-            timings["score"] += time.perf_counter() - tic
-            tic = time.perf_counter()
-            y = y_unique[inverse.ravel()]
-            Y = Y_unique[inverse.ravel()] if Y_unique is not None else None
-            fitted = run_method.fit(masks, y, Y)
-            timings["fit"] += time.perf_counter() - tic
-            return fitted
+        return [fitted], len(masks), report
 
-        rounds_report = None
-        if self.until_stable:
-            # Sample in rounds of n_samples; refit on everything drawn so far; stop when
-            # the top-k units are the same as after the previous round.
-            masks = segmentation.full_mask[None, :]
-            previous, history, stable = None, [], False
-            for r in range(max_rounds):
-                seed = base_seed if r == 0 else _round_seed(base_seed, r)
-                run_method = method if seed == self.random_state else self._make_method(seed)
-                masks = np.vstack([masks, run_method.sample(n_units, n_samples)])
-                fitted = score_and_fit(run_method, masks)
-                top = top_k_units(fitted.coefficients, self.top_k)
-                history.append(sorted(top))
-                if previous is not None and top == previous:
-                    stable = True
-                    break
-                previous = top
-            results, n_rows = [fitted], len(masks)
-            rounds_report = {"rounds": len(history), "stable": stable, "max_rounds": max_rounds,
-                             "top_k": int(self.top_k), "top_units": history}
-            if not stable:
-                notes.append(
-                    f"the top-{self.top_k} units still changed after {max_rounds} rounds of {n_samples} samples; "
-                    f"use more samples or larger units"
-                )
-        else:
-            for r, seed in enumerate(seeds):
-                run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
-                if self.max_evals is None:
-                    drawn = run_method.sample(n_units, n_samples)
-                else:
-                    drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1,
-                                        draw=getattr(run_method, "draw", None))
-                masks = np.vstack([segmentation.full_mask[None, :], drawn])
-                results.append(score_and_fit(run_method, masks))
-                n_rows = len(masks) if r == 0 else n_rows
-        timings["total"] = time.perf_counter() - t_start
+    def _fit_runs(self, method, evaluate, setup, n_samples, seeds):
+        """One fit per seed (each distinct text scored once across them). Returns (fits, rows
+        of the first run)."""
+        n_units = len(setup.segmentation)
+        results, n_rows = [], 0
+        for r, seed in enumerate(seeds):
+            run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
+            if self.max_evals is None:
+                drawn = run_method.sample(n_units, n_samples)
+            else:
+                drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1,
+                                    draw=getattr(run_method, "draw", None))
+            masks = np.vstack([setup.segmentation.full_mask[None, :], drawn])
+            results.append(evaluate(run_method, masks))
+            n_rows = len(masks) if r == 0 else n_rows
+        return results, n_rows
 
+    def _assemble(self, setup, method, results, n_rows, rounds_report, seeds, base_seed, evaluate,
+                  max_new_tokens, notes, timings) -> Explanation:
+        """The Explanation: the first fit (or the mean of the runs), reports, notes and params."""
+        backend, is_lm, runs = setup.backend, setup.is_lm, int(self.runs)
         result = results[0]
         coefficients, intercept, fidelity = result.coefficients, result.intercept, result.fidelity_r2
         token_coefficients, ess, extras = result.token_coefficients, result.effective_sample_size, dict(result.extras)
         if rounds_report is not None:
             extras["until_stable"] = rounds_report
-        extras.update(route)  # how the model was reached (path, and why)
-        if is_lm and getattr(backend, "embedding_note", None) and target.name == "wasserstein":
+        extras.update(setup.route)  # how the model was reached (path, and why)
+        if is_lm and getattr(backend, "embedding_note", None) and setup.target.name == "wasserstein":
             extras["ground_cost"] = backend.embedding_note
         if hasattr(backend, "call_stats") and backend.call_stats() is not None:
             extras["calls"] = backend.call_stats()
         if runs > 1:
             coefficients, intercept, fidelity, ess, token_coefficients = _mean_of_runs(results)
-            extras["stability"] = self._stability_report(results, seeds, segmentation, notes)
-        notes.extend(_quality_notes(fidelity, ess, n_rows, explained, method.ess_hint))
+            extras["stability"] = self._stability_report(results, seeds, setup.segmentation, notes)
+        notes.extend(_quality_notes(fidelity, ess, n_rows, setup.explained, method.ess_hint))
         for note in notes:
-            warnings.warn(note, GsmileWarning, stacklevel=2)
+            warnings.warn(note, GsmileWarning, stacklevel=3)
 
-        params = {**method.params, "batch_size": batch_size, "max_new_tokens": max_new_tokens if is_lm or route["path"] == "text" else None}
+        params = {**method.params, "batch_size": evaluate.batch_size,
+                  "max_new_tokens": max_new_tokens if is_lm or setup.route["path"] == "text" else None}
         if runs > 1:
             params.update(runs=runs, top_k=int(self.top_k))
         if self.max_evals is not None:
             params["max_evals"] = int(self.max_evals)
         if self.until_stable:
-            params.update(until_stable=True, max_rounds=max_rounds, top_k=int(self.top_k), rounds=rounds_report["rounds"])
+            params.update(until_stable=True, max_rounds=int(self.max_rounds), top_k=int(self.top_k),
+                          rounds=rounds_report["rounds"])
         if self.batch_size is None:
             params["batch_size_auto"] = True
-        if context is not None:
-            params["context_template"] = template
+        if setup.context is not None:
+            params["context_template"] = setup.template
         return Explanation(
-            prompt=prompt,
-            response=response,
-            units=segmentation.units,
+            prompt=setup.prompt,
+            response=setup.response,
+            units=setup.segmentation.units,
             coefficients=coefficients,
             intercept=intercept,
             fidelity_r2=fidelity,
             method=method.name,
-            target=target.name if is_lm else getattr(backend, "target_name", "model_output"),
-            unit_type=unit,
+            target=setup.target.name if is_lm else getattr(backend, "target_name", "model_output"),
+            unit_type=setup.unit,
             n_samples=n_rows - 1,
-            n_unique=n_calls,
+            n_unique=evaluate.n_calls,
             sigma=result.sigma,
             effective_sample_size=ess,
             model_id=backend.model_id,
             random_state=base_seed,
-            explained=explained,
-            context=context,
+            explained=setup.explained,
+            context=setup.context,
             params=params,
             timings=timings,
             warnings=notes,
-            response_tokens=response_tokens,
+            response_tokens=setup.response_tokens,
             token_coefficients=token_coefficients,
             extras=extras,
         )
@@ -465,6 +454,72 @@ class Explainer:
         if is_lm and hasattr(backend, "suggest_batch_size") and hasattr(backend, "prompt_ids"):
             return int(backend.suggest_batch_size(len(backend.prompt_ids(original)) + len(response_ids)))
         return DEFAULT_BATCH_SIZE if is_lm else SCALAR_BATCH_SIZE
+
+
+def _check_texts(prompt, response, context) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
+    if response is not None and (not isinstance(response, str) or not response.strip()):
+        raise InvalidInputError("the response is empty; leave it out to let the model generate one")
+    if context is not None and (not isinstance(context, str) or not context.strip()):
+        raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt")
+
+
+@dataclass
+class _Setup:
+    """What one explanation works on once the model is reached and the units are known."""
+
+    prompt: str
+    context: str | None
+    template: str | None
+    original: str  # the model's input for the unperturbed text
+    backend: Any
+    route: dict
+    is_lm: bool
+    target: Any
+    segmentation: Segmentation
+    unit: str
+    explained: str
+    response: str | None
+    response_ids: list[int] | None
+    response_tokens: list[str] | None
+
+    def model_input(self, mask) -> str:
+        """The model's input with the units of ``mask`` kept."""
+        text = self.segmentation.render(mask)
+        return text if self.context is None else self.template.format(context=text, prompt=self.prompt)
+
+
+class _Evaluator:
+    """Scores a method's masks (each distinct text once per explanation, across runs and
+    rounds) and fits the method on them; counts the texts scored and keeps the batch size
+    that worked."""
+
+    def __init__(self, explainer: "Explainer", setup: _Setup, batch_size: int, timings: dict):
+        self.explainer = explainer
+        self.setup = setup
+        self.batch_size = batch_size
+        self.timings = timings
+        self.timings["score"] = self.timings["fit"] = 0.0
+        self.cache: dict[str, tuple[float, np.ndarray | None]] = {}
+        self.n_calls = 0
+
+    def __call__(self, method, masks: np.ndarray):
+        s = self.setup
+        unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
+        texts = [s.model_input(m) for m in unique_masks]
+        tic = time.perf_counter()
+        y_unique, Y_unique, calls, self.batch_size = self.explainer._evaluate(
+            s.backend, s.target, texts, self.batch_size, s.is_lm, self.cache, s.response_ids, s.original
+        )
+        self.n_calls += calls
+        self.timings["score"] += time.perf_counter() - tic
+        tic = time.perf_counter()
+        y = y_unique[inverse.ravel()]
+        Y = Y_unique[inverse.ravel()] if Y_unique is not None else None
+        fitted = method.fit(masks, y, Y)
+        self.timings["fit"] += time.perf_counter() - tic
+        return fitted
 
 
 class _ShiftFromReference:
