@@ -57,7 +57,9 @@ bench: setup
 	$(BIN)/python bench/throughput.py
 
 # gsmile vs Captum, shap and lime. The peers live in their own virtual environment
-# (the [bench] extra), never in gsmile's runtime dependencies.
+# (the [bench] extra), never in gsmile's runtime dependencies. The full run takes hours on a
+# small CPU; stopped, it goes on where it stopped (bench/results/compare.partial.jsonl keeps
+# every finished prompt and budget; COMPARE_ARGS=--fresh starts over).
 BENCH_VENV := .venv-bench
 COMPARE_ARGS ?=
 

@@ -32,8 +32,10 @@ behind. Writes ``compare.md``, ``compare.json`` and
 A full run takes hours on a small CPU, so it can be stopped and started again: each prompt's
 records at each budget are kept in ``OUT/compare.partial.jsonl`` as soon as every method has
 run there, and the next run with the same settings reuses them (``--fresh`` discards them).
-The same command with every block finished only rebuilds the tables. The time ratios compare
-methods timed within one block, with their repeats interleaved.
+The same command with every block finished only rebuilds the tables; ``--report`` writes them
+from whatever is finished, running nothing (each budget's tables then hold the prompts
+finished at that budget). The time ratios compare methods timed within one block, with their
+repeats interleaved.
 """
 
 from __future__ import annotations
@@ -435,6 +437,8 @@ def run(args) -> dict:
     methods = [m for m in RUNNERS if not args.methods or m in args.methods.split(",")]
     settings = {"max_new_tokens": args.max_new_tokens, "seeds": args.seeds, "shapley_max_units": args.shapley_max_units,
                 "methods": methods, "first_budget": budgets[0]}
+    if args.report and (args.fresh or not (Path(args.out) / Checkpoint.NAME).exists()):
+        raise SystemExit(f"error: --report needs the finished blocks of an earlier run in {Path(args.out) / Checkpoint.NAME}")
     checkpoint = Checkpoint(Path(args.out), settings, fresh=args.fresh)
     commit = _commit()
     lm = None
@@ -445,6 +449,10 @@ def run(args) -> dict:
         for block in done.values():
             if block is not None and block.get("text") not in (None, row["prompt"]):
                 raise SystemExit(f"error: prompt {pid!r} changed since {checkpoint.path} was written; run with --fresh")
+        if args.report:  # finished blocks only: a budget not finished for this prompt leaves it out there
+            if done[None] is not None:
+                records += [r for b in budgets if done[b] is not None for r in done[b]["records"]] + done[None]["records"]
+            continue
         case = None
         if any(block is None for b, block in done.items() if b is not None) or done[None] is None:
             if lm is None:
@@ -598,8 +606,9 @@ def goals(result: dict, rows: list[dict]) -> list[str]:
         if diff is None:
             verdict = "–"
         else:
-            mean, lo, hi, _ = diff
-            verdict = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] " + ("ahead" if lo > 0 else "behind" if hi < 0 else "level")
+            mean, lo, hi, n = diff
+            verdict = (f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] " + ("ahead" if lo > 0 else "behind" if hi < 0 else "level")
+                       + f" ({n})")
         return (f"{f(ours[key])} ({ours['method'].split(':')[1]})", f"{f(theirs[key])} ({theirs['method']})", verdict)
 
     out = ["## Goals checked on this run", "",
@@ -612,8 +621,9 @@ def goals(result: dict, rows: list[dict]) -> list[str]:
                   if g in by and c in by and by[g].get("seconds") and by[c].get("seconds")]
         out.append(f"| {b}N | {' | '.join(versus(b, 'deletion_aopc'))} | {' | '.join(versus(b, 'spearman'))} | "
                    f"{', '.join(ratios) or '–'} |")
-    out += ["", "Differences: best gsmile method minus best peer (each chosen by its mean), prompt by prompt; "
-            "ahead / behind when the 95% interval excludes 0, else level. Time ratios: median wall time per "
+    out += ["", "Differences: best gsmile method minus best peer (each chosen by its mean), prompt by prompt "
+            "(in brackets: the prompts compared; ρ needs exact Shapley values, so prompts of at most "
+            "--shapley-max-units units); ahead / behind when the 95% interval excludes 0, else level. Time ratios: median wall time per "
             "explanation, gsmile's method over Captum's implementation of the same algorithm, both measured in this "
             "run with their repeats interleaved (lower is faster; goal ≤ 0.33).", ""]
     return out
@@ -665,6 +675,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-file", default=str(HERE / "prompts.jsonl"))
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--from-json", metavar="PATH", help="only rewrite the table and chart from a saved compare.json")
+    parser.add_argument("--report", action="store_true",
+                        help=f"run nothing: write the tables from the finished blocks in OUT/{Checkpoint.NAME} "
+                             "(a budget's table holds the prompts finished at that budget)")
     parser.add_argument("--fresh", action="store_true",
                         help=f"discard the finished blocks kept in OUT/{Checkpoint.NAME} (by default a run reuses them)")
     args = parser.parse_args(argv)

@@ -56,7 +56,7 @@ def _args(tmp_path, **kw):
                 {"id": "mid", "prompt": "one two three four"}]
         prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = dict(budgets="2,4", methods=None, max_new_tokens=4, seeds=2, shapley_max_units=4, prompts=None,
-                prompt_file=str(prompts), out=str(tmp_path / "out"), fresh=False)
+                prompt_file=str(prompts), out=str(tmp_path / "out"), fresh=False, report=False)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -123,3 +123,15 @@ def test_load_prompts_puts_the_shortest_first(compare, tmp_path):
     rows = compare.load_prompts(tmp_path / "prompts.jsonl", None)
     assert [r["id"] for r in rows] == ["short", "mid", "long"]
     assert [r["id"] for r in compare.load_prompts(tmp_path / "prompts.jsonl", 2)] == ["short", "mid"]
+
+
+def test_report_runs_nothing_and_keeps_only_finished_blocks(compare, tmp_path):
+    compare.run(_args(tmp_path, prompts=2))  # "short" and "mid" at 2N and 4N
+    compare.run(_args(tmp_path, prompts=1, budgets="2,4,8"))  # "short" at 8N too
+    compare.calls.clear()
+    report = compare.run(_args(tmp_path, budgets="2,4,8", report=True))
+    assert compare.calls == []
+    at = {b: {r["prompt"] for r in report["records"] if r["budget"] == b} for b in (2, 4, 8)}
+    assert at == {2: {"short", "mid"}, 4: {"short", "mid"}, 8: {"short"}}  # "long" never ran
+    with pytest.raises(SystemExit, match="needs the finished blocks"):
+        compare.run(_args(tmp_path, out=str(tmp_path / "empty"), report=True))
