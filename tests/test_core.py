@@ -327,3 +327,15 @@ def test_kernelshap_fills_a_budget_just_below_every_coalition(additive, budget, 
     assert exp.extras["exhaustive"] is exhaustive
     # an additive model's Shapley values are its weights, from any set of coalitions
     np.testing.assert_allclose(exp.coefficients, additive.weights, atol=1e-9)
+
+
+def test_check_int_takes_integers_in_range_and_refuses_the_rest():
+    from gsmile.errors import check_int
+
+    assert check_int("n", np.int64(5), 1, 10) == 5 and isinstance(check_int("n", np.int64(5), 1), int)
+    assert check_int("n", 10, 1, 10) == 10 and check_int("n", 10**9, 1) == 10**9
+    for bad in (True, 2.0, "3", None, 0, 11):
+        with pytest.raises(InvalidInputError, match=r"n must be an integer from 1 to 10, got"):
+            check_int("n", bad, 1, 10)
+    with pytest.raises(InvalidInputError, match=r"x \(X\) must be an integer of at least 2, got 1"):
+        check_int("x (X)", 1, 2)

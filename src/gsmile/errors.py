@@ -48,6 +48,18 @@ def lookup(registry: dict, name: object, kind: str):
         raise UnknownNameError(kind, name, list(registry)) from None
 
 
+def check_int(label: str, value: object, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int, or :class:`InvalidInputError` saying the range: an integer (not a
+    bool; numpy integers are fine) from ``lo`` to ``hi``, or of at least ``lo`` without ``hi``."""
+    import numbers
+
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        allowed = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+        raise InvalidInputError(f"{label} must be an integer {allowed}, got {value!r}")
+    return int(value)
+
+
 def is_out_of_memory(exc: BaseException | None) -> bool:
     """Whether ``exc``, or an exception it was raised from, is an out-of-memory failure of the
     host or a device (Python's MemoryError, torch's OutOfMemoryError, or a message saying so)."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .backends import is_language_model, prepare_backend, reduced_logprobs, resolve_model
-from .errors import InvalidInputError, is_out_of_memory
+from .errors import InvalidInputError, check_int, is_out_of_memory
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .methods import make_method, method_options
 from .metrics import DEFAULT_TOP_K, stability, top_k_units
@@ -46,12 +46,6 @@ _GSMILE_OPTIONS = {"dropout": 0.2, "sigma": None}
 
 class GsmileWarning(UserWarning):
     """Something about an explanation the user should know (low fidelity, few units...)."""
-
-
-def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (lo <= value <= hi):
-        raise InvalidInputError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
-    return int(value)
 
 
 class Explainer:
@@ -158,20 +152,20 @@ class Explainer:
 
     def validate(self):
         """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
-        n_samples = _int_in("n_samples", self.n_samples, *SAMPLES_RANGE)
-        batch_size = None if self.batch_size is None else _int_in("batch_size", self.batch_size, 1, 4096)
+        n_samples = check_int("n_samples", self.n_samples, *SAMPLES_RANGE)
+        batch_size = None if self.batch_size is None else check_int("batch_size", self.batch_size, 1, 4096)
         if not isinstance(self.until_stable, bool):
             raise InvalidInputError(f"until_stable must be True or False, got {self.until_stable!r}")
-        _int_in("max_rounds", self.max_rounds, 2, 1000)
+        check_int("max_rounds", self.max_rounds, 2, 1000)
         if self.until_stable and self.runs != 1:
             raise InvalidInputError("until_stable and runs > 1 cannot be combined; use one of them")
         if self.max_evals is not None:
-            _int_in("max_evals", self.max_evals, 2, SAMPLES_RANGE[1])
+            check_int("max_evals", self.max_evals, 2, SAMPLES_RANGE[1])
             if self.until_stable:
                 raise InvalidInputError("max_evals and until_stable cannot be combined; until_stable samples in rounds of n_samples")
-        max_new_tokens = _int_in("max_new_tokens", self.max_new_tokens, 1, 4096)
-        _int_in("runs", self.runs, *RUNS_RANGE)
-        _int_in("top_k", self.top_k, 1, 100_000)
+        max_new_tokens = check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
+        check_int("runs", self.runs, *RUNS_RANGE)
+        check_int("top_k", self.top_k, 1, 100_000)
         self._check_template()
         method = self._make_method(self.random_state)
         method.validate()

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError, ModelError
+from ..errors import InvalidInputError, ModelError, check_int
 from .cache import CallCache
 from .http import JSONClient, RequestRejected
 
@@ -120,9 +120,7 @@ class OpenAIBackend:
         if not isinstance(self.model, str) or not self.model.strip():
             raise InvalidInputError("openai:MODEL needs a model name, e.g. openai:gpt-4o-mini")
         for name, lo in (("concurrency", 1), ("batch_prompts", 1), ("max_retries", 0), ("top_logprobs", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise InvalidInputError(f"{name} must be an integer ≥ {lo}, got {value!r}")
+            check_int(name, getattr(self, name), lo)
         if not self.effective_base_url.startswith(("http://", "https://")):
             raise InvalidInputError(f"the base URL must start with http:// or https://, got {self.effective_base_url!r}")
         if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, check_int
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8800
@@ -99,9 +99,7 @@ class Settings:
         """Check every value; raises InvalidInputError naming the setting."""
         for name, lo in (("max_body_bytes", 1024), ("max_concurrent", 1), ("max_queue", 0), ("retry_after_s", 1), ("jobs_keep", 1),
                          ("xai_maxlen", 16), ("xai_src_chars", 16), ("analyze_min_maxlen", 16)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise InvalidInputError(f"{name} ({self.ENV.get(name)}) must be an integer of at least {lo}, got {value!r}")
+            check_int(f"{name} ({self.ENV.get(name)})", getattr(self, name), lo)
         if self.analyze_min_maxlen > self.xai_maxlen:
             self.analyze_min_maxlen = self.xai_maxlen
         if self.api_key is not None and not self.api_key.strip():
