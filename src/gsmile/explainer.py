@@ -297,7 +297,7 @@ class Explainer:
                 drawn = run_method.sample(n_units, n_samples)
             else:
                 drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1,
-                                    draw=getattr(run_method, "draw", None))
+                                    draw=run_method.draw)
             masks = np.vstack([setup.segmentation.full_mask[None, :], drawn])
             results.append(evaluate(run_method, masks))
             n_rows = len(masks) if r == 0 else n_rows
