@@ -34,7 +34,9 @@ records at each budget are kept in ``OUT/compare.partial.jsonl`` as soon as ever
 run there, and the next run with the same settings reuses them (``--fresh`` discards them).
 The same command with every block finished only rebuilds the tables; ``--report`` writes them
 from whatever is finished, running nothing (each budget's tables then hold the prompts
-finished at that budget). The time ratios compare methods timed within one block, with their
+finished at that budget). ``--rerun METHODS`` runs those methods again in every finished block
+(once per commit) after a change to them, keeping the other methods' records; the tables say
+which methods were run again and at which commit. The time ratios compare methods timed within one block, with their
 repeats interleaved.
 """
 
@@ -441,6 +443,14 @@ def run(args) -> dict:
         raise SystemExit(f"error: --report needs the finished blocks of an earlier run in {Path(args.out) / Checkpoint.NAME}")
     checkpoint = Checkpoint(Path(args.out), settings, fresh=args.fresh)
     commit = _commit()
+    rerun = [m for m in (args.rerun.split(",") if args.rerun else [])]
+    unknown = [m for m in rerun if m not in methods]
+    if unknown:
+        raise SystemExit(f"error: --rerun names {', '.join(unknown)}, not among the methods run: {', '.join(methods)}")
+
+    def active_at(m, b):
+        return not (m in FIXED_BUDGET and b != budgets[0])
+
     lm = None
     records = []
     for p_index, row in enumerate(load_prompts(Path(args.prompt_file), args.prompts)):
@@ -454,14 +464,23 @@ def run(args) -> dict:
                 records += [r for b in budgets if done[b] is not None for r in done[b]["records"]] + done[None]["records"]
             continue
         case = None
-        if any(block is None for b, block in done.items() if b is not None) or done[None] is None:
-            if lm is None:
-                lm = _load_model()
-            case = Case(lm, row["prompt"], args.max_new_tokens, pid)
-            stored = next((blk["response"] for blk in done.values() if blk and blk.get("response") is not None), None)
-            if stored is not None and stored != case.response:
-                raise SystemExit(f"error: the model's response to {pid!r} is now {case.response!r}, not {stored!r} as "
-                                 f"in {checkpoint.path}; run with --fresh")
+
+        def get_case():
+            nonlocal case, lm
+            if case is None:
+                if lm is None:
+                    lm = _load_model()
+                case = Case(lm, row["prompt"], args.max_new_tokens, pid)
+                stored = next((blk["response"] for blk in done.values() if blk and blk.get("response") is not None), None)
+                if stored is not None and stored != case.response:
+                    raise SystemExit(f"error: the model's response to {pid!r} is now {case.response!r}, not {stored!r} "
+                                     f"as in {checkpoint.path}; run with --fresh")
+            return case
+
+        redo = {b: [m for m in rerun if active_at(m, b) and (done[b].get("rerun") or {}).get(m) != commit]
+                for b in budgets if done[b] is not None}
+        if any(block is None for block in done.values()) or any(redo.values()):
+            get_case()
         if done[None] is None:  # the reference: exact Shapley values, or none for a long prompt
             t0 = time.perf_counter()
             exact_recs = []
@@ -479,19 +498,34 @@ def run(args) -> dict:
               + (", exact Shapley values" if exact is not None else ""), flush=True)
         for b in budgets:
             if done[b] is None:
-                active = [m for m in methods if not (m in FIXED_BUDGET and b != budgets[0])]
+                active = [m for m in methods if active_at(m, b)]
                 done[b] = {"prompt": pid, "budget": b, "text": row["prompt"], "response": case.response,
                            "commit": commit, "records": run_budget(case, active, b, args.seeds, exact)}
                 checkpoint.put(done[b])
                 _print_records(done[b]["records"])
+            elif redo.get(b):
+                # --rerun: these methods run again; the block keeps every other method's records.
+                fresh = {r["method"]: r for r in run_budget(case, redo[b], b, args.seeds, exact)}
+                kept = [fresh.pop(r["method"], r) for r in done[b]["records"]]
+                done[b] = dict(done[b], records=kept + list(fresh.values()),
+                               rerun={**(done[b].get("rerun") or {}), **{m: commit for m in redo[b]}})
+                checkpoint.put(done[b])
+                print(f"    {b:>2}N from {checkpoint.path.name} (commit {done[b].get('commit') or '?'}), "
+                      f"{', '.join(redo[b])} run again:", flush=True)
+                _print_records([r for r in done[b]["records"] if r["method"] in redo[b]])
             else:
                 print(f"    {b:>2}N from {checkpoint.path.name} (commit {done[b].get('commit') or '?'})", flush=True)
             records += done[b]["records"]
         records += exact_recs
-    commits = sorted({blk.get("commit") or "?" for blk in checkpoint.blocks.values()
-                      if blk["prompt"] in {r["prompt"] for r in records}})
+    used = [blk for blk in checkpoint.blocks.values() if blk["prompt"] in {r["prompt"] for r in records}]
+    commits = sorted({blk.get("commit") or "?" for blk in used})
+    reruns: dict[str, set] = {}
+    for blk in used:
+        for m, c in (blk.get("rerun") or {}).items():
+            reruns.setdefault(m, set()).add(c or "?")
     return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "max_new_tokens": args.max_new_tokens,
-            "command": "python bench/compare.py " + " ".join(sys.argv[1:]), "commits": commits, "records": records}
+            "command": "python bench/compare.py " + " ".join(sys.argv[1:]), "commits": commits,
+            "reruns": {m: sorted(c) for m, c in sorted(reruns.items())}, "records": records}
 
 
 def _load_model():
@@ -540,6 +574,8 @@ def markdown(result: dict, rows: list[dict]) -> str:
         f"Command: `{result['command']}`  ",
         *([f"Finished blocks come from commits {', '.join(result['commits'])} (kept in {Checkpoint.NAME}).  "]
           if len(result.get("commits", [])) > 1 else []),
+        *([f"Run again (--rerun) at a later commit: {m} at {', '.join(c)}; its wall times come from that run.  "
+           for m, c in (result.get("reruns") or {}).items()]),
         f"{n_prompts} prompts ({len(exact)} with exact Shapley values), embedded SmolLM2-135M-Instruct on CPU, "
         f"greedy response of at most {result['max_new_tokens']} tokens, target log p(response), word units, "
         f"{result['seeds']} seeds. Budget bN = b × (number of units) model evaluations.",
@@ -678,6 +714,9 @@ def main(argv=None) -> int:
     parser.add_argument("--report", action="store_true",
                         help=f"run nothing: write the tables from the finished blocks in OUT/{Checkpoint.NAME} "
                              "(a budget's table holds the prompts finished at that budget)")
+    parser.add_argument("--rerun", metavar="METHODS", default=None,
+                        help="comma-separated methods to run again in the finished blocks (once per commit), keeping "
+                             "every other method's records: after a change to those methods")
     parser.add_argument("--fresh", action="store_true",
                         help=f"discard the finished blocks kept in OUT/{Checkpoint.NAME} (by default a run reuses them)")
     args = parser.parse_args(argv)

@@ -56,7 +56,7 @@ def _args(tmp_path, **kw):
                 {"id": "mid", "prompt": "one two three four"}]
         prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = dict(budgets="2,4", methods=None, max_new_tokens=4, seeds=2, shapley_max_units=4, prompts=None,
-                prompt_file=str(prompts), out=str(tmp_path / "out"), fresh=False, report=False)
+                prompt_file=str(prompts), out=str(tmp_path / "out"), fresh=False, report=False, rerun=None)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -135,3 +135,32 @@ def test_report_runs_nothing_and_keeps_only_finished_blocks(compare, tmp_path):
     assert at == {2: {"short", "mid"}, 4: {"short", "mid"}, 8: {"short"}}  # "long" never ran
     with pytest.raises(SystemExit, match="needs the finished blocks"):
         compare.run(_args(tmp_path, out=str(tmp_path / "empty"), report=True))
+
+
+def test_rerun_replaces_one_methods_records_once_per_commit(compare, tmp_path):
+    first = compare.run(_args(tmp_path))
+    n_calls = len(compare.calls)
+    compare._commit = lambda: "def5678"
+    # The changed method now returns other attributions; the peer's records must stay.
+    compare.RUNNERS["gsmile:fake"] = lambda case, budget, seed: (compare.calls.append(("new", case.id, budget, seed))
+                                                                  or (-np.arange(case.n, dtype=float), budget))
+    again = compare.run(_args(tmp_path, rerun="gsmile:fake"))
+    new_calls = compare.calls[n_calls:]
+    assert sorted(new_calls) == sorted(("new", p, b * n, s) for p, n in [("short", 3), ("mid", 4), ("long", 5)]
+                                       for b in (2, 4) for s in (0, 1))
+    def by(result, method):
+        return [r for r in _plain(result["records"]) if r["method"] == method]
+    assert by(again, "peer:fake") == by(first, "peer:fake")
+    assert all(r["attributions"][0] == 0 and r["attributions"][1] == -1 for r in by(again, "gsmile:fake"))
+    assert again["reruns"] == {"gsmile:fake": ["def5678"]}
+    # The same commit again: nothing runs; the report keeps the new records.
+    third = compare.run(_args(tmp_path, rerun="gsmile:fake"))
+    assert len(compare.calls) == n_calls + len(new_calls)
+    assert _plain(third["records"]) == _plain(again["records"])
+    report = compare.run(_args(tmp_path, report=True))
+    assert by(report, "gsmile:fake") == by(again, "gsmile:fake")
+
+
+def test_rerun_of_an_unknown_method_is_refused(compare, tmp_path):
+    with pytest.raises(SystemExit, match="--rerun names gsmile:nope"):
+        compare.run(_args(tmp_path, rerun="gsmile:nope"))
