@@ -45,6 +45,7 @@ def main(argv=None) -> int:
 
     from gsmile._io import write_atomic
     from gsmile.backends import resolve_model
+    from gsmile.units import Segmentation
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--max-units", type=int, default=12)
@@ -64,11 +65,11 @@ def main(argv=None) -> int:
         kept = games.get(row["id"])
         if kept is not None and kept["prompt"] == row["prompt"]:
             continue
+        if len(Segmentation.from_text(row["prompt"], "word")) > args.max_units:
+            continue
         if lm is None:
             lm = resolve_model("local").load()
         case = Case(lm, row["prompt"], args.max_new_tokens, row["id"])
-        if case.n > args.max_units:
-            continue
         t0 = time.perf_counter()
         values = case.oracle.values(all_masks(case.n))
         games[row["id"]] = {"id": row["id"], "prompt": row["prompt"], "response": case.response,
