@@ -179,7 +179,7 @@ def spearman(a, b) -> float | None:
 
 
 def run(args) -> dict:
-    from compare import jaccard, top_agreement
+    from compare import _commit, jaccard, top_agreement
 
     doc = json.loads(Path(args.games).read_text())
     games = [Game(g) for g in doc["games"]]
@@ -209,8 +209,10 @@ def run(args) -> dict:
                     "evaluations": float(np.median(evals)),
                 })
         print(f"{game.id}: {game.n} units done", flush=True)
-    return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "games": args.games,
-            "command": "python bench/simulate.py " + " ".join(sys.argv[1:]), "records": records}
+    games_path = Path(args.games).resolve()
+    shown = games_path.relative_to(HERE.parent) if games_path.is_relative_to(HERE.parent) else games_path
+    return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "games": str(shown),
+            "command": "python bench/simulate.py " + " ".join(sys.argv[1:]), "commit": _commit(), "records": records}
 
 
 def paired(result: dict, b: int, key: str, ours: str, theirs: str):
@@ -232,7 +234,7 @@ def markdown(result: dict) -> str:
     recs = result["records"]
     exact = [r for r in recs if r["method"] == "exact-shapley"]
     lines = ["# gsmile vs the peers' algorithms on tabulated games", "",
-             f"Command: `{result['command']}`  ",
+             f"Command: `{result['command']}` (commit {result.get('commit') or '?'})  ",
              f"{len(exact)} games from `{result['games']}` (the embedded model's log p(response) on every subset of "
              f"a prompt's words), {result['seeds']} seeds; no model call (see bench/simulate.py for what differs from "
              "bench/compare.py). Exact Shapley values: deletion AOPC "

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--num-features", type=int, default=None, metavar="K", help="lime: keep at most K units (forward selection; default: all)")
     ex.add_argument("--kernel-width", type=_positive_float, default=None, metavar="W", help="lime: width of the kernel on cosine distance (default: 0.25)")
     ex.add_argument("--threshold-percentile", type=_positive_float, default=None, metavar="Q", help="mupax: share of samples, closest first, accepted, 0-1 (default: 0.2)")
-    ex.add_argument("--keep", type=_positive_float, default=None, metavar="Q", help="banzhaf: probability each sample keeps a unit, 0-1 (default: 0.5)")
+    ex.add_argument("--keep", type=_positive_float, default=None, metavar="Q", help="banzhaf: probability each sample keeps a unit, 0-1 (default: 0.5, drawn in orthogonal blocks)")
     ex.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
     ex.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
