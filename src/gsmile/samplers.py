@@ -116,12 +116,14 @@ class OrthogonalSampler:
         n_blocks = -(-int(n_samples) // size)
         if n_blocks <= 0:
             return np.zeros((0, n_units), dtype=bool)
-        # Per block: N distinct non-constant columns, one flip per column, a row order.
+        # Per block: N distinct non-constant columns, one flip per column, a row order; only
+        # the rows asked for are built (a cut last block costs no more than its rows).
         columns = np.argsort(rng.random((n_blocks, size - 1)), axis=1)[:, :n_units] + 1
-        flips = rng.random((n_blocks, 1, n_units)) < 0.5
-        rows = np.argsort(rng.random((n_blocks, size)), axis=1)
-        kept = _parity(rows[:, :, None] & columns[:, None, :]) == 0
-        return (kept ^ flips).reshape(n_blocks * size, n_units)[: int(n_samples)]
+        flips = rng.random((n_blocks, n_units)) < 0.5
+        rows = np.argsort(rng.random((n_blocks, size)), axis=1).reshape(-1)[: int(n_samples)]
+        block = np.arange(len(rows)) // size
+        kept = _parity(rows[:, None] & columns[block]) == 0
+        return kept ^ flips[block]
 
 
 def _check_units(n_units: int) -> int:

@@ -35,26 +35,13 @@ from .base import SurrogateMethod
 def banzhaf(keep: float = 0.5, random_state=None) -> SurrogateMethod:
     """``keep``: probability that a sample keeps each unit (0 < keep < 1; 0.5: Banzhaf values,
     sampled in orthogonal blocks)."""
-    bernoulli = BernoulliSampler(keep=keep, random_state=random_state)
+    # Any other keep (an invalid one included: BernoulliSampler.validate refuses it) draws independently.
     orthogonal = not isinstance(keep, bool) and isinstance(keep, (int, float)) and keep == 0.5
     return SurrogateMethod(
         "banzhaf",
-        sampler=_Checked(OrthogonalSampler(random_state=random_state), bernoulli) if orthogonal else bernoulli,
+        sampler=OrthogonalSampler(random_state) if orthogonal else BernoulliSampler(keep=keep, random_state=random_state),
         kernel=UniformKernel(),
         surrogate_factory=WeightedLinearRegression,
         params={"keep": keep, "design": "orthogonal" if orthogonal else "independent"},
     )
 
-
-class _Checked:
-    """``sampler`` with ``checker``'s ``validate`` (the keep probability is checked alike)."""
-
-    def __init__(self, sampler, checker):
-        self.sampler, self.checker = sampler, checker
-        self.name = sampler.name
-
-    def validate(self) -> None:
-        self.checker.validate()
-
-    def sample(self, n_units: int, n_samples: int):
-        return self.sampler.sample(n_units, n_samples)
