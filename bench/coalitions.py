@@ -27,17 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 SCHEMA = "gsmile.bench.coalitions"
-
-
-def all_masks(n: int) -> np.ndarray:
-    """Row b keeps unit i when bit i of b is set."""
-    return ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
 
 
 def main(argv=None) -> int:
@@ -45,6 +38,7 @@ def main(argv=None) -> int:
 
     from gsmile._io import write_atomic
     from gsmile.backends import resolve_model
+    from gsmile.samplers import all_coalitions
     from gsmile.units import Segmentation
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -71,7 +65,7 @@ def main(argv=None) -> int:
             lm = resolve_model("local").load()
         case = Case(lm, row["prompt"], args.max_new_tokens, row["id"])
         t0 = time.perf_counter()
-        values = case.oracle.values(all_masks(case.n))
+        values = case.oracle.values(all_coalitions(case.n))  # row b keeps the units of bitmask b
         games[row["id"]] = {"id": row["id"], "prompt": row["prompt"], "response": case.response,
                             "units": [u.text for u in case.seg.units], "values": values.tolist()}
         print(f"{row['id']}: {case.n} units, {2**case.n} coalitions in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -443,7 +443,7 @@ def run(args) -> dict:
         raise SystemExit(f"error: --report needs the finished blocks of an earlier run in {Path(args.out) / Checkpoint.NAME}")
     checkpoint = Checkpoint(Path(args.out), settings, fresh=args.fresh)
     commit = _commit()
-    rerun = [m for m in (args.rerun.split(",") if args.rerun else [])]
+    rerun = args.rerun.split(",") if args.rerun else []
     unknown = [m for m in rerun if m not in methods]
     if unknown:
         raise SystemExit(f"error: --rerun names {', '.join(unknown)}, not among the methods run: {', '.join(methods)}")
@@ -463,24 +463,17 @@ def run(args) -> dict:
             if done[None] is not None:
                 records += [r for b in budgets if done[b] is not None for r in done[b]["records"]] + done[None]["records"]
             continue
-        case = None
-
-        def get_case():
-            nonlocal case, lm
-            if case is None:
-                if lm is None:
-                    lm = _load_model()
-                case = Case(lm, row["prompt"], args.max_new_tokens, pid)
-                stored = next((blk["response"] for blk in done.values() if blk and blk.get("response") is not None), None)
-                if stored is not None and stored != case.response:
-                    raise SystemExit(f"error: the model's response to {pid!r} is now {case.response!r}, not {stored!r} "
-                                     f"as in {checkpoint.path}; run with --fresh")
-            return case
-
         redo = {b: [m for m in rerun if active_at(m, b) and (done[b].get("rerun") or {}).get(m) != commit]
                 for b in budgets if done[b] is not None}
+        case = None
         if any(block is None for block in done.values()) or any(redo.values()):
-            get_case()
+            if lm is None:
+                lm = _load_model()
+            case = Case(lm, row["prompt"], args.max_new_tokens, pid)
+            stored = next((blk["response"] for blk in done.values() if blk and blk.get("response") is not None), None)
+            if stored is not None and stored != case.response:
+                raise SystemExit(f"error: the model's response to {pid!r} is now {case.response!r}, not {stored!r} as "
+                                 f"in {checkpoint.path}; run with --fresh")
         if done[None] is None:  # the reference: exact Shapley values, or none for a long prompt
             t0 = time.perf_counter()
             exact_recs = []

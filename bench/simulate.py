@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -37,13 +36,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-TOP = 3
+# compare.py's method list, measures and paired intervals (a light import: numpy only).
+from compare import GSMILE_METHODS, _commit, jaccard, paired, spearman, top_agreement  # noqa: E402
 
 
 class Game:
     """A tabulated game: ``values[b]`` is log p(response) with the units of bitmask b kept."""
 
     def __init__(self, doc: dict):
+        from gsmile.samplers import all_coalitions
         from gsmile.units import Segmentation
 
         self.id = doc["id"]
@@ -54,11 +55,9 @@ class Game:
         self.n = len(self.seg)
         if [u.text for u in self.seg.units] != doc["units"] or len(self.values) != 2**self.n:
             raise SystemExit(f"error: game {self.id!r} does not match its prompt's word units; tabulate it again")
-        bits = 1 << np.arange(self.n)
-        self._bits = bits
-        masks = ((np.arange(2**self.n)[:, None] & bits[None, :]) > 0)
+        self._bits = 1 << np.arange(self.n)
         self._by_words = {}
-        for b, m in enumerate(masks):
+        for b, m in enumerate(all_coalitions(self.n)):  # row b keeps the units of bitmask b
             self._by_words.setdefault(self.words(self.seg.render(m)), self.values[b])
         self.calls = 0
 
@@ -86,15 +85,11 @@ class Game:
         return self.logp(list(texts)).tolist()
 
     def exact_shapley(self) -> np.ndarray:
-        n = self.n
-        index = np.arange(2**n)
-        size = np.array([bin(b).count("1") for b in index])
-        w = np.array([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)])
-        phi = np.zeros(n)
-        for i in range(n):
-            without = index[(index >> i) & 1 == 0]
-            phi[i] = (w[size[without]] * (self.values[without | (1 << i)] - self.values[without])).sum()
-        return phi
+        """gsmile's exact ``shapley`` method fitted on every coalition of the table."""
+        from gsmile.methods import make_method
+        from gsmile.samplers import all_coalitions
+
+        return make_method("shapley").fit(all_coalitions(self.n), self.values).coefficients
 
     def faithfulness(self, attributions) -> tuple[float, float]:
         """Deletion and insertion AOPC (gsmile.metrics' definitions) by look-up."""
@@ -158,7 +153,6 @@ def peer_runner(name: str):
     return run
 
 
-GSMILE_METHODS = ["gsmile", "kernelshap", "lime", "occlusion", "mupax", "banzhaf"]
 RUNNERS = {
     **{f"gsmile:{m}": gsmile_runner(m) for m in GSMILE_METHODS},
     "captum:FeatureAblation": captum_runner("FeatureAblation"),
@@ -170,17 +164,7 @@ RUNNERS = {
 }
 
 
-def spearman(a, b) -> float | None:
-    from scipy.stats import spearmanr
-
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    return float(spearmanr(a, b).statistic)
-
-
 def run(args) -> dict:
-    from compare import _commit, jaccard, top_agreement
-
     doc = json.loads(Path(args.games).read_text())
     games = [Game(g) for g in doc["games"]]
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -188,8 +172,9 @@ def run(args) -> dict:
     records = []
     for game in games:
         exact = game.exact_shapley()
+        deletion, insertion = game.faithfulness(exact)
         records.append({"prompt": game.id, "n_units": game.n, "method": "exact-shapley", "budget": None,
-                        "deletion_aopc": game.faithfulness(exact)[0], "insertion_aopc": game.faithfulness(exact)[1]})
+                        "deletion_aopc": deletion, "insertion_aopc": insertion})
         for b in budgets:
             for name in methods:
                 attrs, evals = [], []
@@ -213,21 +198,6 @@ def run(args) -> dict:
     shown = games_path.relative_to(HERE.parent) if games_path.is_relative_to(HERE.parent) else games_path
     return {"budgets": budgets, "methods": methods, "seeds": args.seeds, "games": str(shown),
             "command": "python bench/simulate.py " + " ".join(sys.argv[1:]), "commit": _commit(), "records": records}
-
-
-def paired(result: dict, b: int, key: str, ours: str, theirs: str):
-    """Per-prompt difference ours − theirs: mean, 95% t half-width, prompts."""
-    from scipy.stats import t
-
-    def by_prompt(name):
-        return {r["prompt"]: r[key] for r in result["records"] if r["method"] == name and r["budget"] == b
-                and r.get(key) is not None}
-
-    a, c = by_prompt(ours), by_prompt(theirs)
-    d = np.array([a[p] - c[p] for p in a if p in c])
-    if len(d) < 2:
-        return float(d.mean()) if len(d) else float("nan"), float("nan"), len(d)
-    return float(d.mean()), float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))), len(d)
 
 
 def markdown(result: dict) -> str:
@@ -264,10 +234,13 @@ def markdown(result: dict) -> str:
                 continue
             o = max(ours, key=lambda m: means[m, k])
             p = max(peers, key=lambda m: means[m, k])
-            d, h, count = paired(result, b, k, o, p)
-            verdict = "ahead" if d - h > 0 else "behind" if d + h < 0 else "level"
+            pair = paired(result, b, k, o, p)
+            if pair is None:
+                continue
+            d, low, high, count = pair
+            verdict = "ahead" if low > 0 else "behind" if high < 0 else "level"
             goals.append(f"| {b}N | {k} | {means[o, k]:.3f} ({o}) | {means[p, k]:.3f} ({p}) | "
-                         f"{d:+.3f} [{d - h:+.3f}, {d + h:+.3f}] {verdict} ({count}) |")
+                         f"{d:+.3f} [{low:+.3f}, {high:+.3f}] {verdict} ({count}) |")
     return "\n".join(lines[:5] + goals + [""] + lines[5:]) + "\n"
 
 

@@ -15,6 +15,7 @@ import pytest
 import gsmile
 from gsmile.explanation import Explanation
 from gsmile.metrics import ExplanationScorer, aopc, deletion_curve, importance_order, insertion_aopc, insertion_curve
+from gsmile.samplers import all_coalitions
 from gsmile.units import Segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,12 @@ def _load(name):
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load("simulate"), _load("coalitions")
+    return _load("simulate")
 
 
-def game_doc(coalitions, value):
+def game_doc(value):
     seg = Segmentation.from_text(PROMPT, "word")
-    masks = coalitions.all_masks(len(seg))
+    masks = all_coalitions(len(seg))
     return {"id": "g", "prompt": PROMPT, "response": "", "units": [u.text for u in seg.units],
             "values": [float(value(m)) for m in masks]}
 
@@ -51,15 +52,15 @@ def interaction(m):
 
 
 def test_an_additive_table_gives_its_weights_as_exact_shapley_values(bench):
-    simulate, coalitions = bench
-    game = simulate.Game(game_doc(coalitions, lambda m: 1.0 + m @ WEIGHTS))
+    simulate = bench
+    game = simulate.Game(game_doc(lambda m: 1.0 + m @ WEIGHTS))
     np.testing.assert_allclose(game.exact_shapley(), WEIGHTS, atol=1e-12)
     assert game.values[-1] == pytest.approx(1.0 + WEIGHTS.sum())  # the last entry keeps every unit
 
 
 def test_exact_shapley_of_an_interaction_table_splits_each_interaction_evenly(bench):
-    simulate, coalitions = bench
-    game = simulate.Game(game_doc(coalitions, interaction))
+    simulate = bench
+    game = simulate.Game(game_doc(interaction))
     want = WEIGHTS.copy()
     want[[0, 2]] += 2.5 / 2
     want[[3, 5, 6]] -= 1.5 / 3
@@ -67,8 +68,8 @@ def test_exact_shapley_of_an_interaction_table_splits_each_interaction_evenly(be
 
 
 def test_look_up_faithfulness_equals_gsmile_metrics_on_the_same_model(bench):
-    simulate, coalitions = bench
-    game = simulate.Game(game_doc(coalitions, interaction))
+    simulate = bench
+    game = simulate.Game(game_doc(interaction))
     attributions = np.array([0.3, -2.0, 1.0, 0.9, 0.0, 0.1, 2.0])
     exp = Explanation(PROMPT, "", Segmentation.from_text(PROMPT, "word").units, attributions, 0.0, float("nan"),
                       target="model_output")
@@ -80,8 +81,8 @@ def test_look_up_faithfulness_equals_gsmile_metrics_on_the_same_model(bench):
 
 
 def test_texts_are_found_by_their_words_whatever_the_spacing(bench):
-    simulate, coalitions = bench
-    game = simulate.Game(game_doc(coalitions, lambda m: 1.0 + m @ WEIGHTS))
+    simulate = bench
+    game = simulate.Game(game_doc(lambda m: 1.0 + m @ WEIGHTS))
     assert game.logp(["Why  do cats", "Why do cats?", PROMPT]).tolist() == pytest.approx(
         [1.0 + WEIGHTS[:3].sum()] * 2 + [1.0 + WEIGHTS.sum()])
     with pytest.raises(RuntimeError, match="no subset of the prompt's words"):
@@ -89,8 +90,8 @@ def test_texts_are_found_by_their_words_whatever_the_spacing(bench):
 
 
 def test_gsmile_methods_on_a_table_are_the_methods_on_the_model(bench):
-    simulate, coalitions = bench
-    game = simulate.Game(game_doc(coalitions, interaction))
+    simulate = bench
+    game = simulate.Game(game_doc(interaction))
     for method in ("banzhaf", "kernelshap", "mupax"):
         got, evals = simulate.RUNNERS[f"gsmile:{method}"](game, 14, 3)
         with warnings.catch_warnings():
@@ -107,8 +108,8 @@ def _masks_of(texts):
 
 
 def test_a_table_that_does_not_match_its_prompt_is_refused(bench):
-    simulate, coalitions = bench
-    doc = game_doc(coalitions, lambda m: 0.0)
+    simulate = bench
+    doc = game_doc(lambda m: 0.0)
     doc["values"] = doc["values"][:-1]
     with pytest.raises(SystemExit, match="tabulate it again"):
         simulate.Game(doc)
@@ -116,8 +117,8 @@ def test_a_table_that_does_not_match_its_prompt_is_refused(bench):
 
 def test_captum_runner_on_a_table_recovers_an_additive_game(bench):
     pytest.importorskip("captum")
-    simulate, coalitions = bench
-    game = simulate.Game(game_doc(coalitions, lambda m: 1.0 + m @ WEIGHTS))
+    simulate = bench
+    game = simulate.Game(game_doc(lambda m: 1.0 + m @ WEIGHTS))
     got, calls = simulate.RUNNERS["captum:FeatureAblation"](game, 14, 0)
     np.testing.assert_allclose(got, WEIGHTS, atol=1e-9)
     assert calls == 8
