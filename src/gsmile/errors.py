@@ -12,7 +12,14 @@ class GsmileError(Exception):
 
 
 class InvalidInputError(GsmileError, ValueError):
-    """An argument has a value gsmile cannot use (empty prompt, rate out of range...)."""
+    """An argument has a value gsmile cannot use (empty prompt, rate out of range...).
+
+    ``field``: the option at fault when one is (``"n_samples"``, ``"dropout"``,
+    ``"method_options.kernel_width"``), so a caller (the server's 422, the CLI) can name it."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownNameError(GsmileError, KeyError):
@@ -48,15 +55,16 @@ def lookup(registry: dict, name: object, kind: str):
         raise UnknownNameError(kind, name, list(registry)) from None
 
 
-def check_int(label: str, value: object, lo: int, hi: int | None = None) -> int:
+def check_int(label: str, value: object, lo: int, hi: int | None = None, *, field: str | None = None) -> int:
     """``value`` as an int, or :class:`InvalidInputError` saying the range: an integer (not a
-    bool; numpy integers are fine) from ``lo`` to ``hi``, or of at least ``lo`` without ``hi``."""
+    bool; numpy integers are fine) from ``lo`` to ``hi``, or of at least ``lo`` without ``hi``.
+    The error's ``field`` is ``field``, else ``label``."""
     import numbers
 
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or value < lo or (hi is not None and value > hi):
         allowed = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
-        raise InvalidInputError(f"{label} must be an integer {allowed}, got {value!r}")
+        raise InvalidInputError(f"{label} must be an integer {allowed}, got {value!r}", field=field or label)
     return int(value)
 
 
