@@ -147,6 +147,14 @@ def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress)
     return exp.to_dict()
 
 
+def validate_explain(params: dict[str, Any]) -> None:
+    """Check an explain request's options with the library's own validation (no model is
+    loaded): raises InvalidInputError naming the field, or UnknownNameError."""
+    lookup_method(params.get("method", "gsmile"))
+    options = {name: params[name] for name in EXPLAIN_FIELDS if params.get(name) is not None}
+    Explainer(None, **options).validate()
+
+
 def lookup_method(name: str) -> None:
     if name not in METHODS:
         raise UnknownNameError("method", name, list(METHODS))
