@@ -94,8 +94,8 @@ def test_unit_flag_applies_to_the_context(stand, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--method", "lime", "--window", "2"], "--window does not apply to method 'lime' (its options: --num-features, --kernel-width)"),
-        (["--method", "shapley", "--kernel-width", "0.3"], "--kernel-width does not apply to method 'shapley' (it takes none of these options)"),
+        (["--method", "lime", "--window", "2"], "--window does not apply to method 'lime' (its options: --kernel-width, --num-features, --feature-selection, --alpha)"),
+        (["--method", "shapley", "--kernel-width", "0.3"], "--kernel-width does not apply to method 'shapley' (it takes no options)"),
         (["--method", "occlusion", "--dropout", "0.3"], "--dropout does not apply to method 'occlusion'"),
         (["--method", "lime", "--sigma", "2"], "--sigma does not apply to method 'lime'"),
         (["--method", "occlusion", "--window", "0"], "window must be a positive integer"),

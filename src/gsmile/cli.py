@@ -49,10 +49,49 @@ def _add_api_flags(parser: argparse.ArgumentParser) -> None:
     api.add_argument("--no-cache", action="store_true", help="neither read nor write the call cache")
 
 
+#: argparse ``dest`` of a method option's flag (kept apart from the other flags' names).
+_OPTION_DEST = "method_option_{}"
+
+_METAVARS = {int: "N", float: "X", bool: "BOOL", str: "TEXT"}
+
+
+def _option_owners() -> dict[str, list[tuple[str, object]]]:
+    """Option name -> [(method, spec)] over every method, in registry order."""
+    from .methods import METHODS, option_specs
+
+    owners: dict[str, list] = {}
+    for method in METHODS:
+        for name, spec in option_specs(method).items():
+            owners.setdefault(name, []).append((method, spec))
+    return owners
+
+
+def _add_method_option_flags(parser: argparse.ArgumentParser) -> None:
+    """``-o NAME=VALUE`` and one ``--kebab-name`` flag per method option, all from the methods'
+    option specs (values are parsed by :func:`gsmile.methods.parse_option` once the method is
+    known)."""
+    group = parser.add_argument_group("method options (each flag applies to the methods named in its help; see gsmile methods)")
+    group.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE", dest="method_option_items",
+                       help="set an option of the chosen method (repeatable), e.g. -o kernel_width=0.5; none for None")
+    for name, owners in _option_owners().items():
+        first = owners[0][1]
+        if all(spec.help == first.help and spec.default == first.default for _, spec in owners):
+            text = f"{', '.join(m for m, _ in owners)}: {first.help} (default: {_shown(first.default)})"
+        else:
+            text = "; ".join(f"{m}: {spec.help} (default: {_shown(spec.default)})" for m, spec in owners)
+        metavar = "{" + ",".join(first.choices) + "}" if first.choices else _METAVARS[first.type]
+        group.add_argument(first.flag, default=None, metavar=metavar, dest=_OPTION_DEST.format(name),
+                           help=text.replace("%", "%%"))
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backends import MODELS
     from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
-    from .methods import METHODS
+    from .methods import DOCS_COMMAND, METHODS
     from .targets import TARGETS, TEXT_TARGETS
     from .units import SEGMENTERS
 
@@ -74,13 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--context-file", metavar="PATH", help="read the context to explain from a UTF-8 text file")
     ex.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
     ex.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
-    ex.add_argument("--dropout", type=_positive_float, default=0.2, metavar="P", help="share of units each perturbation drops, 0.05-0.5 (default: 0.2)")
-    ex.add_argument("--sigma", type=_positive_float, default=None, metavar="S", help="kernel width (default: 0.5*sqrt(number of units))")
-    ex.add_argument("--window", type=int, default=None, metavar="K", help="occlusion: consecutive units left out together (default: 1)")
-    ex.add_argument("--num-features", type=int, default=None, metavar="K", help="lime: keep at most K units (forward selection; default: all)")
-    ex.add_argument("--kernel-width", type=_positive_float, default=None, metavar="W", help="lime: width of the kernel on cosine distance (default: 0.25)")
-    ex.add_argument("--threshold-percentile", type=_positive_float, default=None, metavar="Q", help="mupax: share of samples, closest first, accepted, 0-1 (default: 0.2)")
-    ex.add_argument("--keep", type=_positive_float, default=None, metavar="Q", help="banzhaf: probability each sample keeps a unit, 0-1 (default: 0.5, drawn in orthogonal blocks)")
+    _add_method_option_flags(ex)
     ex.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
     ex.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
     ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
@@ -110,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
     sv.add_argument("--quiet", action="store_true", help="no access log")
     _add_api_flags(sv)
+
+    ms = sub.add_parser("methods", help="list the attribution methods and their options",
+                        description="List every attribution method with its options, their types, defaults and descriptions.")
+    ms.add_argument("--markdown", action="store_true", help=f"print docs/methods.md instead ({DOCS_COMMAND})")
 
     ev = sub.add_parser("evaluate", help="measure how faithful a saved explanation is",
                         description="Deletion/insertion curves (AOPC, with a random-order reference), ERASER "
@@ -228,8 +265,6 @@ def _explain(args) -> int:
         top_k=args.top_k,
         target=args.target,
         n_samples=args.samples,
-        dropout=args.dropout,
-        sigma=args.sigma,
         batch_size=args.batch_size,
         until_stable=args.until_stable,
         max_evals=args.max_evals,
@@ -278,34 +313,56 @@ def _serve(args) -> int:
     return 0
 
 
-#: CLI flag -> method option it sets (passed only when given).
-METHOD_FLAGS = {
-    "--window": "window",
-    "--num-features": "num_features",
-    "--kernel-width": "kernel_width",
-    "--threshold-percentile": "threshold_percentile",
-    "--keep": "keep",
-}
-
-
 def _method_options(args) -> dict:
-    from .methods import method_options
+    """The chosen method's options from its flags and ``-o NAME=VALUE``, parsed by the
+    method's option specs; a flag or name the method does not take is an error."""
+    from .methods import option_specs, parse_option
 
-    valid = method_options(args.method)
-    for flag, name, default in (("--dropout", "dropout", 0.2), ("--sigma", "sigma", None)):
-        if name not in valid and getattr(args, name) != default:
-            raise InvalidInputError(f"{flag} does not apply to method {args.method!r} (it is an option of gsmile)")
-    options = {}
-    for flag, name in METHOD_FLAGS.items():
-        value = getattr(args, name)
-        if value is None:
+    specs = option_specs(args.method)
+    options, given = {}, {}
+    for name, owners in _option_owners().items():
+        text = getattr(args, _OPTION_DEST.format(name))
+        if text is None:
             continue
-        if name not in valid:
-            own = [f for f, n in METHOD_FLAGS.items() if n in valid]
-            takes = f"its options: {', '.join(own)}" if own else "it takes none of these options"
-            raise InvalidInputError(f"{flag} does not apply to method {args.method!r} ({takes})")
-        options[name] = value
+        flag = owners[0][1].flag
+        if name not in specs:
+            own = [spec.flag for spec in specs.values()]
+            takes = f"its options: {', '.join(own)}" if own else "it takes no options"
+            raise InvalidInputError(f"{flag} does not apply to method {args.method!r} ({takes})", field=f"method_options.{name}")
+        options[name], given[name] = parse_option(args.method, name, text), flag
+    for item in args.method_option_items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InvalidInputError(f"-o takes NAME=VALUE (e.g. -o kernel_width=0.5), got {item!r}", field="method_options")
+        if key in given:
+            raise InvalidInputError(f"option {key} is set twice ({given[key]} and -o {item}); set it once", field=f"method_options.{key}")
+        options[key], given[key] = parse_option(args.method, key, text), f"-o {item}"
     return options
+
+
+def format_methods() -> str:
+    """What ``gsmile methods`` prints: each method, then its options with type, default and help."""
+    from .methods import METHODS, method_summary, option_specs
+
+    lines = []
+    for method in METHODS:
+        lines += [method, f"  {method_summary(method)}"]
+        specs = option_specs(method).values()
+        for spec in specs:
+            value = _METAVARS[spec.type]
+            lines.append(f"  {spec.flag} {value} | -o {spec.name}={value}  ({spec.type_name}; default: {_shown(spec.default)})")
+            lines.append(f"      {spec.help}")
+        if not specs:
+            lines.append("  (no options)")
+    return "\n".join(lines)
+
+
+def _methods(args) -> int:
+    from .methods import options_markdown
+
+    sys.stdout.write(options_markdown() if args.markdown else format_methods() + "\n")
+    return 0
 
 
 def _read_text(path: str, what: str) -> str:
@@ -367,7 +424,7 @@ def _extra_lines(exp) -> list[str]:
     return lines
 
 
-COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve}
+COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve, "methods": _methods}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import InvalidInputError
+
+
+@runtime_checkable
+class Kernel(Protocol):
+    """What a method's kernel provides: ``kernel(masks)`` gives one weight per mask;
+    ``validate()`` checks the parameters (raises InvalidInputError naming the option in
+    ``field``); ``width(n_units)`` is the Gaussian width reported as the explanation's
+    ``sigma``, None for a kernel without one."""
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray: ...
+
+    def validate(self) -> None: ...
+
+    def width(self, n_units: int) -> float | None: ...
 
 
 def default_sigma(n_units: int) -> float:
@@ -20,8 +35,6 @@ class GaussianKernel:
     ``sigma=None`` uses :func:`default_sigma`.
     """
 
-    name = "gaussian"
-
     def __init__(self, sigma: float | None = None):
         self.sigma = sigma
 
@@ -29,8 +42,11 @@ class GaussianKernel:
         if self.sigma is None:
             return default_sigma(n_units)
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (self.sigma > 0 and math.isfinite(self.sigma)):
-            raise InvalidInputError(f"sigma must be a positive number, got {self.sigma!r}")
+            raise InvalidInputError(f"sigma must be a positive number, got {self.sigma!r}", field="sigma")
         return float(self.sigma)
+
+    def validate(self) -> None:
+        self.width(1)  # raises on a bad sigma (None is fine)
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, dtype=bool)
@@ -49,7 +65,11 @@ def effective_sample_size(weights: np.ndarray) -> float:
 class UniformKernel:
     """Every mask weighs 1 (occlusion, MuPAX)."""
 
-    name = "uniform"
+    def validate(self) -> None:
+        """Nothing to check: it has no parameters."""
+
+    def width(self, n_units: int) -> None:
+        return None
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         return np.ones(np.asarray(masks).shape[0])
@@ -68,15 +88,16 @@ class ExponentialCosineKernel:
     The default width 0.25 equals LIME's text default (distances scaled by 100, width 25).
     """
 
-    name = "exponential_cosine"
-
     def __init__(self, kernel_width: float = 0.25):
         self.kernel_width = kernel_width
 
     def validate(self) -> None:
         w = self.kernel_width
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
-            raise InvalidInputError(f"kernel_width must be a positive number, got {w!r}")
+            raise InvalidInputError(f"kernel_width must be a positive number, got {w!r}", field="method_options.kernel_width")
+
+    def width(self, n_units: int) -> None:
+        return None
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         self.validate()
@@ -105,7 +126,11 @@ class ShapleyKernel:
     is there, and approaches it as more are sampled.
     """
 
-    name = "shapley"
+    def validate(self) -> None:
+        """Nothing to check: it has no parameters."""
+
+    def width(self, n_units: int) -> None:
+        return None
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, dtype=bool)

@@ -6,6 +6,8 @@ Samplers store their parameters; :meth:`sample` builds its own generator from
 
 from __future__ import annotations
 
+from typing import Callable, Protocol, runtime_checkable
+
 import numpy as np
 
 from .errors import InvalidInputError
@@ -20,8 +22,27 @@ def make_rng(random_state: int | np.random.Generator | None) -> np.random.Genera
     if isinstance(random_state, np.random.Generator):
         return random_state
     if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0):
-        raise InvalidInputError(f"random_state must be a non-negative integer or None, got {random_state!r}")
+        raise InvalidInputError(f"random_state must be a non-negative integer or None, got {random_state!r}", field="random_state")
     return np.random.default_rng(random_state)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What a method's sampler provides.
+
+    ``random_state``: the seed :meth:`sample` builds its generator from (None on a
+    deterministic sampler, whose masks do not depend on it). ``validate()`` checks the
+    parameters (raises InvalidInputError naming the option in ``field``). ``draw``: None, or
+    a function like :meth:`sample` that always draws at random, never enumerates (see
+    :func:`draw_within`).
+    """
+
+    random_state: int | np.random.Generator | None
+    draw: Callable[[int, int], np.ndarray] | None
+
+    def validate(self) -> None: ...
+
+    def sample(self, n_units: int, n_samples: int) -> np.ndarray: ...
 
 
 class DropoutSampler:
@@ -30,7 +51,7 @@ class DropoutSampler:
     A row that would drop nothing instead drops one unit chosen uniformly at random.
     """
 
-    name = "dropout"
+    draw = None
 
     def __init__(self, dropout: float = 0.2, random_state: int | np.random.Generator | None = None):
         self.dropout = dropout
@@ -39,7 +60,7 @@ class DropoutSampler:
     def validate(self) -> None:
         lo, hi = DROPOUT_RANGE
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (lo <= self.dropout <= hi):
-            raise InvalidInputError(f"dropout must be between {lo} and {hi}, got {self.dropout!r}")
+            raise InvalidInputError(f"dropout must be between {lo} and {hi}, got {self.dropout!r}", field="dropout")
 
     def sample(self, n_units: int, n_samples: int) -> np.ndarray:
         self.validate()
@@ -56,7 +77,7 @@ class BernoulliSampler:
     """Keep each unit independently with probability ``keep`` (the full and the empty mask
     included: a full one repeats the original and costs no model call)."""
 
-    name = "bernoulli"
+    draw = None
 
     def __init__(self, keep: float = 0.5, random_state: int | np.random.Generator | None = None):
         self.keep = keep
@@ -64,7 +85,7 @@ class BernoulliSampler:
 
     def validate(self) -> None:
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not (0.0 < self.keep < 1.0):
-            raise InvalidInputError(f"keep must be a probability strictly between 0 and 1, got {self.keep!r}")
+            raise InvalidInputError(f"keep must be a probability strictly between 0 and 1, got {self.keep!r}", field="method_options.keep")
 
     def sample(self, n_units: int, n_samples: int) -> np.ndarray:
         self.validate()
@@ -99,10 +120,13 @@ class OrthogonalSampler:
     accurate than independent draws (``bench/simulate.py``); with many blocks the two agree.
     """
 
-    name = "orthogonal"
+    draw = None
 
     def __init__(self, random_state: int | np.random.Generator | None = None):
         self.random_state = random_state
+
+    def validate(self) -> None:
+        """Nothing to check here: ``random_state`` is checked when sampling."""
 
     @staticmethod
     def block_size(n_units: int) -> int:
@@ -152,20 +176,24 @@ class OcclusionSampler:
     at a time, ``n_units - window + 1`` masks). ``window=1`` is leave-one-out. Deterministic:
     ``n_samples`` is ignored."""
 
-    name = "occlusion"
+    draw = None
+    random_state = None  # deterministic: the masks do not depend on a seed
 
     def __init__(self, window: int = 1):
         self.window = window
 
     def validate(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer)) or self.window < 1:
-            raise InvalidInputError(f"window must be a positive integer (units occluded together), got {self.window!r}")
+            raise InvalidInputError(f"window must be a positive integer (units occluded together), got {self.window!r}", field="method_options.window")
 
     def sample(self, n_units: int, n_samples: int | None = None) -> np.ndarray:
         self.validate()
         n_units = _check_units(n_units)
         if self.window > n_units:
-            raise InvalidInputError(f"window {self.window} is larger than the {n_units} units; use a window of at most {n_units}")
+            raise InvalidInputError(
+                f"window {self.window} is larger than the {n_units} units; use a window of at most {n_units}",
+                field="method_options.window",
+            )
         n_masks = n_units - self.window + 1
         masks = np.ones((n_masks, n_units), dtype=bool)
         for i in range(n_masks):
@@ -181,12 +209,15 @@ class SubsetSizeSampler:
     MuPAX uses ``min_keep=1`` so every sample keeps some of the input.
     """
 
-    name = "subset_size"
+    draw = None
 
     def __init__(self, min_drop: int = 1, min_keep: int = 0, random_state: int | np.random.Generator | None = None):
         self.min_drop = min_drop
         self.min_keep = min_keep
         self.random_state = random_state
+
+    def validate(self) -> None:
+        """Nothing to check: the method that builds it sets its sizes (too few units fail in :meth:`sample`)."""
 
     def sample(self, n_units: int, n_samples: int) -> np.ndarray:
         n_units = _check_units(n_units)
@@ -210,11 +241,15 @@ class ExhaustiveSampler:
     """Every coalition (``2**n_units`` masks, the empty and the full one included);
     ``n_samples`` is ignored. Refuses more than ``max_units`` units."""
 
-    name = "exhaustive"
+    draw = None
+    random_state = None  # deterministic: the masks do not depend on a seed
 
     def __init__(self, max_units: int = 14, instead: str = "kernelshap"):
         self.max_units = max_units
         self.instead = instead
+
+    def validate(self) -> None:
+        """Nothing to check: the method that builds it sets ``max_units`` (too many units fail in :meth:`sample`)."""
 
     def sample(self, n_units: int, n_samples: int | None = None) -> np.ndarray:
         n_units = _check_units(n_units)
@@ -233,10 +268,11 @@ class ShapleySampler:
     distribution (:func:`shapley_size_weights`), members uniform given the size, each draw
     followed by its complement (paired sampling)."""
 
-    name = "shapley_kernel"
-
     def __init__(self, random_state: int | np.random.Generator | None = None):
         self.random_state = random_state
+
+    def validate(self) -> None:
+        """Nothing to check here: ``random_state`` is checked when sampling."""
 
     def exhaustive(self, n_units: int, n_samples: int) -> bool:
         return n_units < 62 and n_samples + 1 >= 2**n_units

@@ -7,9 +7,23 @@ and exposes ``coef_``, ``intercept_`` and ``r2_`` (weighted R²) afterwards.
 
 from __future__ import annotations
 
+from typing import Literal, Protocol, get_args, runtime_checkable
+
 import numpy as np
 
 from .errors import InvalidInputError
+
+
+@runtime_checkable
+class Surrogate(Protocol):
+    """What a method's surrogate provides: ``validate()`` checks the parameters (raises
+    InvalidInputError naming the option in ``field``); ``fit(Z, y, sample_weight)`` returns
+    the fitted surrogate with ``coef_`` (units × outputs when ``y`` is a matrix),
+    ``intercept_`` and ``r2_`` (attributes of the fitted object only)."""
+
+    def validate(self) -> None: ...
+
+    def fit(self, Z, y, sample_weight=None) -> "Surrogate": ...
 
 
 def weighted_r2(y: np.ndarray, y_hat: np.ndarray, w: np.ndarray) -> np.ndarray | float:
@@ -52,11 +66,12 @@ class WeightedLinearRegression(_LinearSurrogate):
     minimum-norm solution.
     """
 
-    name = "wls"
-
     def __init__(self, alpha: float = 0.0, fit_intercept: bool = True):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
+
+    def validate(self) -> None:
+        """Nothing to check: the method that builds it checks ``alpha``."""
 
     def fit(self, Z, y, sample_weight=None) -> "WeightedLinearRegression":
         Z, y, w = _check(Z, y, sample_weight)
@@ -108,7 +123,8 @@ class EfficientLinearRegression(_LinearSurrogate):
     are the exact Shapley values.
     """
 
-    name = "efficient_wls"
+    def validate(self) -> None:
+        """Nothing to check: it has no parameters."""
 
     def fit(self, Z, y, sample_weight=None) -> "EfficientLinearRegression":
         Z, y, _ = _check(Z, y, None)
@@ -152,7 +168,8 @@ class LeaveOutDifferences(_LinearSurrogate):
     many parameters as rows).
     """
 
-    name = "leave_out"
+    def validate(self) -> None:
+        """Nothing to check: it has no parameters."""
 
     def fit(self, Z, y, sample_weight=None) -> "LeaveOutDifferences":
         Z, y, w = _check(Z, y, sample_weight)
@@ -173,8 +190,9 @@ class LeaveOutDifferences(_LinearSurrogate):
         return self
 
 
-#: How :class:`SparseSelection` picks its features.
-SELECTIONS = ("forward", "highest_weights")
+#: How :class:`SparseSelection` picks its features (the type of lime's ``feature_selection``).
+Selection = Literal["forward", "highest_weights"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 
 class SparseSelection(_LinearSurrogate):
@@ -186,8 +204,6 @@ class SparseSelection(_LinearSurrogate):
     value); every column is then fitted on the chosen units in one solve.
     """
 
-    name = "sparse"
-
     def __init__(self, n_features: int, selection: str = "forward", estimator_factory=WeightedLinearRegression):
         self.n_features = n_features
         self.selection = selection
@@ -196,9 +212,12 @@ class SparseSelection(_LinearSurrogate):
     def validate(self) -> None:
         k = self.n_features
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidInputError(f"num_features must be a positive integer, got {k!r}")
+            raise InvalidInputError(f"num_features must be a positive integer, got {k!r}", field="method_options.num_features")
         if self.selection not in SELECTIONS:
-            raise InvalidInputError(f"feature_selection must be one of: {', '.join(SELECTIONS)}; got {self.selection!r}")
+            raise InvalidInputError(
+                f"feature_selection must be one of: {', '.join(SELECTIONS)}; got {self.selection!r}",
+                field="method_options.feature_selection",
+            )
 
     def _select(self, Z, y0, w) -> list[int]:
         n_units = Z.shape[1]

@@ -33,8 +33,11 @@ from .base import SurrogateMethod
 
 
 def banzhaf(keep: float = 0.5, random_state=None) -> SurrogateMethod:
-    """``keep``: probability that a sample keeps each unit (0 < keep < 1; 0.5: Banzhaf values,
-    sampled in orthogonal blocks)."""
+    """Banzhaf values: least squares on coalitions that keep each unit with probability ``keep``.
+
+    Options:
+        keep: probability that a sample keeps each unit, strictly between 0 and 1 (0.5: Banzhaf values, sampled in orthogonal blocks)
+    """
     # Any other keep (an invalid one included: BernoulliSampler.validate refuses it) draws independently.
     orthogonal = not isinstance(keep, bool) and isinstance(keep, (int, float)) and keep == 0.5
     return SurrogateMethod(

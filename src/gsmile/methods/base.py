@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from ..kernels import effective_sample_size
+from ..kernels import Kernel, effective_sample_size
+from ..samplers import Sampler
+from ..surrogates import Surrogate
 
 
 @dataclass
@@ -27,6 +30,11 @@ class MethodResult:
 class SurrogateMethod:
     """sampler + kernel + surrogate.
 
+    The parts follow :class:`~gsmile.samplers.Sampler`, :class:`~gsmile.kernels.Kernel` and
+    (what ``surrogate_factory()`` returns) :class:`~gsmile.surrogates.Surrogate`. A method of
+    your own: ``SurrogateMethod(sampler=..., kernel=..., surrogate_factory=...)`` (``name``
+    defaults to ``"custom"``); :meth:`with_random_state` reseeds it.
+
     ``sample(n_units, n_samples)`` returns perturbation masks (the original, all-kept mask is
     added by the explainer as row 0); ``fit(masks, y, Y)`` weights every row with the kernel
     and fits the surrogate on ``y`` (one value per row) and, when given, on ``Y`` (one column
@@ -39,13 +47,15 @@ class SurrogateMethod:
 
     def __init__(
         self,
-        name: str,
-        sampler,
-        kernel: Callable[[np.ndarray], np.ndarray],
-        surrogate_factory: Callable[[], Any],
+        name: str = "custom",
+        sampler: Sampler | None = None,
+        kernel: Kernel | None = None,
+        surrogate_factory: Callable[[], Surrogate] | None = None,
         params: dict | None = None,
         ess_hint: str | None = None,
     ):
+        if sampler is None or kernel is None or surrogate_factory is None:
+            raise TypeError("SurrogateMethod needs sampler=, kernel= and surrogate_factory=")
         self.name = name
         self.sampler = sampler
         self.kernel = kernel
@@ -55,25 +65,28 @@ class SurrogateMethod:
             self.ess_hint = ess_hint
 
     def validate(self) -> None:
-        """Check every part's parameters; raises InvalidInputError."""
-        if hasattr(self.sampler, "validate"):
-            self.sampler.validate()
-        if hasattr(self.kernel, "validate"):
-            self.kernel.validate()
-        elif hasattr(self.kernel, "width"):
-            self.kernel.width(2)
-        surrogate = self.surrogate_factory()
-        if hasattr(surrogate, "validate"):
-            surrogate.validate()
+        """Check every part's parameters; raises InvalidInputError (``field``: the option)."""
+        self.sampler.validate()
+        self.kernel.validate()
+        self.surrogate_factory().validate()
+
+    def with_random_state(self, seed: int | np.random.Generator | None) -> "SurrogateMethod":
+        """A copy of this method whose sampler draws with ``seed``; this one is left unchanged.
+        The same masks as the method built afresh with ``random_state=seed``."""
+        method = copy.copy(self)
+        method.sampler = copy.copy(self.sampler)
+        method.sampler.random_state = seed
+        method.params = dict(self.params)
+        return method
 
     def sample(self, n_units: int, n_samples: int) -> np.ndarray:
         return self.sampler.sample(n_units, n_samples)
 
     @property
-    def draw(self):
-        """The sampler's ``draw`` (random masks, never an enumeration) when it has one, else
-        None (see :func:`~gsmile.samplers.draw_within`)."""
-        return getattr(self.sampler, "draw", None)
+    def draw(self) -> Callable[[int, int], np.ndarray] | None:
+        """The sampler's ``draw`` (random masks, never an enumeration), None when it has none
+        (see :func:`~gsmile.samplers.draw_within`)."""
+        return self.sampler.draw
 
     def fit(self, masks: np.ndarray, y: np.ndarray, Y: np.ndarray | None = None) -> MethodResult:
         masks = np.asarray(masks, dtype=bool)
@@ -88,7 +101,7 @@ class SurrogateMethod:
         if Y is not None:
             token_coefficients = np.asarray(coef[:, 1:])
             coef, intercept, r2 = coef[:, 0], intercept[0], r2[0]
-        sigma = self.kernel.width(masks.shape[1]) if hasattr(self.kernel, "width") else None
+        sigma = self.kernel.width(masks.shape[1])
         result = MethodResult(
             coefficients=np.asarray(coef, dtype=float),
             intercept=float(intercept),

@@ -9,6 +9,12 @@ from .base import SurrogateMethod
 
 
 def gsmile(dropout: float = 0.2, sigma: float | None = None, random_state=None) -> SurrogateMethod:
+    """gSMILE: random dropout masks, a Gaussian proximity kernel, weighted least squares.
+
+    Options:
+        dropout: share of units each perturbation drops, from 0.05 to 0.5
+        sigma: width of the Gaussian kernel on the number of units dropped (none: 0.5·sqrt(number of units))
+    """
     return SurrogateMethod(
         "gsmile",
         sampler=DropoutSampler(dropout=dropout, random_state=random_state),

@@ -9,20 +9,25 @@ from functools import partial
 from ..errors import InvalidInputError
 from ..kernels import ExponentialCosineKernel
 from ..samplers import SubsetSizeSampler
-from ..surrogates import SELECTIONS, SparseSelection, WeightedLinearRegression
+from ..surrogates import SELECTIONS, Selection, SparseSelection, WeightedLinearRegression
 from .base import SurrogateMethod
 
 
 def lime(
     kernel_width: float = 0.25,
     num_features: int | None = None,
-    feature_selection: str = "forward",
+    feature_selection: Selection = "forward",
     alpha: float = 1.0,
     random_state=None,
 ) -> SurrogateMethod:
-    """``kernel_width``: width of the exponential kernel on cosine distance (LIME's 25/100).
-    ``num_features``: keep at most this many units (None: all), chosen by
-    ``feature_selection`` ("forward" or "highest_weights"). ``alpha``: ridge penalty."""
+    """LIME: masks removing 1..N units, an exponential kernel on cosine distance, a ridge surrogate.
+
+    Options:
+        kernel_width: width of the exponential kernel on cosine distance, above 0 (LIME's text default 25/100)
+        num_features: keep at most this many units, chosen by feature_selection (none: all)
+        feature_selection: how num_features units are chosen: forward selection or the largest coefficients
+        alpha: ridge penalty of the surrogate, 0 or more
+    """
     ridge = partial(WeightedLinearRegression, alpha=alpha)
     if num_features is None:
         surrogate = ridge
@@ -42,10 +47,12 @@ class _LimeMethod(SurrogateMethod):
     def validate(self) -> None:
         alpha = self.params["alpha"]
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-            raise InvalidInputError(f"alpha must be a non-negative number (the ridge penalty), got {alpha!r}")
+            raise InvalidInputError(f"alpha must be a non-negative number (the ridge penalty), got {alpha!r}", field="method_options.alpha")
         selection = self.params["feature_selection"]
         if self.params["num_features"] is None and selection not in SELECTIONS:
-            raise InvalidInputError(f"feature_selection must be one of: {', '.join(SELECTIONS)}; got {selection!r}")
+            raise InvalidInputError(
+                f"feature_selection must be one of: {', '.join(SELECTIONS)}; got {selection!r}", field="method_options.feature_selection"
+            )
         super().validate()
 
     def extras(self, masks, y, result, surrogate):

@@ -37,7 +37,7 @@ DEFAULT_NEUTRAL_TOLERANCE = 0.05
 
 def _check_fraction(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (0.0 <= value <= 1.0):
-        raise InvalidInputError(f"{name} must be a number from 0 to 1, got {value!r}")
+        raise InvalidInputError(f"{name} must be a number from 0 to 1, got {value!r}", field=f"method_options.{name}")
     return float(value)
 
 
@@ -116,8 +116,12 @@ def mupax(
     neutral_tolerance: float = DEFAULT_NEUTRAL_TOLERANCE,
     random_state=None,
 ) -> SurrogateMethod:
-    """``threshold_percentile`` (0-1): share of the samples, closest first, accepted.
-    ``neutral_tolerance`` (0-1): |coef| at or below this share of the largest is neutral."""
+    """MuPAX: Monte Carlo subsets of units, accepted when they keep the output close.
+
+    Options:
+        threshold_percentile: share of the samples, closest to the original output first, accepted, from 0 to 1
+        neutral_tolerance: a unit whose |coefficient| is at most this share of the largest is neutral, from 0 to 1
+    """
     return _MupaxMethod(
         "mupax",
         sampler=SubsetSizeSampler(min_drop=1, min_keep=1, random_state=random_state),

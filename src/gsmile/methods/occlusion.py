@@ -16,7 +16,11 @@ from .base import SurrogateMethod
 
 
 def occlusion(window: int = 1, random_state=None) -> SurrogateMethod:
-    """``window``: how many consecutive units each mask leaves out (1: leave-one-out)."""
+    """Occlusion: leave one unit (or a window of consecutive units) out at a time.
+
+    Options:
+        window: how many consecutive units each mask leaves out (1: leave-one-out)
+    """
     return SurrogateMethod(
         "occlusion",
         sampler=OcclusionSampler(window=window),

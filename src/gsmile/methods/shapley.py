@@ -39,6 +39,7 @@ def _plain(x):
 
 
 def kernelshap(random_state=None) -> SurrogateMethod:
+    """KernelSHAP: Shapley values estimated from coalitions sampled in complementary pairs."""
     return _ShapleyMethod(
         "kernelshap",
         sampler=ShapleySampler(random_state=random_state),
@@ -49,6 +50,7 @@ def kernelshap(random_state=None) -> SurrogateMethod:
 
 
 def shapley(random_state=None) -> SurrogateMethod:
+    """Exact Shapley values from every coalition (2^N model evaluations: for short inputs)."""
     return _ShapleyMethod(
         "shapley",
         sampler=ExhaustiveSampler(max_units=MAX_EXACT_UNITS, instead="kernelshap"),
