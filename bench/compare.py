@@ -19,7 +19,7 @@ same quantity, log p(response | prompt), over the same word units, with a budget
   returning log p(response) as the one "class".
 
 Per method and budget, averaged over prompts and seeds: deletion and insertion AOPC
-(gsmile.metrics, scored with gsmile's scorer on the log-prob target), Spearman correlation
+(gsmile.faithfulness, scored with gsmile's scorer on the log-prob target), Spearman correlation
 and top-3 agreement with exact Shapley values (all 2^N coalitions, prompts of at most
 ``--shapley-max-units`` units), top-3 Jaccard across ``--seeds`` seeds, wall time (median
 over the seeds) and model evaluations made. The goals table compares the best gsmile method
@@ -68,7 +68,7 @@ class Case:
 
     def __init__(self, lm, prompt: str, max_new_tokens: int, id: str = "prompt"):
         from gsmile.explanation import Explanation
-        from gsmile.metrics import ExplanationScorer
+        from gsmile.faithfulness import ExplanationScorer
         from gsmile.units import Segmentation
 
         self.lm = lm
@@ -286,13 +286,13 @@ def spearman(a, b) -> float | None:
 
 
 def top_agreement(a, b, k=TOP) -> float:
-    from gsmile.metrics import top_k_units
+    from gsmile.stability import top_k_units
 
     return len(top_k_units(a, k) & top_k_units(b, k)) / min(k, len(a))
 
 
 def jaccard(runs, k=TOP) -> float | None:
-    from gsmile.metrics import top_k_units
+    from gsmile.stability import top_k_units
 
     tops = [top_k_units(r, k) for r in runs]
     pairs = [len(x & y) / len(x | y) for x, y in combinations(tops, 2)]
@@ -300,7 +300,7 @@ def jaccard(runs, k=TOP) -> float | None:
 
 
 def faithfulness(case: Case, attributions):
-    from gsmile.metrics import aopc, deletion_curve, importance_order, insertion_aopc, insertion_curve
+    from gsmile.faithfulness import aopc, deletion_curve, importance_order, insertion_aopc, insertion_curve
 
     order = importance_order(attributions)
     return aopc(deletion_curve(case.oracle, order)), insertion_aopc(insertion_curve(case.oracle, order))

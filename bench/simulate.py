@@ -4,7 +4,7 @@
 
 ``bench/coalitions.py`` scores the embedded model's log p(response) on every subset of a
 prompt's words. On such a table every method can be run, and every score computed, by
-look-up: the deletion and insertion curves (gsmile.metrics' definitions), the Spearman
+look-up: the deletion and insertion curves (gsmile.faithfulness' definitions), the Spearman
 correlation and top-3 agreement with the exact Shapley values, and the top-3 Jaccard over
 seeds. So the comparison of ``bench/compare.py`` can be repeated with many seeds, at a cost
 of seconds, on the same values the real model gives; differences between methods of a few
@@ -92,8 +92,8 @@ class Game:
         return make_method("shapley").fit(all_coalitions(self.n), self.values).coefficients
 
     def faithfulness(self, attributions) -> tuple[float, float]:
-        """Deletion and insertion AOPC (gsmile.metrics' definitions) by look-up."""
-        from gsmile.metrics import _removal_masks, aopc, importance_order, insertion_aopc
+        """Deletion and insertion AOPC (gsmile.faithfulness' definitions) by look-up."""
+        from gsmile.faithfulness import _removal_masks, aopc, importance_order, insertion_aopc
 
         order = importance_order(attributions)
         removal = _removal_masks(order, self.n)

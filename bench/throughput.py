@@ -148,7 +148,7 @@ def main(argv=None):
     b_work = b_tokens * (per_token + head_size)
 
     # Same scores on both paths: per-prompt values (via the coefficients' inputs) and coefficients.
-    from gsmile.metrics import ExplanationScorer
+    from gsmile.faithfulness import ExplanationScorer
 
     fast_scorer, plain_scorer = ExplanationScorer(exps["A"], lm), ExplanationScorer(exps["C"], lm)
     some = np.vstack([seg.full_mask[None], masks[: min(len(masks), 24)]])

@@ -62,20 +62,21 @@ def test_call_key_covers_every_field():
     assert len({call_key(v) for v in variants} | {call_key(base)}) == len(variants) + 1
 
 
-def _writer(directory, start, go_at):
+def _writer(directory, start, barrier):
     # Every process opens the new cache file at the same moment: that is the race in
-    # which switching to WAL answers "database is locked" without waiting.
-    while time.time() < go_at:
-        pass
+    # which switching to WAL answers "database is locked" without waiting. The barrier
+    # releases them together once all have started (no busy-waiting on the clock).
+    barrier.wait(timeout=60)
     cache = CallCache(directory)
     for i in range(start, start + 20):
         cache.put(f"k{i}", {"i": i})
 
 
 def test_cache_is_safe_under_concurrent_processes(tmp_path):
-    go_at = time.time() + 2.0
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(tmp_path, s, go_at)) for s in range(0, 120, 20)]
+    starts = range(0, 120, 20)
+    barrier = ctx.Barrier(len(starts))
+    procs = [ctx.Process(target=_writer, args=(tmp_path, s, barrier)) for s in starts]
     for p in procs:
         p.start()
     for p in procs:
@@ -185,13 +186,13 @@ def test_logprob_path_is_exact(server, tmp_path):
     assert exp.extras["path"] == "logprobs" and "echo" in exp.extras["path_reason"]
     assert exp.target == "logprob" and exp.response == RESPONSE
     # Score one perturbation through the backend and recompute log p(response) from the toy model.
-    ids = b.encode_response(RESPONSE)
+    lm = b.for_explanation()  # one explanation's view: its vocabulary and call counts
+    ids = lm.encode_response(RESPONSE)
     tokens = [t for t, _ in tokenize(RESPONSE)]
-    assert b.token_strings(ids) == tokens
-    target = LogProbTarget().prepare(b.logprobs([PROMPT], ids)[0], ids)
+    assert lm.token_strings(ids) == tokens
+    target = LogProbTarget().prepare(lm.logprobs([PROMPT], ids)[0], ids)
     perturbed = "Why is Paris the of France not Lyon?"
-    got = target(b.logprobs([perturbed], ids))[0]
-
+    got = target(lm.logprobs([perturbed], ids))[0]
     def logp(prompt):
         head = b.format_prompt(prompt)
         text = head + RESPONSE
@@ -202,23 +203,24 @@ def test_logprob_path_is_exact(server, tmp_path):
 
 def test_api_rows_are_distributions_over_a_fixed_vocabulary(server, tmp_path):
     b = backend(server, tmp_path, top_logprobs=3)
-    ids = b.encode_response(RESPONSE)
-    ref = b.logprobs([PROMPT], ids)
-    rows = b.logprobs(["Paris France", "capital Lyon of"], ids)
-    assert ref.shape[2] == rows.shape[2] == len(b._strings) and b._strings[-1] == REST
+    lm = b.for_explanation()
+    ids = lm.encode_response(RESPONSE)
+    ref = lm.logprobs([PROMPT], ids)
+    rows = lm.logprobs(["Paris France", "capital Lyon of"], ids)
+    assert ref.shape[2] == rows.shape[2] == len(lm._strings) and lm._strings[-1] == REST
     np.testing.assert_allclose(np.exp(rows).sum(-1), 1.0, atol=1e-9)
     # a known probability is exact; an unlisted vocabulary token gets at most the row's k-th probability
-    tok = b.token_strings(ids)[1]
+    tok = lm.token_strings(ids)[1]
     head = b.format_prompt("Paris France")
     off = tokenize(RESPONSE)[1][1]
     exact = next_logprobs((head + RESPONSE)[: len(head) + off], tok)
     assert rows[0, 1, ids[1]] == pytest.approx(exact[tok], abs=1e-9)
     kth = sorted(exact.values())[-3]
-    listed = {b._ids[s] for s in sorted(exact, key=exact.get)[-3:] if s in b._ids} | {ids[1], b._ids[REST]}
+    listed = {lm._ids[s] for s in sorted(exact, key=exact.get)[-3:] if s in lm._ids} | {ids[1], lm._ids[REST]}
     others = [i for i in range(rows.shape[2]) if i not in listed]
     assert np.all(rows[0, 1, others] <= kth + 1e-9)
     # batch composition never changes a row
-    np.testing.assert_array_equal(b.logprobs(["capital Lyon of"], ids)[0], rows[1])
+    np.testing.assert_array_equal(lm.logprobs(["capital Lyon of"], ids)[0], rows[1])
 
 
 def test_misaligned_echo_is_detected(tmp_path):

@@ -1,5 +1,5 @@
 """bench/simulate.py runs methods on tabulated games by look-up: its scores must be
-gsmile.metrics' definitions, its exact Shapley values exact, and gsmile's methods on a table
+gsmile.faithfulness' definitions, its exact Shapley values exact, and gsmile's methods on a table
 must give what they give on the model the table came from."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 import gsmile
 from gsmile.explanation import Explanation
-from gsmile.metrics import ExplanationScorer, aopc, deletion_curve, importance_order, insertion_aopc, insertion_curve
+from gsmile.faithfulness import ExplanationScorer, aopc, deletion_curve, importance_order, insertion_aopc, insertion_curve
 from gsmile.samplers import all_coalitions
 from gsmile.units import Segmentation
 
@@ -67,7 +67,7 @@ def test_exact_shapley_of_an_interaction_table_splits_each_interaction_evenly(be
     np.testing.assert_allclose(game.exact_shapley(), want, atol=1e-12)
 
 
-def test_look_up_faithfulness_equals_gsmile_metrics_on_the_same_model(bench):
+def test_look_up_faithfulness_equals_gsmile_faithfulness_on_the_same_model(bench):
     simulate = bench
     game = simulate.Game(game_doc(interaction))
     attributions = np.array([0.3, -2.0, 1.0, 0.9, 0.0, 0.1, 2.0])

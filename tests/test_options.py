@@ -174,6 +174,9 @@ def test_make_method_unknown_option_field():
     with pytest.raises(InvalidInputError, match="unknown options 'a', 'b' for method 'occlusion'; valid options: window") as err:
         make_method("occlusion", a=1, b=2)
     assert err.value.field == "method_options"
+    with pytest.raises(InvalidInputError, match="unknown option 'a' for method 'occlusion'") as err:
+        make_method("occlusion", a=1)
+    assert err.value.field == "method_options.a"
 
 
 @pytest.mark.parametrize(

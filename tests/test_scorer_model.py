@@ -7,7 +7,7 @@ import pytest
 
 import gsmile
 from gsmile.cli import main
-from gsmile.metrics import evaluate
+from gsmile.faithfulness import evaluate
 
 pytestmark = pytest.mark.model
 

@@ -14,8 +14,8 @@ pytest.importorskip("httpx")
 
 from gsmile.methods import METHODS  # noqa: E402
 from gsmile.server import Settings, create_app, service  # noqa: E402
+from gsmile.inputs import CONTEXT_TEMPLATE  # noqa: E402
 from gsmile.server.detection import (  # noqa: E402
-    CONTEXT_TEMPLATE,
     DetectionScore,
     cut_front_chars,
     fit_length,

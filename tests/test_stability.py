@@ -8,7 +8,7 @@ import pytest
 
 from gsmile import explain
 from gsmile.errors import InvalidInputError
-from gsmile.metrics import stability, top_k_units, topk_jaccard
+from gsmile.stability import stability, top_k_units, topk_jaccard
 
 PROMPT = "alpha bravo charlie delta echo foxtrot golf"
 

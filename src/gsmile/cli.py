@@ -173,7 +173,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def format_metrics(metrics: dict) -> str:
-    """The metrics of :func:`gsmile.metrics.evaluate` as a few lines of text."""
+    """The metrics of :func:`gsmile.faithfulness.evaluate` as a few lines of text."""
 
     def num(x):
         return "n/a" if x is None else f"{x:.4f}"
@@ -199,7 +199,7 @@ def _evaluate(args) -> int:
 
     from ._io import check_writable, write_atomic
     from .explanation import Explanation
-    from .metrics import evaluate
+    from .faithfulness import evaluate
 
     out = check_writable(args.json, "JSON") if args.json else None
     fractions = _fractions(args.fractions)

@@ -1,33 +1,32 @@
-"""The Explainer wires the pipeline together:
+"""The Explainer: parameters, their validation, and the run strategies (one run, repeated
+runs, sampling until stable) over the pipeline
 
-prompt -> units -> masks -> perturbed texts -> backend (batched, each text once)
--> output distributions -> Δ (target) -> kernel weights -> surrogate -> Explanation.
+prompt -> units -> masks -> model inputs (:mod:`.inputs`) -> :class:`~.scoring.Scorer`
+(backend, batched, each input once) -> Δ -> kernel weights -> surrogate -> Explanation.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from .backends import is_language_model, prepare_backend, reduced_logprobs, resolve_model
-from .errors import InvalidInputError, check_int, is_out_of_memory
+from .backends import Loadable, ReportsExtras, Route, prepare_backend, resolve_model
+from .errors import InvalidInputError, check_int
 from .explanation import FIDELITY_THRESHOLD, Explanation
-from .methods import make_method, method_options
-from .metrics import DEFAULT_TOP_K, stability, top_k_units
+from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template
+from .methods import SurrogateMethod, make_method, method_options
 from .samplers import DROPOUT_WARN, draw_within, make_rng
+from .scoring import Scorer
+from .stability import DEFAULT_TOP_K, stability, top_k_units
 from .targets import make_target
 from .units import Segmentation
 
 #: Default number of perturbed prompts. Chosen from measurements (see README, "Speed").
 DEFAULT_SAMPLES = 200
-DEFAULT_BATCH_SIZE = 8
-#: Texts per call to a scalar black box when batch_size is left to gsmile.
-SCALAR_BATCH_SIZE = 64
 #: Most sampling rounds of ``until_stable``.
 DEFAULT_MAX_ROUNDS = 8
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -37,11 +36,11 @@ ESS_WARN_SHARE = 0.3
 #: Warn when the prompt has fewer units than this.
 FEW_UNITS = 5
 RUNS_RANGE = (1, 1000)
-#: How a context and the prompt share the user turn when the context is explained.
-CONTEXT_TEMPLATE = "Context:\n{context}\n\nQuestion: {prompt}"
 #: Options of the Explainer that belong to gSMILE, with their defaults; other methods
 #: receive them only when their factory takes them.
 _GSMILE_OPTIONS = {"dropout": 0.2, "sigma": None}
+
+__all__ = ["CONTEXT_TEMPLATE", "DEFAULT_SAMPLES", "Explainer", "GsmileWarning", "explain"]
 
 
 class GsmileWarning(UserWarning):
@@ -58,7 +57,9 @@ class Explainer:
         (a model behind an OpenAI-compatible API), a :class:`~gsmile.backends.LanguageModel`,
         or a callable: ``list[str] -> list[float]`` (a scalar black box, explained on its own
         value) or ``list[str] -> list[str]`` (a text model: the text-only path).
-    method: attribution method name (see ``gsmile.methods.METHODS``).
+    method: attribution method name (see ``gsmile.methods.METHODS``), or a
+        :class:`~gsmile.methods.SurrogateMethod` built from any sampler, kernel and surrogate
+        (reseeded per run with ``random_state``; its options are its own).
     unit: "word", "token", "phrase" or "sentence" (units of the prompt).
     target: output shift for language models: "wasserstein", "logprob", "kl", "js", "tv", or
         "embedding" (regenerate each perturbation and compare texts by MiniLM embedding).
@@ -71,7 +72,9 @@ class Explainer:
         and halves it on out-of-memory. It never changes the result.
     max_new_tokens: length of the greedy baseline response.
     random_state: seed; the same seed gives the same explanation.
-    progress: show a progress bar on stderr.
+    progress: True shows a progress bar on stderr; a callable ``progress(done, expected)``
+        is called after each model call with the inputs scored so far and about how many
+        the explanation will score.
     method_options: the method's own options, e.g. ``{"kernel_width": 0.25}`` for lime,
         ``{"window": 2}`` for occlusion (see ``gsmile.methods.method_options(name)``).
     runs: repeat the explanation with seeds random_state .. random_state+runs-1 and report
@@ -93,7 +96,7 @@ class Explainer:
         self,
         model=None,
         *,
-        method: str = "gsmile",
+        method: str | SurrogateMethod = "gsmile",
         unit: str = "word",
         target: str = "wasserstein",
         n_samples: int = DEFAULT_SAMPLES,
@@ -102,7 +105,7 @@ class Explainer:
         batch_size: int | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         random_state: int | None = None,
-        progress: bool = False,
+        progress: bool | Callable[[int, int], None] = False,
         method_options: dict[str, Any] | None = None,
         runs: int = 1,
         top_k: int = DEFAULT_TOP_K,
@@ -133,12 +136,50 @@ class Explainer:
         self.max_evals = max_evals
 
     # ----------------------------------------------------------- checks
+    def validate(self) -> SurrogateMethod:
+        """Check every option (no model is loaded); returns the method, built and checked.
+        Errors are InvalidInputError naming the option (``field``) or UnknownNameError."""
+        check_int("n_samples", self.n_samples, *SAMPLES_RANGE)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1, 4096)
+        if not isinstance(self.until_stable, bool):
+            raise InvalidInputError(f"until_stable must be True or False, got {self.until_stable!r}", field="until_stable")
+        check_int("max_rounds", self.max_rounds, 2, 1000)
+        if self.until_stable and self.runs != 1:
+            raise InvalidInputError("until_stable and runs > 1 cannot be combined; use one of them", field="until_stable")
+        if self.max_evals is not None:
+            check_int("max_evals", self.max_evals, 2, SAMPLES_RANGE[1])
+            if self.until_stable:
+                raise InvalidInputError("max_evals and until_stable cannot be combined; until_stable samples in rounds of n_samples",
+                                        field="max_evals")
+        check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
+        check_int("runs", self.runs, *RUNS_RANGE)
+        check_int("top_k", self.top_k, 1, 100_000)
+        check_template(self.context_template)
+        if not (isinstance(self.progress, bool) or callable(self.progress)):
+            raise InvalidInputError(f"progress must be True, False or a callable, got {self.progress!r}", field="progress")
+        method = self._make_method(self.random_state)
+        method.validate()
+        return method
+
+    def _make_method(self, seed) -> SurrogateMethod:
+        """The method with random_state ``seed``: a user-built SurrogateMethod reseeded, or
+        the named method built from its options."""
+        if isinstance(self.method, SurrogateMethod):
+            given = [n for n, default in _GSMILE_OPTIONS.items() if getattr(self, n) != default]
+            if self.method_options or given:
+                raise InvalidInputError("options apply to a method given by name; set them on your SurrogateMethod's parts instead",
+                                        field="method_options")
+            return self.method.with_random_state(seed)
+        return make_method(self.method, **self._method_options(), random_state=seed)
+
     def _method_options(self) -> dict[str, Any]:
         """The options handed to the method's factory: ``method_options`` plus dropout/sigma
         where the method takes them (an explicitly set one it does not take is an error)."""
         options = self.method_options if self.method_options is not None else {}
         if not isinstance(options, dict):
-            raise InvalidInputError(f"method_options must be a dict of option names to values, got {type(options).__name__}")
+            raise InvalidInputError(f"method_options must be a dict of option names to values, got {type(options).__name__}",
+                                    field="method_options")
         options = dict(options)
         accepted = method_options(self.method)
         for name, default in _GSMILE_OPTIONS.items():
@@ -147,395 +188,274 @@ class Explainer:
                 options.setdefault(name, value)
             elif value != default:
                 valid = ", ".join(accepted) if accepted else "no options"
-                raise InvalidInputError(f"{name} is an option of gsmile; method {self.method!r} takes {valid}")
+                raise InvalidInputError(f"{name} is an option of gsmile; method {self.method!r} takes {valid}", field=name)
         return options
 
-    def validate(self):
-        """Check the options (no model is loaded); returns (n_samples, batch_size, max_new_tokens, method)."""
-        n_samples = check_int("n_samples", self.n_samples, *SAMPLES_RANGE)
-        batch_size = None if self.batch_size is None else check_int("batch_size", self.batch_size, 1, 4096)
-        if not isinstance(self.until_stable, bool):
-            raise InvalidInputError(f"until_stable must be True or False, got {self.until_stable!r}")
-        check_int("max_rounds", self.max_rounds, 2, 1000)
-        if self.until_stable and self.runs != 1:
-            raise InvalidInputError("until_stable and runs > 1 cannot be combined; use one of them")
-        if self.max_evals is not None:
-            check_int("max_evals", self.max_evals, 2, SAMPLES_RANGE[1])
-            if self.until_stable:
-                raise InvalidInputError("max_evals and until_stable cannot be combined; until_stable samples in rounds of n_samples")
-        max_new_tokens = check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
-        check_int("runs", self.runs, *RUNS_RANGE)
-        check_int("top_k", self.top_k, 1, 100_000)
-        self._check_template()
-        method = self._make_method(self.random_state)
-        method.validate()
-        return n_samples, batch_size, max_new_tokens, method
-
-    def _make_method(self, seed):
-        return make_method(self.method, **self._method_options(), random_state=seed)
-
-    def _check_template(self) -> str:
-        template = self.context_template
-        try:
-            ok = isinstance(template, str) and "{context}" in template and "{prompt}" in template
-            ok = ok and template.format(context="", prompt="") is not None
-        except (KeyError, IndexError, ValueError):
-            ok = False
-        if not ok:
-            raise InvalidInputError(
-                "context_template must be text containing {context} and {prompt} (write other braces as {{ and }})"
-            )
-        return template
-
     # ---------------------------------------------------------- explain
-    def explain(
-        self,
-        prompt: str,
-        response: str | None = None,
-        *,
-        context: str | None = None,
-        segments: list[str] | None = None,
-    ) -> Explanation:
+    def explain(self, prompt: str, response: str | None = None, *, context: str | None = None,
+                segments: list[str] | None = None) -> Explanation:
         """Explain the prompt, or with ``context`` the context (its units are attributed while
         the prompt stays fixed; the model sees both in the user turn, see
         ``context_template``). ``segments``: user-given units, strings that tile the
         explained text in order (whitespace between them allowed)."""
         t_start = time.perf_counter()
-        timings: dict[str, float] = {}
-        notes: list[str] = []
         _check_texts(prompt, response, context)
-        n_samples, batch_size, max_new_tokens, method = self.validate()
+        method = self.validate()
+        run = _Run(prompt=prompt, context=context)
         dropout = method.params.get("dropout")
         if dropout is not None and dropout > DROPOUT_WARN:
-            notes.append(f"dropout {dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
-        setup = self._set_up(prompt, response, context, segments, max_new_tokens, notes, timings)
-        if batch_size is None:
-            batch_size = self._auto_batch_size(setup.backend, setup.original, setup.response_ids, setup.is_lm)
-        evaluate = _Evaluator(self, setup, batch_size, timings)
-
-        runs = int(self.runs)
-        base_seed = self.random_state
-        if (runs > 1 or self.until_stable) and base_seed is None:
-            base_seed = int(make_rng(None).integers(0, 2**31 - 1))
-        seeds = [base_seed] if runs == 1 else [base_seed + r for r in range(runs)]
+            run.notes.append(f"dropout {dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
+        self._reach_model(run, response)
+        self._segment(run, segments)
+        self._response(run)
+        run.scorer = Scorer(run.route.model, original=run.inputs.original, target=run.target, response_ids=run.response_ids,
+                            batch_size=self.batch_size, known=run.route.known, progress=self.progress is True,
+                            on_scored=self._progress_reporter())
+        run.timings["score"] = run.timings["fit"] = 0.0
         if self.until_stable:
-            results, n_rows, rounds_report = self._fit_until_stable(method, evaluate, setup, n_samples, base_seed, notes)
+            fits, n_rows = self._fit_until_stable(run, method)
         else:
-            (results, n_rows), rounds_report = self._fit_runs(method, evaluate, setup, n_samples, seeds), None
-        timings["total"] = time.perf_counter() - t_start
-        return self._assemble(setup, method, results, n_rows, rounds_report, seeds, base_seed, evaluate,
-                              max_new_tokens, notes, timings)
+            fits, n_rows = self._fit_runs(run, method)
+        run.timings["total"] = time.perf_counter() - t_start
+        return self._assemble(run, method, fits, n_rows)
 
-    def _set_up(self, prompt, response, context, segments, max_new_tokens, notes, timings) -> "_Setup":
-        """The backend (loaded), the units and the response: everything before masks are drawn."""
-        template = self._check_template() if context is not None else None
+    def _reach_model(self, run: "_Run", response: str | None) -> None:
+        """The route to the model for this explanation (loaded) and the target."""
         tic = time.perf_counter()
-        # The model's input for the unperturbed text (what model_input(full mask) gives).
-        original = prompt if context is None else template.format(context=context, prompt=prompt)
-        backend, response, route = prepare_backend(
-            resolve_model(self.model), prompt=original, response=response, target=self.target, max_new_tokens=max_new_tokens
-        )
-        is_lm = is_language_model(backend)
-        if "note" in route:
-            notes.append(route["note"])
-        target = make_target(self.target) if is_lm else None
-        if is_lm and hasattr(backend, "load"):
-            backend.load()
-        timings["load"] = time.perf_counter() - tic
+        template = check_template(self.context_template)
+        run.original = run.prompt if run.context is None else template.format(context=run.context, prompt=run.prompt)
+        run.route = prepare_backend(resolve_model(self.model), prompt=run.original, response=response, target=self.target,
+                                    max_new_tokens=int(self.max_new_tokens))
+        run.response = run.route.response
+        if "note" in run.route.info:
+            run.notes.append(run.route.info["note"])
+        if run.route.is_lm:
+            run.target = make_target(self.target)
+            if isinstance(run.route.model, Loadable):
+                run.route.model.load()
+        run.timings["load"] = time.perf_counter() - tic
 
-        explained = "prompt" if context is None else "context"
-        segmentation, unit = self._segment(prompt if context is None else context, explained, segments, backend, is_lm, notes)
-        response_ids = response_tokens = None
-        if is_lm:
-            tic = time.perf_counter()
-            response_ids = backend.encode_response(response) if response is not None else backend.generate(original, max_new_tokens)
-            if not response_ids:
-                raise InvalidInputError("the model generated an empty response; pass --response to explain a given one")
-            response = backend.decode(response_ids) if response is None else response
-            response_tokens = backend.token_strings(response_ids)
-            timings["generate"] = time.perf_counter() - tic
-            # The original input's output (the target's reference) is scored with the first
-            # batch of perturbations, not in a pass of its own (see _evaluate).
-        return _Setup(prompt, context, template, original, backend, route, is_lm, target, segmentation, unit,
-                      explained, response, response_ids, response_tokens)
+    def _segment(self, run: "_Run", segments: list[str] | None) -> None:
+        """The explained text's units (user segments or ``unit``/``context_unit``)."""
+        run.explained = "prompt" if run.context is None else "context"
+        text = run.prompt if run.context is None else run.context
+        unit = self.unit if run.context is None else self.context_unit
+        if segments is not None:
+            segmentation, unit = Segmentation.from_segments(text, segments), "custom"
+        else:
+            tokenizer = run.route.model.token_spans if run.route.is_lm and unit == "token" else None
+            segmentation = Segmentation.from_text(text, unit, tokenizer=tokenizer)
+        n_units = len(segmentation)
+        if n_units < 2:
+            raise InvalidInputError(
+                f"the {run.explained} has {n_units} {unit} unit(s); at least 2 are needed to compare them "
+                f"(write a longer {run.explained} or use a finer --unit)"
+            )
+        if n_units < FEW_UNITS:
+            run.notes.append(f"the {run.explained} has only {n_units} units; attributions over so few units say little")
+        run.unit = unit
+        template = check_template(self.context_template) if run.context is not None else CONTEXT_TEMPLATE
+        run.inputs = ModelInput(segmentation, run.prompt, run.context, template)
 
-    def _fit_until_stable(self, method, evaluate, setup, n_samples, base_seed, notes):
+    def _response(self, run: "_Run") -> None:
+        """The response's token ids (generated greedily unless given)."""
+        if not run.route.is_lm:
+            return
+        tic = time.perf_counter()
+        lm = run.route.model
+        run.response_ids = lm.encode_response(run.response) if run.response is not None else lm.generate(run.original, int(self.max_new_tokens))
+        if not run.response_ids:
+            raise InvalidInputError("the model generated an empty response; pass --response to explain a given one")
+        run.response = lm.decode(run.response_ids) if run.response is None else run.response
+        run.response_tokens = lm.token_strings(run.response_ids)
+        run.timings["generate"] = time.perf_counter() - tic
+        # The original input's output (the target's reference) is scored with the first
+        # batch of perturbations, not in a pass of its own (see Scorer.score).
+
+    def _progress_reporter(self) -> Callable[[int], None] | None:
+        if not callable(self.progress) or isinstance(self.progress, bool):
+            return None
+        budget = int(self.max_evals) if self.max_evals is not None else int(self.n_samples) + 1
+        rounds = int(self.max_rounds) if self.until_stable else int(self.runs)
+        expected = (budget - 1) * rounds + 1
+        done = [0]
+
+        def report(n: int) -> None:
+            done[0] += n
+            self.progress(done[0], max(expected, done[0]))
+
+        return report
+
+    # ------------------------------------------------------- strategies
+    def _seeds(self) -> list[int | None]:
+        base = self.random_state
+        if (self.runs > 1 or self.until_stable) and base is None:
+            base = int(make_rng(None).integers(0, 2**31 - 1))
+        if self.until_stable:
+            return [base] + [_round_seed(base, r) for r in range(1, int(self.max_rounds))]
+        return [base] if self.runs == 1 else [base + r for r in range(int(self.runs))]
+
+    def _method_for(self, method: SurrogateMethod, seed) -> SurrogateMethod:
+        return method if seed == self.random_state else self._make_method(seed)
+
+    def _fit(self, run: "_Run", method: SurrogateMethod, masks: np.ndarray):
+        """Score the masks' inputs (each distinct one once per explanation) and fit the method."""
+        unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
+        tic = time.perf_counter()
+        y, Y = run.scorer.score(run.inputs.render_all(unique_masks))
+        run.timings["score"] += time.perf_counter() - tic
+        tic = time.perf_counter()
+        inverse = inverse.ravel()
+        fitted = method.fit(masks, y[inverse], None if Y is None else Y[inverse])
+        run.timings["fit"] += time.perf_counter() - tic
+        return fitted
+
+    def _fit_runs(self, run: "_Run", method: SurrogateMethod):
+        """One fit per seed (each distinct input scored once across them). Returns (fits, rows
+        of the first run)."""
+        n_units = len(run.inputs.segmentation)
+        full = run.inputs.segmentation.full_mask[None, :]
+        fits, n_rows = [], 0
+        for r, seed in enumerate(self._seeds()):
+            run.seeds.append(seed)
+            run_method = self._method_for(method, seed)
+            if self.max_evals is None:
+                drawn = run_method.sample(n_units, int(self.n_samples))
+            else:
+                drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1, draw=run_method.draw)
+            masks = np.vstack([full, drawn])
+            fits.append(self._fit(run, run_method, masks))
+            n_rows = len(masks) if r == 0 else n_rows
+        return fits, n_rows
+
+    def _fit_until_stable(self, run: "_Run", method: SurrogateMethod):
         """Sample in rounds of n_samples; refit on everything drawn so far; stop when the
-        top-k units are the same as after the previous round. Returns ([fit], rows, report)."""
-        max_rounds = int(self.max_rounds)
-        n_units = len(setup.segmentation)
-        masks = setup.segmentation.full_mask[None, :]
+        top-k units are the same as after the previous round. Returns ([fit], rows)."""
+        n_units = len(run.inputs.segmentation)
+        masks = run.inputs.segmentation.full_mask[None, :]
+        seeds = self._seeds()
+        run.seeds.append(seeds[0])
         previous, history, stable = None, [], False
-        for r in range(max_rounds):
-            seed = base_seed if r == 0 else _round_seed(base_seed, r)
-            run_method = method if seed == self.random_state else self._make_method(seed)
-            masks = np.vstack([masks, run_method.sample(n_units, n_samples)])
-            fitted = evaluate(run_method, masks)
+        for seed in seeds:
+            run_method = self._method_for(method, seed)
+            masks = np.vstack([masks, run_method.sample(n_units, int(self.n_samples))])
+            fitted = self._fit(run, run_method, masks)
             top = top_k_units(fitted.coefficients, self.top_k)
             history.append(sorted(top))
             if previous is not None and top == previous:
                 stable = True
                 break
             previous = top
-        report = {"rounds": len(history), "stable": stable, "max_rounds": max_rounds,
-                  "top_k": int(self.top_k), "top_units": history}
+        run.rounds = {"rounds": len(history), "stable": stable, "max_rounds": int(self.max_rounds),
+                      "top_k": int(self.top_k), "top_units": history}
         if not stable:
-            notes.append(
-                f"the top-{self.top_k} units still changed after {max_rounds} rounds of {n_samples} samples; "
+            run.notes.append(
+                f"the top-{self.top_k} units still changed after {self.max_rounds} rounds of {self.n_samples} samples; "
                 f"use more samples or larger units"
             )
-        return [fitted], len(masks), report
+        return [fitted], len(masks)
 
-    def _fit_runs(self, method, evaluate, setup, n_samples, seeds):
-        """One fit per seed (each distinct text scored once across them). Returns (fits, rows
-        of the first run)."""
-        n_units = len(setup.segmentation)
-        results, n_rows = [], 0
-        for r, seed in enumerate(seeds):
-            run_method = method if r == 0 and seed == self.random_state else self._make_method(seed)
-            if self.max_evals is None:
-                drawn = run_method.sample(n_units, n_samples)
-            else:
-                drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1,
-                                    draw=run_method.draw)
-            masks = np.vstack([setup.segmentation.full_mask[None, :], drawn])
-            results.append(evaluate(run_method, masks))
-            n_rows = len(masks) if r == 0 else n_rows
-        return results, n_rows
-
-    def _assemble(self, setup, method, results, n_rows, rounds_report, seeds, base_seed, evaluate,
-                  max_new_tokens, notes, timings) -> Explanation:
+    # ---------------------------------------------------------- results
+    def _assemble(self, run: "_Run", method: SurrogateMethod, fits, n_rows: int) -> Explanation:
         """The Explanation: the first fit (or the mean of the runs), reports, notes and params."""
-        backend, is_lm, runs = setup.backend, setup.is_lm, int(self.runs)
-        result = results[0]
+        is_lm, runs = run.route.is_lm, int(self.runs)
+        result = fits[0]
         coefficients, intercept, fidelity = result.coefficients, result.intercept, result.fidelity_r2
         token_coefficients, ess, extras = result.token_coefficients, result.effective_sample_size, dict(result.extras)
-        if rounds_report is not None:
-            extras["until_stable"] = rounds_report
-        extras.update(setup.route)  # how the model was reached (path, and why)
-        if is_lm and getattr(backend, "embedding_note", None) and setup.target.name == "wasserstein":
-            extras["ground_cost"] = backend.embedding_note
-        if hasattr(backend, "call_stats") and backend.call_stats() is not None:
-            extras["calls"] = backend.call_stats()
+        if run.rounds is not None:
+            extras["until_stable"] = run.rounds
+        extras.update(run.route.info)  # how the model was reached (path, and why)
+        if isinstance(run.route.model, ReportsExtras):
+            extras.update(run.route.model.explanation_extras())
         if runs > 1:
-            coefficients, intercept, fidelity, ess, token_coefficients = _mean_of_runs(results)
-            extras["stability"] = self._stability_report(results, seeds, setup.segmentation, notes)
-        notes.extend(_quality_notes(fidelity, ess, n_rows, setup.explained, method.ess_hint))
-        for note in notes:
+            coefficients, intercept, fidelity, ess, token_coefficients = _mean_of_runs(fits)
+            extras["stability"] = self._stability_report(fits, run)
+        run.notes.extend(_quality_notes(fidelity, ess, n_rows, run.explained, method.ess_hint))
+        for note in run.notes:
             warnings.warn(note, GsmileWarning, stacklevel=3)
 
-        params = {**method.params, "batch_size": evaluate.batch_size,
-                  "max_new_tokens": max_new_tokens if is_lm or setup.route["path"] == "text" else None}
+        params = {**method.params, "batch_size": run.scorer.batch_size_,
+                  "max_new_tokens": int(self.max_new_tokens) if is_lm or run.route.info["path"] == "text" else None}
         if runs > 1:
             params.update(runs=runs, top_k=int(self.top_k))
         if self.max_evals is not None:
             params["max_evals"] = int(self.max_evals)
         if self.until_stable:
-            params.update(until_stable=True, max_rounds=int(self.max_rounds), top_k=int(self.top_k),
-                          rounds=rounds_report["rounds"])
+            params.update(until_stable=True, max_rounds=int(self.max_rounds), top_k=int(self.top_k), rounds=run.rounds["rounds"])
         if self.batch_size is None:
             params["batch_size_auto"] = True
-        if setup.context is not None:
-            params["context_template"] = setup.template
+        if run.context is not None:
+            params["context_template"] = run.inputs.template
         return Explanation(
-            prompt=setup.prompt,
-            response=setup.response,
-            units=setup.segmentation.units,
+            prompt=run.prompt,
+            response=run.response,
+            units=run.inputs.segmentation.units,
             coefficients=coefficients,
             intercept=intercept,
             fidelity_r2=fidelity,
             method=method.name,
-            target=setup.target.name if is_lm else getattr(backend, "target_name", "model_output"),
-            unit_type=setup.unit,
+            target=run.target.name if is_lm else run.route.model.target_name,
+            unit_type=run.unit,
             n_samples=n_rows - 1,
-            n_unique=evaluate.n_calls,
+            n_unique=run.scorer.n_calls,
             sigma=result.sigma,
             effective_sample_size=ess,
-            model_id=backend.model_id,
-            random_state=base_seed,
-            explained=setup.explained,
-            context=setup.context,
+            model_id=run.route.model.model_id,
+            random_state=run.seeds[0],
+            explained=run.explained,
+            context=run.context,
             params=params,
-            timings=timings,
-            warnings=notes,
-            response_tokens=setup.response_tokens,
+            timings=run.timings,
+            warnings=run.notes,
+            response_tokens=run.response_tokens,
             token_coefficients=token_coefficients,
             extras=extras,
         )
 
-    def _segment(self, text, explained, segments, backend, is_lm, notes):
-        """The explained text's units (user segments or ``unit``/``context_unit``) and their type."""
-        unit = self.unit if explained == "prompt" else self.context_unit
-        if segments is not None:
-            segmentation, unit = Segmentation.from_segments(text, segments), "custom"
-        else:
-            tokenizer = backend.token_spans if is_lm and unit == "token" else None
-            segmentation = Segmentation.from_text(text, unit, tokenizer=tokenizer)
-        n_units = len(segmentation)
-        if n_units < 2:
-            raise InvalidInputError(
-                f"the {explained} has {n_units} {unit} unit(s); at least 2 are needed to compare them "
-                f"(write a longer {explained} or use a finer --unit)"
-            )
-        if n_units < FEW_UNITS:
-            notes.append(f"the {explained} has only {n_units} units; attributions over so few units say little")
-        return segmentation, unit
-
-    def _stability_report(self, results, seeds, segmentation, notes) -> dict:
+    def _stability_report(self, fits, run: "_Run") -> dict:
         """How the runs' coefficients agree (``extras["stability"]``); a note on unstable units."""
-        report = stability([res.coefficients for res in results], k=self.top_k, seeds=seeds)
-        report["fidelity_r2"] = [None if not np.isfinite(r.fidelity_r2) else float(r.fidelity_r2) for r in results]
+        report = stability([res.coefficients for res in fits], k=self.top_k, seeds=run.seeds)
+        report["fidelity_r2"] = [None if not np.isfinite(r.fidelity_r2) else float(r.fidelity_r2) for r in fits]
         if report["unstable"]:
-            listed = ", ".join(repr(segmentation.units[i].text) for i in report["unstable"][:5])
+            units = run.inputs.segmentation.units
+            listed = ", ".join(repr(units[i].text) for i in report["unstable"][:5])
             more = "..." if len(report["unstable"]) > 5 else ""
-            notes.append(
-                f"{len(report['unstable'])} unit(s) are unstable across the {len(results)} runs (sign flips or std above "
+            run.notes.append(
+                f"{len(report['unstable'])} unit(s) are unstable across the {len(fits)} runs (sign flips or std above "
                 f"|mean|): {listed}{more}; use more samples or larger units"
             )
         return report
 
-    def _evaluate(self, backend, target, texts: list[str], batch_size: int, is_lm: bool, cache: dict,
-                  response_ids=None, original: str | None = None):
-        """Explained value y per text (and, for language models, one column per response
-        token). Each distinct text is sent to the model once; ``cache`` (text -> values)
-        keeps them across runs. Texts are sent in sorted order, so a batch's texts tend to share
-        their start (a backend can reuse that work, see HFCausalLM._tree_hidden); a batch
-        that runs out of memory is retried at half the size. Returns (y, Y or None, number of
-        texts scored (the original included when it was scored here), the batch size that
-        worked).
 
-        For a language model, the ``original`` input rides in the first batch when it has not
-        been scored yet: its log-probs prepare ``target`` (the reference every shift is measured
-        from), which saves a forward pass of its own. Its shift is 0 by definition."""
-        needs_reference = is_lm and original not in cache
-        n_scored = int(needs_reference)
-        pending = sorted(t for t in dict.fromkeys(texts) if t not in cache and not (needs_reference and t == original))
-        bar = _progress(len(pending), self.progress)
-        try:
-            lo = 0
-            while lo < len(pending) or needs_reference:
-                batch = pending[lo : lo + batch_size - needs_reference]
-                try:
-                    if is_lm:
-                        shift = reduced_logprobs(backend, [original] * needs_reference + batch, response_ids,
-                                                 _ShiftFromReference(target, backend, response_ids, needs_reference))
-                        if needs_reference:
-                            cache[original] = (0.0, np.zeros(len(response_ids)))
-                            shift = shift[1:]
-                        values = -(shift.sum(axis=1) if target.aggregate == "sum" else shift.mean(axis=1))
-                        rows = -shift
-                    else:
-                        values, rows = backend(batch), [None] * len(batch)
-                except Exception as exc:
-                    if batch_size > 1 and is_out_of_memory(exc):
-                        batch_size = max(1, batch_size // 2)
-                        continue
-                    raise
-                needs_reference = False
-                for text, value, row in zip(batch, values, rows):
-                    cache[text] = (float(value), row)
-                lo += len(batch)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-        y = np.array([cache[t][0] for t in texts], dtype=float)
-        Y = np.vstack([cache[t][1] for t in texts]) if is_lm else None
-        return y, Y, n_scored + len(pending), batch_size
+@dataclass
+class _Run:
+    """One call of :meth:`Explainer.explain`: what it works on and what it notes."""
 
-    @staticmethod
-    def _auto_batch_size(backend, original: str, response_ids, is_lm: bool) -> int:
-        """Batch size from the sequence length when the backend can suggest one."""
-        if is_lm and hasattr(backend, "suggest_batch_size") and hasattr(backend, "prompt_ids"):
-            return int(backend.suggest_batch_size(len(backend.prompt_ids(original)) + len(response_ids)))
-        return DEFAULT_BATCH_SIZE if is_lm else SCALAR_BATCH_SIZE
+    prompt: str
+    context: str | None
+    original: str = ""  # the model's input for the unperturbed text
+    route: Route | None = None
+    target: Any = None
+    explained: str = "prompt"
+    unit: str = ""
+    inputs: ModelInput | None = None
+    response: str | None = None
+    response_ids: list[int] | None = None
+    response_tokens: list[str] | None = None
+    scorer: Scorer | None = None
+    seeds: list = field(default_factory=list)
+    rounds: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _check_texts(prompt, response, context) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidInputError("the prompt is empty; give a prompt with at least two words")
+        raise InvalidInputError("the prompt is empty; give a prompt with at least two words", field="prompt")
     if response is not None and (not isinstance(response, str) or not response.strip()):
-        raise InvalidInputError("the response is empty; leave it out to let the model generate one")
+        raise InvalidInputError("the response is empty; leave it out to let the model generate one", field="response")
     if context is not None and (not isinstance(context, str) or not context.strip()):
-        raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt")
-
-
-@dataclass
-class _Setup:
-    """What one explanation works on once the model is reached and the units are known."""
-
-    prompt: str
-    context: str | None
-    template: str | None
-    original: str  # the model's input for the unperturbed text
-    backend: Any
-    route: dict
-    is_lm: bool
-    target: Any
-    segmentation: Segmentation
-    unit: str
-    explained: str
-    response: str | None
-    response_ids: list[int] | None
-    response_tokens: list[str] | None
-
-    def model_input(self, mask) -> str:
-        """The model's input with the units of ``mask`` kept."""
-        text = self.segmentation.render(mask)
-        return text if self.context is None else self.template.format(context=text, prompt=self.prompt)
-
-
-class _Evaluator:
-    """Scores a method's masks (each distinct text once per explanation, across runs and
-    rounds) and fits the method on them; counts the texts scored and keeps the batch size
-    that worked."""
-
-    def __init__(self, explainer: "Explainer", setup: _Setup, batch_size: int, timings: dict):
-        self.explainer = explainer
-        self.setup = setup
-        self.batch_size = batch_size
-        self.timings = timings
-        self.timings["score"] = self.timings["fit"] = 0.0
-        self.cache: dict[str, tuple[float, np.ndarray | None]] = {}
-        self.n_calls = 0
-
-    def __call__(self, method, masks: np.ndarray):
-        s = self.setup
-        unique_masks, inverse = np.unique(masks, axis=0, return_inverse=True)
-        texts = [s.model_input(m) for m in unique_masks]
-        tic = time.perf_counter()
-        y_unique, Y_unique, calls, self.batch_size = self.explainer._evaluate(
-            s.backend, s.target, texts, self.batch_size, s.is_lm, self.cache, s.response_ids, s.original
-        )
-        self.n_calls += calls
-        self.timings["score"] += time.perf_counter() - tic
-        tic = time.perf_counter()
-        y = y_unique[inverse.ravel()]
-        Y = Y_unique[inverse.ravel()] if Y_unique is not None else None
-        fitted = method.fit(masks, y, Y)
-        self.timings["fit"] += time.perf_counter() - tic
-        return fitted
-
-
-class _ShiftFromReference:
-    """Per-position output shifts ``target.per_position`` of log-prob rows, given to the
-    backend as its ``reduce``. With ``first_is_reference``, the first row seen is the original
-    input's: it prepares ``target`` (the reference every shift is measured from; the target
-    keeps a copy) and its own shift is 0."""
-
-    def __init__(self, target, backend, response_ids, first_is_reference: bool):
-        self.target, self.backend, self.response_ids = target, backend, response_ids
-        self.pending = first_is_reference
-
-    def __call__(self, logprobs: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(logprobs), len(self.response_ids)))
-        start = 0
-        if self.pending and len(logprobs):
-            embeddings = self.backend.token_embeddings() if self.target.name == "wasserstein" else None
-            self.target.prepare(logprobs[0], self.response_ids, embeddings)
-            self.pending, start = False, 1
-        if start < len(logprobs):
-            out[start:] = self.target.per_position(logprobs[start:])
-        return out
+        raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt", field="context")
 
 
 def _mean_of_runs(results):
@@ -575,31 +495,8 @@ def _round_seed(base_seed: int, round_index: int) -> int:
     return int(np.random.SeedSequence([int(base_seed), int(round_index)]).generate_state(1)[0])
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="scoring perturbations", unit="prompt", file=sys.stderr, leave=False)
-
-
-def explain(
-    prompt: str,
-    response: str | None = None,
-    *,
-    model=None,
-    context: str | None = None,
-    segments: list[str] | None = None,
-    **options,
-) -> Explanation:
+def explain(prompt: str, response: str | None = None, *, model=None, context: str | None = None,
+            segments: list[str] | None = None, **options) -> Explanation:
     """Explain ``prompt`` (or, with ``context``, the context) and the model's response in one
     call; see :class:`Explainer` and :meth:`Explainer.explain`."""
     return Explainer(model, **options).explain(prompt, response, context=context, segments=segments)

@@ -22,6 +22,8 @@ class Target:
     name = "target"
     #: How per-position shifts combine into one Δ: "mean" or "sum".
     aggregate = "mean"
+    #: Whether :meth:`prepare` needs the model's token embeddings (a ground metric).
+    needs_embeddings = False
 
     def prepare(self, reference: np.ndarray, response_ids: np.ndarray, embeddings: np.ndarray | None = None) -> "Target":
         """Record the reference log-probs ``(positions, vocab)`` and the response token ids."""
@@ -148,6 +150,7 @@ class WassersteinTarget(Target):
     """
 
     name = "wasserstein"
+    needs_embeddings = True
 
     def __init__(self, top_k: int = 20, rest_cost: float = 1.0, n_jobs: int = 1):
         self.top_k = top_k
@@ -398,6 +401,10 @@ TEXT_TARGETS: dict[str, Callable[[], EmbeddingTarget]] = {
 
 
 def make_target(name: str | Target) -> Target:
+    """A new, unprepared target: by name, or a copy of a given Target (its parameters; the
+    reference it holds belongs to one explanation, so a given object is never prepared)."""
     if isinstance(name, Target):
-        return name
+        import copy
+
+        return copy.copy(name)
     return lookup(TARGETS, name, "target")()

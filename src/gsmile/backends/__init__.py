@@ -17,7 +17,8 @@ Nothing here imports torch; the local backend loads it when first used.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -53,34 +54,76 @@ class LanguageModel(Protocol):
         """Character spans of the tokenizer's tokens of ``text``."""
 
 
+# Capabilities: what a backend may offer beyond the protocol above, each declared as a
+# protocol of its own and checked with isinstance (never by probing names).
+@runtime_checkable
+class Loadable(Protocol):
+    """Loads its weights on first use; :meth:`load` does it now (idempotent, thread-safe)."""
+
+    def load(self) -> Any: ...
+
+
+@runtime_checkable
+class ReducesLogprobs(Protocol):
+    """Hands log-probs to ``reduce`` a few rows at a time instead of returning them all."""
+
+    def reduced_logprobs(self, prompts: Sequence[str], response_ids: Sequence[int],
+                         reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SizesBatches(Protocol):
+    """Knows the chat-formatted token count of a prompt and a good batch size for it."""
+
+    def prompt_ids(self, prompt: str) -> list[int]: ...
+
+    def suggest_batch_size(self, n_tokens: int) -> int: ...
+
+
+@runtime_checkable
+class PerExplanation(Protocol):
+    """A backend shared between explanations that needs state of one explanation's own (an
+    API's token vocabulary, call counters): :meth:`for_explanation` makes a fresh object
+    holding that state; the backend itself keeps none."""
+
+    def for_explanation(self) -> Any: ...
+
+
+@runtime_checkable
+class ReportsExtras(Protocol):
+    """Says how it reached the model for ``Explanation.extras`` (call counts, ground cost)."""
+
+    def explanation_extras(self) -> dict[str, Any]: ...
+
+
+def for_explanation(backend):
+    """The object one explanation scores with: ``backend.for_explanation()`` for backends with
+    per-explanation state, else the (stateless) backend itself."""
+    return backend.for_explanation() if isinstance(backend, PerExplanation) else backend
+
+
 def reduced_logprobs(model, prompts: Sequence[str], response_ids: Sequence[int],
                      reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``reduce(log-probs)`` for ``prompts``: through the model's own ``reduced_logprobs``
     when it has one (it may call ``reduce`` on a few rows at a time, on arrays it reuses, so
     ``reduce`` must keep nothing it is given), else on the whole ``logprobs`` array."""
-    own = getattr(model, "reduced_logprobs", None)
-    if callable(own):
-        return own(prompts, response_ids, reduce)
+    if isinstance(model, ReducesLogprobs):
+        return model.reduced_logprobs(prompts, response_ids, reduce)
     return reduce(np.asarray(model.logprobs(prompts, response_ids)))
 
 
 class ScalarModel:
-    """Wrap ``f: list[str] -> list[float]`` as a scalar black box."""
+    """Wrap ``f: list[str] -> list[float]`` as a scalar black box (stateless: safe to share
+    between explanations and threads when ``f`` is)."""
+
+    #: What an explanation of this model explains (``Explanation.target``).
+    target_name = "model_output"
 
     def __init__(self, func: Callable[[list[str]], Sequence[float]], model_id: str | None = None):
         self.func = func
         self.model_id = model_id or f"callable:{getattr(func, '__qualname__', type(func).__name__)}"
-        #: values already known by text (prepare_backend's probe of the original prompt)
-        self._memo: dict[str, float] = {}
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        memo = self._memo
-        if memo and any(t in memo for t in texts):
-            todo = [t for t in texts if t not in memo]
-            values = dict(memo)
-            if todo:
-                values.update(zip(todo, self._call(todo)))
-            return np.array([values[t] for t in texts], dtype=float)
         return self._call(texts)
 
     def raw(self, texts: Sequence[str]):
@@ -134,12 +177,26 @@ _loaded: dict[str, LanguageModel] = {}
 MODEL_PREFIXES = {"hf:": "hf:PATH (a local Hugging Face model directory)", "openai:": "openai:NAME (an OpenAI-compatible API)"}
 
 
-def resolve_model(model, **api_options) -> LanguageModel | ScalarModel:
+@runtime_checkable
+class FallsBackToText(Protocol):
+    """A model that may give no usable log-probabilities (an API): it says so for a prompt,
+    and answers with text instead."""
+
+    template: str
+    text_endpoint: str | None
+
+    def supports_logprobs(self, prompt: str) -> tuple[bool, str]: ...
+
+    def complete_texts(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...
+
+
+def resolve_model(model, **api_options):
     """Turn ``model=`` into a backend: None/"local" (the embedded SmolLM2), "hf:PATH",
     "openai:NAME" (``api_options`` go to :class:`~gsmile.backends.openai.OpenAIBackend`:
     base_url, api_key_env, concurrency, max_retries, cache_dir, use_cache...), a
-    LanguageModel object, or a callable returning one float (scalar) or one string (text)
-    per input text."""
+    LanguageModel or a backend with per-explanation state (an OpenAIBackend), or a callable
+    returning one float (scalar) or one string (text) per input text. The backend is shared:
+    one explanation's state lives in :func:`prepare_backend`'s :class:`Route`."""
     if model is None:
         model = "local"
     if isinstance(model, str) and model.startswith("openai:"):
@@ -161,23 +218,43 @@ def resolve_model(model, **api_options) -> LanguageModel | ScalarModel:
         factory = lookup(MODELS, model, "model")
         key = "local" if factory is _embedded else model
         if key not in _loaded:
-            _loaded[key] = factory()
+            _loaded[key] = resolve_model(factory())
         return _loaded[key]
-    if isinstance(model, (LanguageModel, ScalarModel)):
+    if isinstance(model, (LanguageModel, ScalarModel, PerExplanation)):
         return model
     if callable(model):
-        return ScalarModel(model)
+        return ScalarModel(model, model_id=getattr(model, "model_id", None))
     raise InvalidInputError(
         f"model must be a name ({', '.join(MODELS)}, hf:PATH, openai:NAME), a language-model backend or a "
         f"callable list[str] -> list[float] or list[str]; got {type(model).__name__}"
     )
 
 
-def prepare_backend(backend, *, prompt: str, response: str | None, target: str, max_new_tokens: int):
-    """Pick how one explanation reaches the model. Returns ``(backend, response, info)``:
-    the backend the Explainer scores with (a LanguageModel, or a ScalarModel such as a
-    :class:`~.text.TextModel`), the response (set by the text-only path), and ``info``:
-    ``{"path": ..., "path_reason": ...}`` for ``Explanation.extras``.
+@dataclass
+class Route:
+    """How one explanation reaches the model (made by :func:`prepare_backend`).
+
+    model: what the explanation scores with, holding that explanation's state only (a
+        LanguageModel, or a ScalarModel such as a :class:`~.text.TextModel`);
+    response: the response explained (set by the text-only path when it generated it);
+    info: ``{"path": ..., "path_reason": ...}`` for ``Explanation.extras``;
+    known: model values already computed, by input text (a callable's answer to the
+        original prompt, asked while choosing the path): the scorer reuses them.
+    """
+
+    model: Any
+    response: str | None
+    info: dict[str, Any]
+    known: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_lm(self) -> bool:
+        return is_language_model(self.model)
+
+
+def prepare_backend(backend, *, prompt: str, response: str | None, target: str, max_new_tokens: int) -> Route:
+    """Pick how one explanation reaches the shared ``backend`` and make the objects that hold
+    that explanation's state (the backend is never changed).
 
     * API backend: the log-prob path when the server echoes prompt log-probabilities and
       the target is not "embedding"; otherwise the text-only path (chat endpoint).
@@ -188,43 +265,42 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
     """
     from .text import TextModel
 
-    if hasattr(backend, "reset_stats"):
-        backend.reset_stats()
     if isinstance(backend, TextModel):
-        return backend, backend.set_reference(prompt, response), {"path": "text", "path_reason": "a text model"}
+        text = backend.with_reference(prompt, response)
+        return Route(text, text.response_, {"path": "text", "path_reason": "a text model"})
     if type(backend) is ScalarModel:
         raw = backend.raw([prompt])
         if isinstance(raw, (list, tuple)) and len(raw) == 1 and isinstance(raw[0], str):
-            text = TextModel(backend.func, model_id=backend.model_id)
-            text.set_reference(prompt, response if response is not None else raw[0])
-            return text, text.response_, {"path": "text", "path_reason": "the model function returns text: its answers are compared by embedding distance"}
+            text = TextModel(backend.func, model_id=backend.model_id).with_reference(prompt, response if response is not None else raw[0])
+            return Route(text, text.response_, {"path": "text", "path_reason": "the model function returns text: its answers are compared by embedding distance"})
         if target == "embedding":
             raise InvalidInputError("the embedding target needs a model that returns text; this function returns numbers")
-        backend._memo = {prompt: float(_finite_values(raw, 1, "a list of numbers or of strings")[0])}
-        return backend, response, {"path": "scalar", "path_reason": "the model function returns numbers: its own output is explained"}
+        value = float(_finite_values(raw, 1, "a list of numbers or of strings")[0])
+        return Route(backend, response, {"path": "scalar", "path_reason": "the model function returns numbers: its own output is explained"},
+                     known={prompt: value})
     if isinstance(backend, ScalarModel):
-        return backend, response, {"path": "scalar", "path_reason": "a scalar model"}
-    if hasattr(backend, "supports_logprobs"):
+        return Route(backend, response, {"path": "scalar", "path_reason": "a scalar model"})
+    model = for_explanation(backend)
+    if isinstance(model, FallsBackToText):
         if target == "embedding":
             ok, reason = False, "the embedding target was chosen"
         else:
-            ok, reason = backend.supports_logprobs(prompt)
+            ok, reason = model.supports_logprobs(prompt)
         if ok:
-            return backend, response, {"path": "logprobs", "path_reason": reason, "prompt_template": backend.template}
-        text = TextModel(lambda ps: backend.complete_texts(ps, max_new_tokens), model_id=backend.model_id, source=backend)
-        response = text.set_reference(prompt, response)
-        info = {"path": "text", "path_reason": reason, "endpoint": backend.text_endpoint or "/chat/completions"}
+            return Route(model, response, {"path": "logprobs", "path_reason": reason, "prompt_template": model.template})
+        text = TextModel(lambda ps: model.complete_texts(ps, max_new_tokens), model_id=model.model_id, source=model)
+        text = text.with_reference(prompt, response)
+        info = {"path": "text", "path_reason": reason, "endpoint": model.text_endpoint or "/chat/completions"}
         if target != "embedding":
             info["path_reason"] += f"; the {target} target needs log-probabilities, so the embedding target is used"
-            info["note"] = f"{backend.model_id} gives no usable log-probabilities: explained on the text-only path (embedding target) instead of {target}"
-        return text, response, info
+            info["note"] = f"{model.model_id} gives no usable log-probabilities: explained on the text-only path (embedding target) instead of {target}"
+        return Route(text, text.response_, info)
     if target == "embedding":
         def generate(prompts):
-            return [backend.decode(backend.generate(p, max_new_tokens)) for p in prompts]
+            return [model.decode(model.generate(p, max_new_tokens)) for p in prompts]
 
-        if hasattr(backend, "load"):
-            backend.load()
-        text = TextModel(generate, model_id=backend.model_id, source=backend)
-        return text, text.set_reference(prompt, response), {"path": "text", "path_reason": "the embedding target was chosen: greedy regenerations are compared"}
-    return backend, response, {"path": "logprobs", "path_reason": "a local model: full next-token distributions"}
-
+        if isinstance(model, Loadable):
+            model.load()
+        text = TextModel(generate, model_id=model.model_id, source=model).with_reference(prompt, response)
+        return Route(text, text.response_, {"path": "text", "path_reason": "the embedding target was chosen: greedy regenerations are compared"})
+    return Route(model, response, {"path": "logprobs", "path_reason": "a local model: full next-token distributions"})

@@ -53,7 +53,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class CallStats:
-    """Counters of one explanation's calls (thread-safe)."""
+    """Counters of calls (thread-safe): a client's totals, or one explanation's own."""
 
     FIELDS = ("calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens")
 
@@ -138,17 +138,24 @@ class JSONClient:
         return call_key({"backend": self.label, "base_url": self.base_url, "path": path, "body": body})
 
     # ---------------------------------------------------------------- calls
-    def post(self, path: str, body: dict[str, Any], *, use_cache: bool = True) -> dict[str, Any]:
-        """The JSON answer to one request: from the cache, else from the server (then cached)."""
+    def _count(self, stats: CallStats | None, **counts: int) -> None:
+        """Add to the client's totals and to the caller's own counters (one explanation's)."""
+        self.stats.add(**counts)
+        if stats is not None:
+            stats.add(**counts)
+
+    def post(self, path: str, body: dict[str, Any], *, use_cache: bool = True, stats: CallStats | None = None) -> dict[str, Any]:
+        """The JSON answer to one request: from the cache, else from the server (then cached).
+        ``stats``: the caller's own counters, besides the client's totals."""
         key = self.request_key(path, body)
         if use_cache:
             hit = self.cache.get(key) if self.cache is not None else self._memo.get(key)
             if hit is not None:
-                self.stats.add(cache_hits=1)
+                self._count(stats, cache_hits=1)
                 return hit
-        answer = self._post_with_retries(path, body)
+        answer = self._post_with_retries(path, body, stats)
         usage = answer.get("usage") or {}
-        self.stats.add(calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
+        self._count(stats, calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
         if self.cache is not None:
             self.cache.put(key, answer)
         else:  # no persistent cache: still never repeat a request within this process
@@ -156,27 +163,28 @@ class JSONClient:
                 self._memo[key] = answer
         return answer
 
-    def post_many(self, path: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def post_many(self, path: str, bodies: Sequence[dict[str, Any]], stats: CallStats | None = None) -> list[dict[str, Any]]:
         """Answers to several requests, up to ``concurrency`` in flight; order kept. The first
         failure is raised after the other requests finish (their answers are cached)."""
         if len(bodies) <= 1 or self.concurrency <= 1:
-            return [self.post(path, b) for b in bodies]
+            return [self.post(path, b, stats=stats) for b in bodies]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
-            futures = [pool.submit(self.post, path, b) for b in bodies]
+            futures = [pool.submit(self.post, path, b, stats=stats) for b in bodies]
             errors = [f.exception() for f in futures]
         for err in errors:
             if err is not None:
                 raise err
         return [f.result() for f in futures]
 
-    def post_batched(self, path: str, bodies: Sequence[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    def post_batched(self, path: str, bodies: Sequence[dict[str, Any]], batch: int,
+                     stats: CallStats | None = None) -> list[dict[str, Any]]:
         """Like :meth:`post_many` for ``/completions`` bodies that differ only in ``prompt``, but
         sending up to ``batch`` prompts per request (``"prompt": [...]``, as OpenAI's and vLLM's
         servers accept). Each prompt's answer is cached under the key of its own one-prompt
         request, so batched and unbatched runs share the cache and a resumed run repeats no
         prompt. A server that answers a batch with the wrong number of choices is refused."""
         if batch <= 1 or len(bodies) <= 1:
-            return self.post_many(path, bodies)
+            return self.post_many(path, bodies, stats)
         keys = [self.request_key(path, b) for b in bodies]
         answers: list[dict[str, Any] | None] = []
         for key in keys:
@@ -184,13 +192,13 @@ class JSONClient:
             answers.append(hit)
         hits = sum(a is not None for a in answers)
         if hits:
-            self.stats.add(cache_hits=hits)
+            self._count(stats, cache_hits=hits)
         missing = [i for i, a in enumerate(answers) if a is None]
         chunks = [missing[lo : lo + batch] for lo in range(0, len(missing), batch)]
 
         def send(chunk: list[int]) -> None:
             body = {**bodies[chunk[0]], "prompt": [bodies[i]["prompt"] for i in chunk]}
-            answer = self._post_with_retries(path, body)
+            answer = self._post_with_retries(path, body, stats)
             choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
             if len(choices) != len(chunk):
                 raise RequestRejected(
@@ -198,7 +206,7 @@ class JSONClient:
                     f"{len(choices)} answers; this server does not batch prompts (use a batch of 1)"
                 )
             usage = answer.get("usage") or {}
-            self.stats.add(calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
+            self._count(stats, calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
             for i, choice in zip(chunk, choices):
                 single = {**{k: v for k, v in answer.items() if k not in ("choices", "usage")}, "choices": [{**choice, "index": 0}]}
                 answers[i] = single
@@ -219,7 +227,7 @@ class JSONClient:
                     raise err
         return answers
 
-    def _post_with_retries(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post_with_retries(self, path: str, body: dict[str, Any], stats: CallStats | None = None) -> dict[str, Any]:
         import httpx
 
         url = self.base_url + path
@@ -247,7 +255,7 @@ class JSONClient:
                     raise RequestRejected(f"{self.label} at {url}: {last}", status=resp.status_code)
                 retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
             if attempt < self.max_retries:
-                self.stats.add(retries=1)
+                self._count(stats, retries=1)
                 delay = self._delay(attempt, retry_after)
                 log.info("%s: %s; retry %d of %d in %.1f s", self.label, last, attempt + 1, self.max_retries, delay)
                 self._sleep(delay)

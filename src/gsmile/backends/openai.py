@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError, ModelError, check_int
 from .cache import CallCache
-from .http import JSONClient, RequestRejected
+from .http import CallStats, JSONClient, RequestRejected
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -113,7 +114,7 @@ class OpenAIBackend:
         self.model_id = f"openai:{model}"
         self._client: JSONClient | None = None
         self.text_endpoint: str | None = None
-        self._reset_vocab([])
+        self._client_lock = threading.Lock()
 
     # --------------------------------------------------------------- set-up
     def validate(self) -> "OpenAIBackend":
@@ -147,6 +148,10 @@ class OpenAIBackend:
 
     @property
     def client(self) -> JSONClient:
+        with self._client_lock:
+            return self._client or self._make_client()
+
+    def _make_client(self) -> JSONClient:
         if self._client is None:
             self.validate()
             base_url = self.effective_base_url
@@ -172,13 +177,15 @@ class OpenAIBackend:
             )
         return self._client
 
-    def reset_stats(self) -> None:
-        self.client.stats.reset()
+    def for_explanation(self) -> "APIExplanation":
+        """The object one explanation scores with: it holds that explanation's token
+        vocabulary and call counters; this backend (client, cache, settings) is shared."""
+        return APIExplanation(self)
 
-    def call_stats(self) -> dict[str, Any]:
+    def call_stats(self, stats: CallStats) -> dict[str, Any]:
         c = self.client
         return {
-            **c.stats.as_dict(),
+            **stats.as_dict(),
             "base_url": c.base_url,
             "concurrency": self.concurrency,
             "batch_prompts": self.batch_prompts,
@@ -190,15 +197,16 @@ class OpenAIBackend:
         # max_tokens=1: some servers (llama.cpp) read 0 as "no limit"; the one token is ignored.
         return {"model": self.model, "prompt": text, "echo": True, "logprobs": self.top_logprobs, "max_tokens": 1, "temperature": 0.0}
 
-    def _echo(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        answers = self.client.post_batched("/completions", [self._echo_body(t) for t in texts], self.batch_prompts)
+    def echo(self, texts: Sequence[str], stats: CallStats | None = None) -> list[dict[str, Any]]:
+        """The echoed tokens and log-probs of each text (``stats``: the caller's counters)."""
+        answers = self.client.post_batched("/completions", [self._echo_body(t) for t in texts], self.batch_prompts, stats)
         return [_echo_logprobs(a, t, self.model_id) for a, t in zip(answers, texts)]
 
     # ------------------------------------------------------ path detection
-    def supports_logprobs(self, prompt: str) -> tuple[bool, str]:
+    def supports_logprobs(self, prompt: str, stats: CallStats | None = None) -> tuple[bool, str]:
         """Ask ``/completions`` to echo the formatted prompt with log-probs (one call, cached)."""
         try:
-            lp = self._echo([self.format_prompt(prompt)])[0]
+            lp = self.echo([self.format_prompt(prompt)], stats)[0]
         except RequestRejected as exc:
             return False, f"the server refused /completions with echo and logprobs ({exc})"
         if sum(v is not None for v in lp["token_logprobs"]) == 0 or not any(lp["top_logprobs"][1:]):
@@ -210,13 +218,14 @@ class OpenAIBackend:
         return True, "the server's /completions endpoint returns echoed prompt log-probabilities (echo + logprobs)"
 
     # ----------------------------------------------------------- text path
-    def complete_texts(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    def complete_texts(self, prompts: Sequence[str], max_new_tokens: int, stats: CallStats | None = None) -> list[str]:
         """Greedy (temperature 0) replies via ``/chat/completions`` (the server applies its chat
         template); a server without that endpoint (404/405) is asked on ``/completions`` with
-        the prompt template instead. ``text_endpoint`` records which was used."""
+        the prompt template instead. ``text_endpoint`` records which was used (a fact about
+        the server, the same for every explanation)."""
         if self.text_endpoint != "/completions":
             try:
-                out = self._chat(prompts, max_new_tokens)
+                out = self._chat(prompts, max_new_tokens, stats)
                 self.text_endpoint = "/chat/completions"
                 return out
             except RequestRejected as exc:
@@ -224,65 +233,27 @@ class OpenAIBackend:
                     raise
                 self.text_endpoint = "/completions"
         bodies = [{"model": self.model, "prompt": self.format_prompt(p), "max_tokens": int(max_new_tokens), "temperature": 0.0} for p in prompts]
-        return [_field(a, ("choices", 0, "text"), self.model_id, "/completions") for a in self.client.post_many("/completions", bodies)]
+        return [_field(a, ("choices", 0, "text"), self.model_id, "/completions") for a in self.client.post_many("/completions", bodies, stats)]
 
-    def _chat(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    def _chat(self, prompts: Sequence[str], max_new_tokens: int, stats: CallStats | None) -> list[str]:
         bodies = [
             {"model": self.model, "messages": [{"role": "user", "content": p}], "temperature": 0.0, "max_tokens": int(max_new_tokens)}
             for p in prompts
         ]
-        answers = self.client.post_many("/chat/completions", bodies)
+        answers = self.client.post_many("/chat/completions", bodies, stats)
         return [_field(a, ("choices", 0, "message", "content"), self.model_id, "/chat/completions") or "" for a in answers]
 
-    # ------------------------------------------------- LanguageModel protocol
-    def _reset_vocab(self, strings: Sequence[str]) -> None:
-        self._strings: list[str] = []
-        self._ids: dict[str, int] = {}
-        for s in strings:
-            self._add(s)
-        self._frozen = False
-
-    def _add(self, s: str) -> int:
-        if s not in self._ids:
-            self._ids[s] = len(self._strings)
-            self._strings.append(s)
-        return self._ids[s]
-
-    def _response_tokens(self, prompt_text: str, response: str) -> list[str]:
-        lp = self._echo([prompt_text + response])[0]
-        tokens, _ = _split_response(lp, response, self.model_id)
-        return tokens
-
-    def generate(self, prompt: str, max_new_tokens: int = 48) -> list[int]:
+    def complete(self, prompt: str, max_new_tokens: int, stats: CallStats | None = None) -> str:
+        """The greedy continuation of the formatted prompt on ``/completions``."""
         body = {"model": self.model, "prompt": self.format_prompt(prompt), "max_tokens": int(max_new_tokens), "temperature": 0.0}
-        answer = self.client.post("/completions", body)
+        answer = self.client.post("/completions", body, stats=stats)
         try:
-            text = answer["choices"][0]["text"]
+            return answer["choices"][0]["text"]
         except (KeyError, IndexError, TypeError):
             raise ModelError(f"{self.model_id}: /completions answered without choices[0].text") from None
-        if not text.strip():
-            return []
-        # The tokens of the response are those the server finds when it echoes prompt + response
-        # (the same request as the reference scoring that follows: answered from the cache).
-        tokens = self._response_tokens(self.format_prompt(prompt), text)
-        self._reset_vocab(tokens)
-        return [self._ids[t] for t in tokens]
 
-    def encode_response(self, response: str) -> list[int]:
-        # The response's tokens after the template's assistant header (prompt text left empty:
-        # the header ends the prompt's tokens, so the split is the same for any prompt).
-        tokens = self._response_tokens(self.format_prompt(""), response)
-        self._reset_vocab(tokens)
-        return [self._ids[t] for t in tokens]
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return "".join(self._strings[int(i)] for i in token_ids)
-
-    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
-        return [self._strings[int(i)] for i in token_ids]
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        lp = self._echo([text])[0]
+    def token_spans(self, text: str, stats: CallStats | None = None) -> list[tuple[int, int]]:
+        lp = self.echo([text], stats)[0]
         tokens = lp["tokens"][: len(lp["tokens"]) - _generated_entries(lp)]
         if "".join(tokens) != text:
             raise ModelError(f"{self.model_id}: the server's tokens do not spell the prompt exactly; use --unit word or sentence")
@@ -293,13 +264,95 @@ class OpenAIBackend:
                 pos += len(tok)
         return spans
 
+
+class APIExplanation:
+    """One explanation's view of an :class:`OpenAIBackend`: a LanguageModel whose token ids
+    index this explanation's own vocabulary, and whose calls are counted for it alone.
+
+    The vocabulary is fixed by the *reference* (the first :meth:`logprobs` call after
+    :meth:`generate`/:meth:`encode_response`): the response's tokens, every token in the
+    reference's top-k at any position, and the rest atom (see the module's docstring)."""
+
+    def __init__(self, backend: OpenAIBackend):
+        self.backend = backend
+        self.model_id = backend.model_id
+        self.stats = CallStats()
+        self.embedding_note: str | None = None
+        self._strings: list[str] = []
+        self._ids: dict[str, int] = {}
+        self._frozen = False
+
+    # the API's own questions, counted for this explanation
+    @property
+    def template(self) -> str:
+        return self.backend.template
+
+    @property
+    def text_endpoint(self) -> str | None:
+        return self.backend.text_endpoint
+
+    def supports_logprobs(self, prompt: str) -> tuple[bool, str]:
+        return self.backend.supports_logprobs(prompt, self.stats)
+
+    def complete_texts(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        return self.backend.complete_texts(prompts, max_new_tokens, self.stats)
+
+    def explanation_extras(self) -> dict[str, Any]:
+        extras: dict[str, Any] = {"calls": self.backend.call_stats(self.stats)}
+        if self.embedding_note is not None:
+            extras["ground_cost"] = self.embedding_note
+        return extras
+
+    # ------------------------------------------------- LanguageModel protocol
+    def _reset_vocab(self, strings: Sequence[str]) -> None:
+        self._strings, self._ids, self._frozen = [], {}, False
+        for s in strings:
+            self._add(s)
+
+    def _add(self, s: str) -> int:
+        if s not in self._ids:
+            self._ids[s] = len(self._strings)
+            self._strings.append(s)
+        return self._ids[s]
+
+    def _response_tokens(self, prompt_text: str, response: str) -> list[str]:
+        lp = self.backend.echo([prompt_text + response], self.stats)[0]
+        tokens, _ = _split_response(lp, response, self.model_id)
+        return tokens
+
+    def generate(self, prompt: str, max_new_tokens: int = 48) -> list[int]:
+        text = self.backend.complete(prompt, max_new_tokens, self.stats)
+        if not text.strip():
+            return []
+        # The tokens of the response are those the server finds when it echoes prompt + response
+        # (the same request as the reference scoring that follows: answered from the cache).
+        tokens = self._response_tokens(self.backend.format_prompt(prompt), text)
+        self._reset_vocab(tokens)
+        return [self._ids[t] for t in tokens]
+
+    def encode_response(self, response: str) -> list[int]:
+        # The response's tokens after the template's assistant header (prompt text left empty:
+        # the header ends the prompt's tokens, so the split is the same for any prompt).
+        tokens = self._response_tokens(self.backend.format_prompt(""), response)
+        self._reset_vocab(tokens)
+        return [self._ids[t] for t in tokens]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join(self._strings[int(i)] for i in token_ids)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        return [self._strings[int(i)] for i in token_ids]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.backend.token_spans(text, self.stats)
+
     def logprobs(self, prompts: Sequence[str], response_ids: Sequence[int]) -> np.ndarray:
         response_ids = [int(i) for i in response_ids]
         expected = [self._strings[i] for i in response_ids]
         response = "".join(expected)
-        texts = [self.format_prompt(p) for p in prompts]
+        texts = [self.backend.format_prompt(p) for p in prompts]
         rows = []
-        for text, lp in zip(texts, self._echo([t + response for t in texts])):
+        for text, lp in zip(texts, self.backend.echo([t + response for t in texts], self.stats)):
             tokens, positions = _split_response(lp, response, self.model_id)
             if tokens != expected:
                 raise ModelError(

@@ -12,18 +12,21 @@ endpoint, or a local language model's greedy generation (``target="embedding"``)
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError, ModelError
-from . import ScalarModel
+from . import ReportsExtras, ScalarModel
 
 
 class TextModel(ScalarModel):
     """Wrap ``generate: list[str] -> list[str]`` (answers at temperature 0) as a scalar model.
 
-    Call :meth:`set_reference` once per explanation before scoring.
+    A TextModel compares answers with one explanation's original response:
+    :meth:`with_reference` returns a new TextModel bound to it (the object it is called on
+    is not changed, so one TextModel can serve several explanations at once).
     """
 
     target_name = "embedding"
@@ -31,7 +34,7 @@ class TextModel(ScalarModel):
     def __init__(self, generate: Callable[[list[str]], Sequence[str]], model_id: str | None = None, target=None, source=None):
         super().__init__(generate, model_id=model_id)
         self.target = target
-        self.source = source  # the backend that makes the calls (for call statistics)
+        self.source = source  # the per-explanation object that makes the calls (call statistics)
 
     def texts(self, prompts: Sequence[str]) -> list[str]:
         out = self.raw(prompts)
@@ -40,30 +43,24 @@ class TextModel(ScalarModel):
             raise ModelError(f"the text model must return one string per prompt; got {len(out)} values for {len(prompts)} prompts")
         return out
 
-    def set_reference(self, prompt: str, response: str | None = None) -> str:
-        """Fix the original response (generated from ``prompt`` unless given); returns it."""
+    def with_reference(self, prompt: str, response: str | None = None) -> "TextModel":
+        """A TextModel bound to the original response (generated from ``prompt`` unless
+        given): its ``response_`` and a target prepared on it."""
         from ..targets import EmbeddingTarget
 
         if response is None:
             response = self.texts([prompt])[0]
         if not response.strip():
             raise InvalidInputError("the model gave an empty response; pass --response to explain a given one")
-        if self.target is None:
-            self.target = EmbeddingTarget()
-        self.target.prepare_text(response)
-        self.response_ = response
-        return response
+        bound = copy.copy(self)
+        bound.target = (copy.copy(self.target) if self.target is not None else EmbeddingTarget()).prepare_text(response)
+        bound.response_ = response
+        return bound
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
         if not hasattr(self, "response_"):
-            raise ModelError("TextModel.set_reference must be called before scoring")
+            raise ModelError("TextModel.with_reference must be called before scoring")
         return -self.target.distance(self.texts(prompts))
 
-    def reset_stats(self) -> None:
-        if self.source is not None and hasattr(self.source, "reset_stats"):
-            self.source.reset_stats()
-
-    def call_stats(self):
-        if self.source is not None and hasattr(self.source, "call_stats"):
-            return self.source.call_stats()
-        return None
+    def explanation_extras(self) -> dict:
+        return self.source.explanation_extras() if isinstance(self.source, ReportsExtras) else {}

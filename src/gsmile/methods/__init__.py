@@ -69,12 +69,14 @@ def parse_option(method: str, key: str, text: str) -> Any:
 
 def make_method(name: str, **options) -> SurrogateMethod:
     """Build method ``name`` with ``options``; unknown options raise InvalidInputError
-    (``field="method_options"``) naming the valid ones."""
+    naming the valid ones (``field``: ``method_options.NAME`` for one unknown option,
+    ``method_options`` for several)."""
     factory = lookup(METHODS, name, "method")
     valid = option_specs(name)
     unknown = sorted(k for k in options if k not in valid and k != "random_state")
     if unknown:
-        raise InvalidInputError(_unknown_message(name, unknown), field="method_options")
+        field = f"method_options.{unknown[0]}" if len(unknown) == 1 else "method_options"
+        raise InvalidInputError(_unknown_message(name, unknown), field=field)
     return factory(**options)
 
 

@@ -11,7 +11,7 @@ Let ``r = r_1 .. r_T`` be the response tokens and, for a user turn ``x``,
   logistic: ``score = 1 / (1 + exp(PMI / PMI_SCALE))`` with ``PMI_SCALE = 0.5`` nats per
   token. In (0, 1); 0.5: the context neither helps nor hurts the response; towards 0: the
   context supports it (PMI > 0); towards 1: the context makes it less likely (poorly
-  supported, a likely hallucination). ``turn(context, prompt)`` is :data:`CONTEXT_TEMPLATE`;
+  supported, a likely hallucination). ``turn(context, prompt)`` is :func:`gsmile.inputs.user_turn`;
   an empty context gives the prompt alone (PMI = 0, score 0.5).
 
 A :class:`DetectionScore` is a scalar black box ``list[str] -> list[float]``: the texts are
@@ -26,17 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..backends import SizesBatches
 from ..errors import ModelError
-from ..explainer import CONTEXT_TEMPLATE  # the same user turn the attribution perturbs
+from ..inputs import user_turn  # the same user turn the attribution perturbs
 PMI_SCALE = 0.5
 DETECTION_TYPES = ("halluc_context", "answer_likelihood")
-
-
-def user_turn(prompt: str, context: str | None) -> str:
-    """The user turn scored for ``prompt`` with ``context`` (the prompt alone without one)."""
-    if context is None or not context.strip():
-        return prompt
-    return CONTEXT_TEMPLATE.format(context=context, prompt=prompt)
 
 
 def halluc_from_pmi(pmi: float, scale: float = PMI_SCALE) -> float:
@@ -63,7 +57,7 @@ class DetectionScore:
         self.response_ids = list(response_ids)
         self.explained = explained
         self.detection_type = "halluc_context" if explained == "context" else "answer_likelihood"
-        self.model_id = f"{self.detection_type}:{getattr(backend, 'model_id', 'model')}"
+        self.model_id = f"{self.detection_type}:{backend.model_id}"
         self.calls = 0
         self._baseline: float | None = None
 
@@ -101,7 +95,7 @@ class DetectionScore:
 def _n_tokens(backend, text: str) -> int:
     """Tokens of the chat-formatted user turn (the template's markup counted when the
     backend can say so)."""
-    if hasattr(backend, "prompt_ids"):
+    if isinstance(backend, SizesBatches):
         return len(backend.prompt_ids(text))
     return len(backend.token_spans(text))
 

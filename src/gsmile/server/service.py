@@ -9,12 +9,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import ScalarModel, is_language_model, reduced_logprobs, resolve_model
-from ..errors import GsmileError, ModelError, UnknownNameError
+from ..backends import Loadable, ScalarModel, for_explanation, is_language_model, resolve_model
+from ..errors import GsmileError, ModelError, UnknownNameError, is_out_of_memory
 from ..explainer import Explainer
 from ..methods import METHODS
 from ..units import Segmentation
-from ..errors import is_out_of_memory
 from .detection import DetectionScore, fit_length
 from .errors import FieldError, NotSupported
 
@@ -31,16 +30,10 @@ NEUTRAL_SHARE = 0.05
 Progress = Callable[[float], None]
 
 
-def _explainer_options() -> set[str]:
-    return {p for p in inspect.signature(Explainer.__init__).parameters if p not in ("self", "model")}
-
-
-def _explain_arguments() -> set[str]:
-    return set(inspect.signature(Explainer.explain).parameters)
-
-
 class ModelHolder:
-    """The service's model, resolved (and loaded) once, on first use, under a lock."""
+    """The service's model, resolved (and loaded) once, on first use, under a lock. The
+    backend is shared by every request: it holds no request's state (each explanation
+    makes its own scoring objects)."""
 
     def __init__(self, model=None, name: str = "local"):
         self._given = model
@@ -54,105 +47,50 @@ class ModelHolder:
 
     @property
     def model_id(self) -> str:
-        if self._backend is not None:
-            return str(getattr(self._backend, "model_id", self.name))
-        if self._given is not None:
-            return str(getattr(self._given, "model_id", type(self._given).__name__))
+        for backend in (self._backend, self._given):
+            if backend is not None:
+                return str(getattr(backend, "model_id", type(backend).__name__))
         return self.name
 
     def get(self):
         with self._lock:
             if self._backend is None:
                 backend = resolve_model(self._given if self._given is not None else self.name)
-                if is_language_model(backend) and hasattr(backend, "load"):
+                if isinstance(backend, Loadable):
                     backend.load()
                 self._backend = backend
             return self._backend
 
 
-class _CountingLM:
-    """A LanguageModel that reports how many prompts it has scored (for job progress)."""
-
-    def __init__(self, backend, on_count: Callable[[int], None]):
-        self._backend = backend
-        self._on_count = on_count
-        self.model_id = backend.model_id
-
-    def __getattr__(self, name):  # every other protocol member is the backend's own
-        return getattr(self._backend, name)
-
-    def logprobs(self, prompts, response_ids):
-        out = self._backend.logprobs(prompts, response_ids)
-        self._on_count(len(prompts))
-        return out
-
-    def reduced_logprobs(self, prompts, response_ids, reduce):
-        out = reduced_logprobs(self._backend, prompts, response_ids, reduce)
-        self._on_count(len(prompts))
-        return out
-
-
-def _counting(backend, on_count: Callable[[int], None]):
-    if is_language_model(backend):
-        return _CountingLM(backend, on_count)
-    scalar = backend if isinstance(backend, ScalarModel) else ScalarModel(backend)
-
-    def counted(texts):
-        out = scalar(texts)
-        on_count(len(texts))
-        return out
-
-    return ScalarModel(counted, model_id=scalar.model_id)
-
-
-def _progress_counter(progress: Progress, expected: int):
-    done = [0]
-
-    def on_count(n: int) -> None:
-        done[0] += n
-        progress(done[0] / max(expected, 1))
-
-    return on_count
+def _fraction(progress: Progress, expected: int | None = None) -> Callable[[int, int], None]:
+    """An Explainer ``progress(done, expected)`` callback reporting a fraction to a job."""
+    return lambda done, total: progress(done / max(expected or total, done, 1))
 
 
 # --------------------------------------------------------------------------- explain
-EXPLAIN_FIELDS = ("method", "unit", "context_unit", "target", "n_samples", "dropout", "sigma", "random_state",
-                  "batch_size", "max_evals", "max_new_tokens", "method_options", "runs", "top_k", "context_template")
+#: Request fields that are Explainer options (every one of them: the schema is checked
+#: against this list) and the texts passed to ``explain``.
+EXPLAIN_FIELDS = tuple(p for p in inspect.signature(Explainer.__init__).parameters if p not in ("self", "model", "progress"))
+TEXT_FIELDS = ("context", "segments")
+
+
+def explain_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The Explainer options of a request (fields left out or null take the library's default)."""
+    return {name: params[name] for name in EXPLAIN_FIELDS if params.get(name) is not None}
 
 
 def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Explain ``params["prompt"]`` with the service's model; returns ``Explanation.to_dict()``."""
-    lookup_method(params.get("method", "gsmile"))
-    accepted = _explainer_options()
-    options: dict[str, Any] = {}
-    for name in EXPLAIN_FIELDS:
-        value = params.get(name)
-        if value is None:
-            continue
-        if name not in accepted:
-            raise FieldError(name, "this gsmile version does not support it; leave it out")
-        options[name] = value
-    extra: dict[str, Any] = {}
-    for name in ("context", "segments"):
-        if params.get(name) is not None:
-            if name not in _explain_arguments():
-                raise FieldError(name, "this gsmile version does not support it; leave it out")
-            extra[name] = params[name]
-    backend = holder.get()
-    budget = int(options.get("max_evals") or int(options.get("n_samples", 200)) + 1)  # the original included
-    expected = (budget - 1) * int(options.get("runs") or 1) + 1
-    model = _counting(backend, _progress_counter(progress, expected))
-    explainer = Explainer(model, **options)
-    exp = explainer.explain(params["prompt"], params.get("response"), **extra)
-    return exp.to_dict()
+    explainer = Explainer(holder.get(), **explain_options(params), progress=_fraction(progress))
+    texts = {name: params[name] for name in TEXT_FIELDS if params.get(name) is not None}
+    return explainer.explain(params["prompt"], params.get("response"), **texts).to_dict()
 
 
 def validate_explain(params: dict[str, Any]) -> None:
     """Check an explain request's options with the library's own validation (no model is
     loaded): raises InvalidInputError naming the field, or UnknownNameError."""
     lookup_method(params.get("method", "gsmile"))
-    options = {name: params[name] for name in EXPLAIN_FIELDS if params.get(name) is not None}
-    Explainer(None, **options).validate()
+    Explainer(None, **explain_options(params)).validate()
 
 
 def lookup_method(name: str) -> None:
@@ -187,25 +125,12 @@ def check_analyze(params: dict[str, Any]) -> tuple[str, str, str]:
     return response, library_method, key
 
 
-def _method_kwargs(library_method: str, threshold: float) -> dict[str, Any]:
-    if library_method != "mupax":
-        return {}
-    accepted = _explainer_options()
-    if "method_options" in accepted:
-        return {"method_options": {"threshold_percentile": threshold}}
-    if "threshold_percentile" in accepted:
-        return {"threshold_percentile": threshold}
-    raise NotSupported("this gsmile version cannot set the MuPAX threshold percentile")
-
-
 def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress: Progress) -> dict[str, Any]:
     """The analyze endpoint's result (see :mod:`gsmile.server.detection` for the score)."""
     response, library_method, key = check_analyze(params)
-    backend = holder.get()
+    backend = for_explanation(holder.get())  # this request's own view of the shared model
     if not is_language_model(backend):
         raise NotSupported("the analyze endpoint needs a language model (log-probabilities); this service runs a scalar model")
-    if library_method not in METHODS:
-        raise NotSupported(f"method {params.get('method')!r} needs the {library_method!r} attribution method, which this gsmile version lacks")
     prompt, context = params["prompt"], params.get("context")
     response_ids = list(backend.encode_response(response))
     if not response_ids:
@@ -213,7 +138,7 @@ def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress:
     explained = "context" if context is not None else "prompt"
     n_samples = analyze_samples(params)
     seed = params.get("seed", 0)
-    kwargs = _method_kwargs(library_method, float(params.get("mupax_threshold_percentile", 0.2)))
+    options = {"threshold_percentile": float(params.get("mupax_threshold_percentile", 0.2))} if library_method == "mupax" else None
 
     maxlen = settings.xai_maxlen
     retry_notes: list[str] = []
@@ -228,8 +153,8 @@ def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress:
         score = DetectionScore(backend, p, c, rids, explained)
         try:
             base = score.score()
-            model = _counting(ScalarModel(score, model_id=score.model_id), _progress_counter(progress, expected))
-            exp = Explainer(model, method=library_method, unit=unit, n_samples=n_samples, random_state=seed, **kwargs).explain(text)
+            exp = Explainer(ScalarModel(score, model_id=score.model_id), method=library_method, unit=unit, n_samples=n_samples,
+                            random_state=seed, method_options=options, progress=_fraction(progress, expected)).explain(text)
             break
         except GsmileError as exc:
             if not is_out_of_memory(exc):

@@ -1,86 +1,16 @@
-"""Quality measures of explanations.
-
-Stability across repeated runs (:func:`topk_jaccard`, :func:`stability`): the same input
-explained with seeds ``seed .. seed+R-1``; each function takes the coefficients of every
-run as an ``(R, n_units)`` array and returns plain data.
+"""Faithfulness of explanations, measured on the model: deletion and insertion curves,
+their AOPC, and ERASER's comprehensiveness and sufficiency.
 """
 
 from __future__ import annotations
 
-from itertools import combinations
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import InvalidInputError
-
-DEFAULT_TOP_K = 3
-
-
-def _runs(coefficient_runs) -> np.ndarray:
-    runs = np.asarray(coefficient_runs, dtype=float)
-    if runs.ndim != 2 or runs.shape[0] < 1 or runs.shape[1] < 1:
-        raise InvalidInputError(f"coefficients of the runs must be a (runs, units) array, got shape {runs.shape}")
-    if not np.all(np.isfinite(runs)):
-        raise InvalidInputError("coefficients of the runs must be finite numbers")
-    return runs
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InvalidInputError(f"top-k must be a positive integer, got {k!r}")
-    return int(k)
-
-
-def top_k_units(coefficients: Sequence[float], k: int = DEFAULT_TOP_K) -> set[int]:
-    """Indices of the ``k`` units with the largest |coefficient| (ties: the earlier unit)."""
-    coefficients = np.asarray(coefficients, dtype=float)
-    k = min(_check_k(k), len(coefficients))
-    return set(np.argsort(-np.abs(coefficients), kind="stable")[:k].tolist())
-
-
-def topk_jaccard(coefficient_runs, k: int = DEFAULT_TOP_K) -> float | None:
-    """Mean Jaccard index |A ∩ B| / |A ∪ B| of the top-``k`` unit sets over every pair of
-    runs; 1 when every run picks the same units. None for a single run (no pair)."""
-    runs = _runs(coefficient_runs)
-    k = _check_k(k)
-    tops = [top_k_units(row, k) for row in runs]
-    pairs = [len(a & b) / len(a | b) for a, b in combinations(tops, 2)]
-    return float(np.mean(pairs)) if pairs else None
-
-
-def stability(coefficient_runs, k: int = DEFAULT_TOP_K, seeds: Sequence[int] | None = None) -> dict[str, Any]:
-    """How stable the explanation is across runs (plain JSON data):
-
-    * ``mean``, ``std``: per unit, over the runs (std with ``ddof=1``; 0 for one run);
-    * ``topk_jaccard``: :func:`topk_jaccard` with ``k``;
-    * ``sign_flips``: units with a positive coefficient in one run and a negative in another;
-    * ``high_variance``: units whose std exceeds |mean|;
-    * ``unstable``: the union of both, in input order;
-    * ``coefficients``: every run's coefficients; ``seeds`` when given.
-    """
-    runs = _runs(coefficient_runs)
-    k = _check_k(k)
-    n_runs = runs.shape[0]
-    mean = runs.mean(axis=0)
-    std = runs.std(axis=0, ddof=1) if n_runs > 1 else np.zeros(runs.shape[1])
-    flips = np.flatnonzero((runs > 0).any(axis=0) & (runs < 0).any(axis=0))
-    high = np.flatnonzero(std > np.abs(mean))
-    out: dict[str, Any] = {
-        "runs": int(n_runs),
-        "top_k": k,
-        "mean": mean.tolist(),
-        "std": std.tolist(),
-        "topk_jaccard": topk_jaccard(runs, k),
-        "sign_flips": flips.tolist(),
-        "high_variance": high.tolist(),
-        "unstable": sorted(set(flips.tolist()) | set(high.tolist())),
-        "coefficients": runs.tolist(),
-    }
-    if seeds is not None:
-        out["seeds"] = [int(s) for s in seeds]
-    return out
-
+from .inputs import ModelInput
+from .scoring import Scorer, explanation_scorer
 
 # ---------------------------------------------------------------------------------------
 # Faithfulness: does removing the units the explanation ranks highest move the output most?
@@ -98,7 +28,9 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.5)
 
 
 class ExplanationScorer:
-    """Scores masks over an explanation's units with its model, target and response.
+    """Scores masks over an explanation's units with its model, target and response: a
+    :class:`~gsmile.scoring.Scorer` for the explanation's inputs (made on first use) and
+    the :class:`~gsmile.inputs.ModelInput` that turns masks into those inputs.
 
     ``model`` is what :class:`~gsmile.Explainer` accepts (None: the explanation's own
     ``model_id`` when it names a built-in model, else the embedded SmolLM2). Texts are sent
@@ -111,68 +43,28 @@ class ExplanationScorer:
         self.model = model
         self.batch_size = batch_size
         self.progress = progress
-        self._ready = False
+        self.scorer_: Scorer | None = None
 
-    def _prepare(self) -> None:
-        if self._ready:
-            return
-        from .backends import is_language_model, resolve_model
-        from .explainer import Explainer
-        from .targets import make_target
-        from .units import Segmentation
+    def _scorer(self) -> Scorer:
+        if self.scorer_ is None:
+            self.inputs_ = ModelInput.of(self.explanation)
+            self.scorer_ = explanation_scorer(self.explanation, self.model, batch_size=self.batch_size, progress=self.progress)
+        return self.scorer_
 
-        exp = self.explanation
-        model = self.model
-        if model is None:
-            from .backends import MODELS
-
-            model = "local" if exp.model_id not in MODELS and not exp.model_id.startswith("hf:") else exp.model_id
-        backend = resolve_model(model)
-        is_lm = is_language_model(backend)
-        self.segmentation_ = Segmentation(exp.text, exp.units)
-        template = exp.params.get("context_template") if exp.explained == "context" else None
-        if template is not None:
-            self._input = lambda mask: template.format(context=self.segmentation_.render(mask), prompt=exp.prompt)
-        else:
-            self._input = self.segmentation_.render
-        original = self._input(self.segmentation_.full_mask)
-        self._cache: dict = {}
-        self._target = None
-        if is_lm:
-            if exp.target == "model_output":
-                raise InvalidInputError("this explanation was made for a scalar model; pass that model to evaluate it")
-            if not exp.response:
-                raise InvalidInputError("the explanation has no response to score")
-            if hasattr(backend, "load"):
-                backend.load()
-            # Prepared from the original's log-probs, scored with the first batch.
-            self._target = make_target(exp.target)
-            response_ids = backend.encode_response(exp.response)
-        else:
-            response_ids = []
-        self._response_ids = response_ids
-        self._backend, self._is_lm = backend, is_lm
-        self._explainer = Explainer(backend, progress=self.progress)
-        self._batch = self.batch_size or Explainer._auto_batch_size(backend, original, response_ids, is_lm)
-        self.n_calls = 0
-        self._original = original
-        self._ready = True
+    @property
+    def n_calls(self) -> int:
+        return self.scorer_.n_calls if self.scorer_ is not None else 0
 
     def values(self, masks) -> np.ndarray:
         """Explained value y for each mask (rows of booleans over the units)."""
-        self._prepare()
-        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
-        texts = [self._input(m) for m in masks]
-        y, _, calls, self._batch = self._explainer._evaluate(
-            self._backend, self._target, texts, self._batch, self._is_lm, self._cache, self._response_ids, self._original
-        )
-        self.n_calls += calls
-        return y
+        scorer = self._scorer()
+        return scorer.values(self.inputs_.render_all(masks))
 
     def shifts(self, masks) -> np.ndarray:
         """Output shift from the original, y(original) − y(mask), for each mask."""
-        self._prepare()
-        y = self.values(np.vstack([self.segmentation_.full_mask[None], np.atleast_2d(np.asarray(masks, dtype=bool))]))
+        self._scorer()
+        full = self.inputs_.segmentation.full_mask[None]
+        y = self.values(np.vstack([full, np.atleast_2d(np.asarray(masks, dtype=bool))]))
         return y[0] - y[1:]
 
 
@@ -273,7 +165,7 @@ def evaluate(
     for f in fractions:
         _k_of(f, 1)
     scorer = scorer or ExplanationScorer(explanation, model, batch_size=batch_size, progress=progress)
-    calls_before = getattr(scorer, "n_calls", 0)
+    calls_before = scorer.n_calls
     n = len(explanation.units)
     order = importance_order(explanation.coefficients)
     deletion = deletion_curve(scorer, order)

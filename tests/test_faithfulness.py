@@ -10,7 +10,7 @@ import gsmile
 from gsmile.cli import main
 from gsmile.errors import InvalidInputError
 from gsmile.explanation import Explanation
-from gsmile.metrics import (
+from gsmile.faithfulness import (
     ExplanationScorer,
     aopc,
     comprehensiveness,

@@ -1,0 +1,82 @@
+"""Stability of explanations: pure statistics, no model.
+
+Stability across repeated runs (:func:`topk_jaccard`, :func:`stability`): the same input
+explained with seeds ``seed .. seed+R-1``; each function takes the coefficients of every
+run as an ``(R, n_units)`` array and returns plain data.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+DEFAULT_TOP_K = 3
+
+
+def _runs(coefficient_runs) -> np.ndarray:
+    runs = np.asarray(coefficient_runs, dtype=float)
+    if runs.ndim != 2 or runs.shape[0] < 1 or runs.shape[1] < 1:
+        raise InvalidInputError(f"coefficients of the runs must be a (runs, units) array, got shape {runs.shape}")
+    if not np.all(np.isfinite(runs)):
+        raise InvalidInputError("coefficients of the runs must be finite numbers")
+    return runs
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInputError(f"top-k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def top_k_units(coefficients: Sequence[float], k: int = DEFAULT_TOP_K) -> set[int]:
+    """Indices of the ``k`` units with the largest |coefficient| (ties: the earlier unit)."""
+    coefficients = np.asarray(coefficients, dtype=float)
+    k = min(_check_k(k), len(coefficients))
+    return set(np.argsort(-np.abs(coefficients), kind="stable")[:k].tolist())
+
+
+def topk_jaccard(coefficient_runs, k: int = DEFAULT_TOP_K) -> float | None:
+    """Mean Jaccard index |A ∩ B| / |A ∪ B| of the top-``k`` unit sets over every pair of
+    runs; 1 when every run picks the same units. None for a single run (no pair)."""
+    runs = _runs(coefficient_runs)
+    k = _check_k(k)
+    tops = [top_k_units(row, k) for row in runs]
+    pairs = [len(a & b) / len(a | b) for a, b in combinations(tops, 2)]
+    return float(np.mean(pairs)) if pairs else None
+
+
+def stability(coefficient_runs, k: int = DEFAULT_TOP_K, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """How stable the explanation is across runs (plain JSON data):
+
+    * ``mean``, ``std``: per unit, over the runs (std with ``ddof=1``; 0 for one run);
+    * ``topk_jaccard``: :func:`topk_jaccard` with ``k``;
+    * ``sign_flips``: units with a positive coefficient in one run and a negative in another;
+    * ``high_variance``: units whose std exceeds |mean|;
+    * ``unstable``: the union of both, in input order;
+    * ``coefficients``: every run's coefficients; ``seeds`` when given.
+    """
+    runs = _runs(coefficient_runs)
+    k = _check_k(k)
+    n_runs = runs.shape[0]
+    mean = runs.mean(axis=0)
+    std = runs.std(axis=0, ddof=1) if n_runs > 1 else np.zeros(runs.shape[1])
+    flips = np.flatnonzero((runs > 0).any(axis=0) & (runs < 0).any(axis=0))
+    high = np.flatnonzero(std > np.abs(mean))
+    out: dict[str, Any] = {
+        "runs": int(n_runs),
+        "top_k": k,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "topk_jaccard": topk_jaccard(runs, k),
+        "sign_flips": flips.tolist(),
+        "high_variance": high.tolist(),
+        "unstable": sorted(set(flips.tolist()) | set(high.tolist())),
+        "coefficients": runs.tolist(),
+    }
+    if seeds is not None:
+        out["seeds"] = [int(s) for s in seeds]
+    return out
