@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from gsmile.methods import METHODS  # noqa: E402
 from gsmile.server import Settings, create_app, service  # noqa: E402
 from gsmile.inputs import CONTEXT_TEMPLATE  # noqa: E402
 from gsmile.server.detection import (  # noqa: E402
@@ -33,8 +32,6 @@ PROMPT = "When was the Eiffel Tower built?"
 RESPONSE = "The Eiffel Tower was built between 1887 and 1889."
 EIFFEL = {"prompt": PROMPT, "context": CONTEXT, "response": RESPONSE, "method": "mupax_causal", "mupax_n_samples": 200}
 
-needs_occlusion = pytest.mark.skipif("occlusion" not in METHODS, reason="needs the occlusion method (methods branch)")
-needs_mupax = pytest.mark.skipif("mupax" not in METHODS, reason="needs the mupax method (methods branch)")
 
 
 @pytest.fixture
@@ -213,7 +210,6 @@ def _check_shape(body, key, detection_type, n_units):
     return block
 
 
-@needs_mupax
 def test_eiffel_example_with_mupax_on_a_toy_model(make_api):
     r = make_api().post(URL, json=EIFFEL)
     assert r.status_code == 200, r.text
@@ -231,7 +227,6 @@ def test_eiffel_example_with_mupax_on_a_toy_model(make_api):
         assert tok["conditional_goodness"] is None or 0 <= tok["conditional_goodness"] <= 1
 
 
-@needs_occlusion
 def test_gradient_causal_is_the_default_and_explains_the_prompt_without_context(make_api):
     api = make_api()
     r = api.post(URL, json={"prompt": PROMPT, "full_response": "The Eiffel Tower"})
@@ -247,7 +242,6 @@ def test_gradient_causal_is_the_default_and_explains_the_prompt_without_context(
     assert _check_shape(ctx, "gradient_causal", "halluc_context", 4)["top_tokens"][0]["token"] == DATES
 
 
-@needs_mupax
 def test_async_analyze_job(make_api):
     api = make_api()
     r = api.post(URL, json={**EIFFEL, "mupax_n_samples": 50, "async": True})
@@ -264,7 +258,6 @@ def test_unknown_fields_from_existing_clients_are_ignored(make_api, any_method):
 
 
 @pytest.mark.model
-@needs_mupax
 def test_eiffel_example_on_the_real_model(tmp_path):
     app = create_app(Settings(jobs_path=tmp_path / "jobs.sqlite3"))
     try:

@@ -64,20 +64,15 @@ def mupax_statistics(
     d_max = float(distance.max())
     goodness = 1.0 - distance / d_max if d_max > 0 else np.ones_like(distance)
     kept = masks[accepted]
-    magnitude = np.abs(coefficients)
-    total, top = magnitude.sum(), magnitude.max(initial=0.0)
+    importance, effects = unit_effects(coefficients, neutral_tolerance)
     units = []
     for i in range(masks.shape[1]):
         keeps = kept[:, i]
-        if top > 0 and magnitude[i] > neutral_tolerance * top:
-            effect = "positive" if coefficients[i] > 0 else "negative"
-        else:
-            effect = "neutral"
         units.append(
             {
                 "position": i,
-                "importance": float(magnitude[i] / total) if total > 0 else 0.0,
-                "effect": effect,
+                "importance": float(importance[i]),
+                "effect": effects[i],
                 "retention_frequency": float(keeps.mean()),
                 "conditional_goodness": float(goodness[accepted][keeps].mean()) if keeps.any() else None,
             }
@@ -89,6 +84,21 @@ def mupax_statistics(
         "n_total": int(len(masks)),
         "units": units,
     }
+
+
+def unit_effects(coefficients, neutral_tolerance: float = DEFAULT_NEUTRAL_TOLERANCE) -> tuple[np.ndarray, list[str]]:
+    """Each unit's importance (its share of the total |coefficient|, MuPAX's χ) and effect:
+    "positive" when keeping it raises the output, "negative" when it lowers it, "neutral"
+    when |coefficient| is at most ``neutral_tolerance`` of the largest."""
+    coefficients = np.asarray(coefficients, dtype=float)
+    magnitude = np.abs(coefficients)
+    total, top = magnitude.sum(), magnitude.max(initial=0.0)
+    importance = magnitude / total if total > 0 else np.zeros_like(magnitude)
+    effects = [
+        ("positive" if c > 0 else "negative") if top > 0 and m > neutral_tolerance * top else "neutral"
+        for c, m in zip(coefficients, magnitude)
+    ]
+    return importance, effects
 
 
 class _MupaxMethod(SurrogateMethod):

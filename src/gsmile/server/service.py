@@ -13,6 +13,7 @@ from ..backends import Loadable, ScalarModel, for_explanation, is_language_model
 from ..errors import GsmileError, ModelError, UnknownNameError, is_out_of_memory
 from ..explainer import Explainer
 from ..methods import METHODS
+from ..methods.mupax import unit_effects
 from ..units import Segmentation
 from .detection import DetectionScore, fit_length
 from .errors import FieldError, NotSupported
@@ -181,14 +182,6 @@ def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress:
     }
 
 
-def _mupax_report(extras: dict[str, Any]) -> dict[str, Any] | None:
-    """MuPAX's statistics from Explanation.extras (top level or under "mupax")."""
-    for block in (extras.get("mupax"), extras):
-        if isinstance(block, dict) and ("top_tokens" in block or "units" in block) and "threshold_W" in block:
-            return block
-    return None
-
-
 def causal_result(exp, detection_type: str, base: float) -> dict[str, Any]:
     """units, top_tokens and MuPAX statistics of an explanation of a detection score.
 
@@ -196,18 +189,11 @@ def causal_result(exp, detection_type: str, base: float) -> dict[str, Any]:
     effect: positive when keeping the unit raises the score, negative when it lowers it,
     neutral when |coef| is at most 5 % of the largest."""
     coef = np.asarray(exp.coefficients, dtype=float)
-    coef = np.where(np.isfinite(coef), coef, 0.0)
-    magnitude = np.abs(coef)
-    total, top = float(magnitude.sum()), float(magnitude.max(initial=0.0))
-    importance = magnitude / total if total > 0 else np.zeros_like(magnitude)
-    effects = [
-        "neutral" if top == 0 or m <= NEUTRAL_SHARE * top else ("positive" if c > 0 else "negative")
-        for c, m in zip(coef, magnitude)
-    ]
-    report = _mupax_report(exp.extras or {})
+    importance, effects = unit_effects(np.where(np.isfinite(coef), coef, 0.0), NEUTRAL_SHARE)
+    report = (exp.extras or {}).get("mupax")  # MuPAX's own statistics, when the method was mupax
     stats: dict[int, dict[str, Any]] = {}
     if report is not None:
-        for row in report.get("top_tokens") or report.get("units") or []:
+        for row in report["units"]:
             stats[int(row["position"])] = row
     units = [
         {"text": u.text, "importance": float(importance[i]), "effect": stats.get(i, {}).get("effect", effects[i])}
