@@ -104,9 +104,9 @@ def test_logprob_path_ranks_units_like_the_local_model(llama_server, tmp_path, l
 
     # Greedy generation through the server: Q4 kernels and the dequantized fp32 model agree on
     # the first tokens (they diverge after ~40).
-    backend = _api(llama_server, tmp_path)
-    ids = backend.generate(PROMPT, 8)
-    assert backend.decode(ids) == local.response
+    lm_api = _api(llama_server, tmp_path).for_explanation()  # one explanation's view of the API
+    ids = lm_api.generate(PROMPT, 8)
+    assert lm_api.decode(ids) == local.response
 
 
 def test_text_path_through_the_chat_endpoint(llama_server, tmp_path):

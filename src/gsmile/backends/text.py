@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, ModelError
-from . import ReportsExtras, ScalarModel
+from .protocols import ReportsExtras, ScalarModel
 
 
 class TextModel(ScalarModel):
