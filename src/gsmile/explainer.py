@@ -18,10 +18,10 @@ from .backends import Loadable, ReportsExtras, Route, prepare_backend, resolve_m
 from .errors import InvalidInputError, check_int
 from .explanation import FIDELITY_THRESHOLD, Explanation
 from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template
-from .methods import SurrogateMethod, make_method, method_options
+from .methods import SurrogateMethod, make_method, method_options, option_specs
 from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .scoring import Scorer
-from .stability import DEFAULT_TOP_K, stability, top_k_units
+from .stability import DEFAULT_TOP_K, mean_of_runs, runs_report, top_k_units
 from .targets import make_target
 from .units import Segmentation
 
@@ -36,9 +36,9 @@ ESS_WARN_SHARE = 0.3
 #: Warn when the prompt has fewer units than this.
 FEW_UNITS = 5
 RUNS_RANGE = (1, 1000)
-#: Options of the Explainer that belong to gSMILE, with their defaults; other methods
-#: receive them only when their factory takes them.
-_GSMILE_OPTIONS = {"dropout": 0.2, "sigma": None}
+#: Options of the Explainer that belong to gSMILE, with their defaults (the method's own);
+#: other methods receive them only when their factory takes them.
+_GSMILE_OPTIONS = {name: spec.default for name, spec in option_specs("gsmile").items()}
 
 __all__ = ["CONTEXT_TEMPLATE", "DEFAULT_SAMPLES", "Explainer", "GsmileWarning", "explain"]
 
@@ -100,8 +100,8 @@ class Explainer:
         unit: str = "word",
         target: str = "wasserstein",
         n_samples: int = DEFAULT_SAMPLES,
-        dropout: float = 0.2,
-        sigma: float | None = None,
+        dropout: float = _GSMILE_OPTIONS["dropout"],
+        sigma: float | None = _GSMILE_OPTIONS["sigma"],
         batch_size: int | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         random_state: int | None = None,
@@ -368,8 +368,11 @@ class Explainer:
         if isinstance(run.route.model, ReportsExtras):
             extras.update(run.route.model.explanation_extras())
         if runs > 1:
-            coefficients, intercept, fidelity, ess, token_coefficients = _mean_of_runs(fits)
-            extras["stability"] = self._stability_report(fits, run)
+            mean = mean_of_runs(fits)
+            coefficients, intercept, fidelity = mean["coefficients"], mean["intercept"], mean["fidelity_r2"]
+            ess, token_coefficients = mean["effective_sample_size"], mean["token_coefficients"]
+            extras["stability"], note = runs_report(fits, [u.text for u in run.inputs.segmentation.units], self.top_k, run.seeds)
+            run.notes.extend([note] if note else [])
         run.notes.extend(_quality_notes(fidelity, ess, n_rows, run.explained, method.ess_hint))
         for note in run.notes:
             warnings.warn(note, GsmileWarning, stacklevel=3)
@@ -412,20 +415,6 @@ class Explainer:
             extras=extras,
         )
 
-    def _stability_report(self, fits, run: "_Run") -> dict:
-        """How the runs' coefficients agree (``extras["stability"]``); a note on unstable units."""
-        report = stability([res.coefficients for res in fits], k=self.top_k, seeds=run.seeds)
-        report["fidelity_r2"] = [None if not np.isfinite(r.fidelity_r2) else float(r.fidelity_r2) for r in fits]
-        if report["unstable"]:
-            units = run.inputs.segmentation.units
-            listed = ", ".join(repr(units[i].text) for i in report["unstable"][:5])
-            more = "..." if len(report["unstable"]) > 5 else ""
-            run.notes.append(
-                f"{len(report['unstable'])} unit(s) are unstable across the {len(fits)} runs (sign flips or std above "
-                f"|mean|): {listed}{more}; use more samples or larger units"
-            )
-        return report
-
 
 @dataclass
 class _Run:
@@ -456,20 +445,6 @@ def _check_texts(prompt, response, context) -> None:
         raise InvalidInputError("the response is empty; leave it out to let the model generate one", field="response")
     if context is not None and (not isinstance(context, str) or not context.strip()):
         raise InvalidInputError("the context is empty; give a context text or leave it out to explain the prompt", field="context")
-
-
-def _mean_of_runs(results):
-    """Coefficients, intercept, fidelity (NaN-aware), effective sample size and token matrix
-    averaged over repeated runs."""
-    r2s = np.array([res.fidelity_r2 for res in results], dtype=float)
-    token = results[0].token_coefficients
-    return (
-        np.mean([res.coefficients for res in results], axis=0),
-        float(np.mean([res.intercept for res in results])),
-        float(np.nanmean(r2s)) if np.isfinite(r2s).any() else float("nan"),
-        float(np.mean([res.effective_sample_size for res in results])),
-        None if token is None else np.mean([res.token_coefficients for res in results], axis=0),
-    )
 
 
 def _quality_notes(fidelity: float, ess: float, n_rows: int, explained: str, ess_hint: str | None) -> list[str]:

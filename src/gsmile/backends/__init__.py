@@ -17,6 +17,7 @@ Nothing here imports torch; the local backend loads it when first used.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -56,7 +57,8 @@ MODELS: dict[str, Callable[[], LanguageModel]] = {
     "smollm2": _embedded,
 }
 
-_loaded: dict[str, LanguageModel] = {}
+_loaded: dict[str, LanguageModel] = {}  # backends by name, loaded once per process
+_loaded_lock = threading.RLock()
 
 
 #: prefixes of model names that take an argument -> description (CLI help, errors).
@@ -83,16 +85,18 @@ def resolve_model(model, **api_options):
             from .local import HFCausalLM
 
             path = model[3:]
-            if path not in _loaded:
-                _loaded[path] = HFCausalLM.from_path(path)
-            return _loaded[path]
+            with _loaded_lock:
+                if path not in _loaded:
+                    _loaded[path] = HFCausalLM.from_path(path)
+                return _loaded[path]
         from ..errors import lookup
 
         factory = lookup(MODELS, model, "model")
         key = "local" if factory is _embedded else model
-        if key not in _loaded:
-            _loaded[key] = resolve_model(factory())
-        return _loaded[key]
+        with _loaded_lock:
+            if key not in _loaded:
+                _loaded[key] = resolve_model(factory())
+            return _loaded[key]
     if isinstance(model, (LanguageModel, ScalarModel, PerExplanation)):
         return model
     if callable(model):
