@@ -13,12 +13,8 @@ import math
 import numpy as np
 
 from ..explanation import Explanation
+from .palette import ink, mix
 from .terminal import extra_warnings, fidelity_warning, format_coefficient, format_r2, summary_items
-
-# Diverging palette (ColorBrewer RdBu ends): blue = positive coefficient, red = negative.
-POSITIVE_RGB = (33, 102, 172)
-NEGATIVE_RGB = (178, 24, 43)
-NEUTRAL_RGB = (255, 255, 255)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.5}
@@ -45,19 +41,9 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _mix(value: float, strength: float) -> tuple[int, int, int]:
-    """The diverging colour for a signed ``value`` at ``strength`` in [0, 1] (0 = white)."""
-    if not math.isfinite(strength) or not math.isfinite(value) or value == 0:
-        return NEUTRAL_RGB
-    strength = min(max(strength, 0.0), 1.0)
-    base = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
-    return tuple(round(n + (b - n) * strength) for n, b in zip(NEUTRAL_RGB, base))  # type: ignore[return-value]
-
-
 def _style(value: float, strength: float) -> str:
-    r, g, b = _mix(value, strength)
-    ink = "#fff" if math.isfinite(strength) and value != 0 and strength > 0.55 else "#222"
-    return f"background:rgb({r},{g},{b});color:{ink}"
+    r, g, b = mix(value, strength)
+    return f"background:rgb({r},{g},{b});color:{ink(value, strength)}"
 
 
 def _unit_title(coefficient: float, score: float) -> str:
@@ -93,7 +79,7 @@ def _bar_rows(exp: Explanation) -> str:
     rows = []
     for a in exp.attributions():
         width = min(max(a.score, 0.0), 1.0) * 100 if math.isfinite(a.score) else 0.0
-        r, g, b = _mix(a.coefficient, 1.0)
+        r, g, b = mix(a.coefficient, 1.0)
         rows.append(
             f'<tr><td class="label">{_e(a.text)}</td>'
             f'<td><div class="track"><div class="fill" style="width:{width:.1f}%;background:rgb({r},{g},{b})">'

@@ -11,10 +11,11 @@ import io
 import numpy as np
 
 from ..explanation import Explanation
+from .palette import NEGATIVE_RGB, POSITIVE_RGB, hex_colour
 from .terminal import format_r2, one_line, truncate
 
-POSITIVE_COLOR = "#2166ac"
-NEGATIVE_COLOR = "#b2182b"
+POSITIVE_COLOR = hex_colour(POSITIVE_RGB)
+NEGATIVE_COLOR = hex_colour(NEGATIVE_RGB)
 NEUTRAL_COLOR = "#999999"
 #: Longest unit label, in characters, before it is cut with an ellipsis.
 MAX_LABEL_CHARS = 24

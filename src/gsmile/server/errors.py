@@ -1,6 +1,7 @@
 """Library errors turned into HTTP statuses and JSON bodies, in one place.
 
-* ``FieldError`` and the library's ``InvalidInputError``/``SchemaError``: 422;
+* ``FieldError`` and the library's ``InvalidInputError``/``SchemaError``: 422 with the
+  message; when the error names its field (``InvalidInputError.field``), ``fields`` names it;
 * ``UnknownNameError`` (method, unit, target...): 400 with the valid names;
 * ``NotSupported``: 501 (e.g. the analyze endpoint on a scalar model);
 * ``ModelError``: 503 (the model could not be loaded or run);
@@ -41,6 +42,8 @@ def error_body(exc: BaseException, request_id: str | None = None) -> dict[str, A
         return {"status": 422, "error": str(exc), "fields": [{"field": exc.field, "message": exc.message}]}
     if isinstance(exc, UnknownNameError):
         return {"status": 400, "error": str(exc), "valid": list(exc.valid)}
+    if isinstance(exc, InvalidInputError) and exc.field:
+        return {"status": 422, "error": str(exc), "fields": [{"field": exc.field, "message": str(exc)}]}
     if isinstance(exc, (InvalidInputError, SchemaError)):
         return {"status": 422, "error": str(exc)}
     if isinstance(exc, NotSupported):

@@ -1,46 +1,87 @@
 """Request and response bodies of the HTTP API (pydantic models; they make the OpenAPI schema).
 
-Shapes are checked here (types, ranges, required fields: 422 naming the field); names
-(method, unit, target) are checked by the library's registries (400 listing the valid ones).
+The explain request's options are the library's (``gsmile.Explainer``): the schema states
+their types for the OpenAPI document but leaves their checking to the library, which the
+route runs before anything is queued (422 with the library's message, naming the field), so
+ranges and defaults are never copied here. The schema itself checks only what protects the
+server (text sizes) and the request's own fields (prompt, response, context, segments,
+async). Names (method, unit, target) are checked by the library's registries (400 listing
+the valid ones).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation
 
 MAX_SAMPLES = 5000
 MAX_TEXT = 200_000
+MAX_TEMPLATE = 10_000
+#: Request fields that are not Explainer options (the text and how the reply is sent).
+REQUEST_FIELDS = ("prompt", "response", "context", "segments", "async_")
+#: Explainer options the API does not offer: the progress bar goes to the server's stderr
+#: (a job reports its progress instead).
+SERVER_ONLY_OPTIONS = ("progress",)
+
+
+def _at_most(limit: int):
+    """A size limit on a text option, leaving its type to the library."""
+
+    def check(value):
+        if isinstance(value, str) and len(value) > limit:
+            raise ValueError(f"String should have at most {limit} characters")
+        return value
+
+    return BeforeValidator(check)
+
+
+def Option(tp, *extra):  # noqa: N802 (reads like a type)
+    """An Explainer option: typed in the schema, checked by the library."""
+    return Annotated[tp | None, SkipValidation, *extra]
 
 
 class ExplainRequest(BaseModel):
-    """The library's options (see ``gsmile.Explainer``) as JSON."""
+    """The library's options (see ``gsmile.Explainer``) as JSON. An option left out (or
+    null) takes the library's default."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     prompt: str = Field(..., min_length=1, max_length=MAX_TEXT, description="the prompt to explain")
     response: str | None = Field(None, max_length=MAX_TEXT, description="explain this response instead of the model's greedy one")
     context: str | None = Field(None, max_length=MAX_TEXT, description="explain this context (its units) instead of the prompt")
-    method: str = Field("gsmile", description="attribution method (gsmile, occlusion, lime, kernelshap, shapley, mupax, banzhaf)")
-    unit: str = Field("word", description="unit of the prompt: word, token or sentence")
-    context_unit: str | None = Field(None, description="unit of the context (default: sentence)")
-    target: str = Field("wasserstein", description="output shift measured: wasserstein, logprob, kl, js, tv")
-    n_samples: int = Field(200, ge=10, le=MAX_SAMPLES, description="perturbed prompts drawn")
-    dropout: float = Field(0.2, gt=0, lt=1, description="share of units each perturbation drops (0.05-0.5)")
-    sigma: float | None = Field(None, gt=0, description="kernel width (default 0.5*sqrt(units))")
-    random_state: int | None = Field(0, description="seed; the same seed gives the same explanation")
-    batch_size: int | None = Field(None, ge=1, le=256, description="prompts per forward pass (default: from the sequence length); never changes results")
-    max_evals: int | None = Field(None, ge=2, le=MAX_SAMPLES, description="budget of model evaluations, the original included (default: n_samples draws)")
-    max_new_tokens: int = Field(48, ge=1, le=512, description="length of the generated response")
-    method_options: dict[str, float | int | str | bool | None] | None = Field(
+    segments: list[str] | None = Field(None, max_length=10_000, description="your own units: strings that tile the explained text")
+    method: Option(str) = Field(None, description="attribution method (gsmile, occlusion, lime, kernelshap, shapley, mupax, banzhaf)")
+    unit: Option(str) = Field(None, description="unit of the prompt: word, token, phrase or sentence")
+    context_unit: Option(str) = Field(None, description="unit of the context")
+    target: Option(str) = Field(None, description="output shift measured: wasserstein, logprob, kl, js, tv, embedding")
+    n_samples: Option(int) = Field(None, description="perturbed prompts drawn (at most the server's GSMILE_MAX_SAMPLES)")
+    dropout: Option(float) = Field(None, description="gsmile: share of units each perturbation drops")
+    sigma: Option(float) = Field(None, description="gsmile: kernel width (default 0.5*sqrt(units))")
+    random_state: Option(int) = Field(0, description="seed; the same seed gives the same explanation (null: a fresh one)")
+    batch_size: Option(int) = Field(None, description="prompts per forward pass (default: from the sequence length); never changes results")
+    max_evals: Option(int) = Field(None, description="budget of model evaluations, the original included (at most the server's GSMILE_MAX_SAMPLES)")
+    max_new_tokens: Option(int) = Field(None, description="length of the generated response")
+    method_options: Option(dict[str, Any]) = Field(
         None, description='the method\'s own options, e.g. {"threshold_percentile": 0.2} for mupax'
     )
-    runs: int | None = Field(None, ge=1, le=20, description="repeat with consecutive seeds and report stability")
-    top_k: int | None = Field(None, ge=1, le=1000, description="top units compared across runs")
-    context_template: str | None = Field(None, max_length=10_000, description="user turn built from {context} and {prompt}")
-    segments: list[str] | None = Field(None, max_length=10_000, description="your own units: strings that tile the explained text")
+    runs: Option(int) = Field(None, description="repeat with consecutive seeds and report stability")
+    top_k: Option(int) = Field(None, description="top units compared across runs or rounds")
+    until_stable: Option(bool) = Field(None, description="sample in rounds until the top_k units stop changing")
+    max_rounds: Option(int) = Field(None, description="most rounds of until_stable")
+    context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
+
+    def options(self) -> dict[str, Any]:
+        """The request as the service's params: every field given (null ones left to the
+        library's defaults), ``async`` aside."""
+        values = {name: getattr(self, name) for name in type(self).model_fields if name != "async_"}
+        return {name: value for name, value in values.items() if value is not None}
+
+    @classmethod
+    def explainer_options(cls) -> set[str]:
+        """The fields that are Explainer options."""
+        return set(cls.model_fields) - set(REQUEST_FIELDS)
 
 
 class AnalyzeRequest(BaseModel):
@@ -114,6 +155,7 @@ class JobError(BaseModel):
     status: int
     error: str
     request_id: str | None = None
+    fields: list[dict[str, str]] | None = None
     valid: list[str] | None = None
 
 

@@ -1,20 +1,33 @@
-"""Server settings: constructor arguments, with defaults read from the environment.
+"""Server settings: a pydantic-settings ``BaseSettings`` whose values come from ``GSMILE_*``
+environment variables (``env_prefix="GSMILE_"``).
 
-Every setting has a ``GSMILE_*`` environment variable; :meth:`Settings.from_env` reads them
-once (the CLI and :func:`~gsmile.server.create_app` call it), and a bad value fails at
-start-up with a message naming the variable.
+``Settings(...)`` takes the values given and the defaults, nothing else (tests build it
+directly); :meth:`Settings.from_env` also reads the environment (the CLI and
+:func:`~gsmile.server.create_app` call it), and a bad value fails at start-up with a
+message naming the variable.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, ClassVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from ..errors import InvalidInputError, check_int
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8800
+ENV_PREFIX = "GSMILE_"
+
+#: The environment read by the Settings being built (None: none, the constructor's case).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("gsmile_settings_environ", default=None)
 
 
 def default_jobs_path() -> Path:
@@ -27,79 +40,106 @@ def default_jobs_path() -> Path:
     return Path(root).expanduser() / "jobs.sqlite3"
 
 
-@dataclass
-class Settings:
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source, reading a given mapping (``os.environ`` or a test's dict)."""
+
+    def __init__(self, settings_cls, environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self):
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class Settings(BaseSettings):
     """What the service needs to know; see the README section "Server" for each variable.
 
-    api_key: when set, every ``/v1`` call needs ``Authorization: Bearer <api_key>``.
-    cors_origins: origins allowed by CORS; empty: no CORS headers at all.
+    api_key (GSMILE_API_KEY): when set, every ``/v1`` call needs ``Authorization: Bearer <api_key>``.
+    cors_origins (GSMILE_CORS_ORIGINS, comma-separated): origins allowed by CORS; empty: no CORS headers at all.
     max_body_bytes: larger request bodies get 413.
     max_concurrent: explanations computed at once.
     max_queue: explanations waiting for a slot; beyond it, 503 with Retry-After.
-    retry_after_s: the Retry-After value sent with that 503.
-    jobs_path: SQLite file keeping jobs and their results across restarts.
+    retry_after_s (GSMILE_RETRY_AFTER): the Retry-After value sent with that 503.
+    max_samples: the most ``n_samples`` or ``max_evals`` one explain request may ask for.
+    jobs_path (GSMILE_JOBS_DB): SQLite file keeping jobs and their results across restarts.
     jobs_keep: how many finished jobs the file keeps (the oldest are deleted).
     xai_maxlen: tokens (prompt side + response) of one scoring pass of the analyze score.
     xai_src_chars: context + prompt longer than this is cut from the beginning.
     analyze_min_maxlen: on out-of-memory the pass is retried with half the length, not below this.
     model: the model name used when no model object is given to create_app ("local": SmolLM2).
+
+    Each setting's variable is ``GSMILE_`` + its name in capitals unless named above.
     """
 
-    api_key: str | None = None
-    cors_origins: list[str] = field(default_factory=list)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    api_key: str | None = Field(None, repr=False)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 1_000_000
     max_concurrent: int = 1
     max_queue: int = 16
-    retry_after_s: int = 5
-    jobs_path: Path | None = None
+    retry_after_s: int = Field(5, validation_alias="GSMILE_RETRY_AFTER")
+    max_samples: int = 5000
+    jobs_path: Path | None = Field(None, validation_alias="GSMILE_JOBS_DB")
     jobs_keep: int = 1000
     xai_maxlen: int = 512
     xai_src_chars: int = 2400
     analyze_min_maxlen: int = 512
     model: str = "local"
 
-    #: setting name -> environment variable
-    ENV = {
-        "api_key": "GSMILE_API_KEY",
-        "max_body_bytes": "GSMILE_MAX_BODY_BYTES",
-        "max_concurrent": "GSMILE_MAX_CONCURRENT",
-        "max_queue": "GSMILE_MAX_QUEUE",
-        "retry_after_s": "GSMILE_RETRY_AFTER",
-        "jobs_path": "GSMILE_JOBS_DB",
-        "jobs_keep": "GSMILE_JOBS_KEEP",
-        "xai_maxlen": "GSMILE_XAI_MAXLEN",
-        "xai_src_chars": "GSMILE_XAI_SRC_CHARS",
-        "analyze_min_maxlen": "GSMILE_ANALYZE_MIN_MAXLEN",
-        "model": "GSMILE_MODEL",
+    #: lower bounds checked by :meth:`checked`
+    MINIMA: ClassVar[dict[str, int]] = {
+        "max_body_bytes": 1024, "max_concurrent": 1, "max_queue": 0, "retry_after_s": 1, "max_samples": 10,
+        "jobs_keep": 1, "xai_maxlen": 16, "xai_src_chars": 16, "analyze_min_maxlen": 16,
     }
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> "Settings":
-        """Settings from ``GSMILE_*`` variables; keyword ``overrides`` win over them."""
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings,)
+        return (init_settings, _MappingEnvSource(settings_cls, environ))
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("jobs_path", mode="after")
+    @classmethod
+    def _expand(cls, value):
+        return None if value is None else Path(value).expanduser()
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of setting ``name``."""
+        alias = cls.model_fields[name].validation_alias
+        return alias if isinstance(alias, str) else ENV_PREFIX + name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from ``GSMILE_*`` variables (of ``environ``, default ``os.environ``);
+        keyword ``overrides`` that are not None win over them."""
+        values = {k: v for k, v in overrides.items() if v is not None}
         environ = os.environ if environ is None else environ
-        values: dict = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for name, var in cls.ENV.items():
-            raw = environ.get(var)
-            if raw is None or raw == "":
-                continue
-            if "int" in str(types[name]) and "str" not in str(types[name]):
-                try:
-                    values[name] = int(raw)
-                except ValueError:
-                    raise InvalidInputError(f"{var} must be an integer, got {raw!r}") from None
-            elif name == "jobs_path":
-                values[name] = Path(raw).expanduser()
-            else:
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).checked()
+        with _reading(environ):
+            try:
+                settings = cls(**values)
+            except ValidationError as exc:
+                raise InvalidInputError(_env_message(cls, exc, environ, values), field=_loc_name(cls, exc)) from None
+        return settings.checked()
 
     def checked(self) -> "Settings":
         """Check every value; raises InvalidInputError naming the setting."""
-        for name, lo in (("max_body_bytes", 1024), ("max_concurrent", 1), ("max_queue", 0), ("retry_after_s", 1), ("jobs_keep", 1),
-                         ("xai_maxlen", 16), ("xai_src_chars", 16), ("analyze_min_maxlen", 16)):
-            check_int(f"{name} ({self.ENV.get(name)})", getattr(self, name), lo)
+        for name, lo in self.MINIMA.items():
+            check_int(f"{name} ({self.env_name(name)})", getattr(self, name), lo, field=name)
         if self.analyze_min_maxlen > self.xai_maxlen:
             self.analyze_min_maxlen = self.xai_maxlen
         if self.api_key is not None and not self.api_key.strip():
@@ -109,3 +149,32 @@ class Settings:
             self.jobs_path = default_jobs_path()
         self.jobs_path = Path(self.jobs_path)
         return self
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str]):
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _loc_name(cls, exc: ValidationError) -> str | None:
+    loc = exc.errors()[0].get("loc") or ()
+    if not loc:
+        return None
+    first = str(loc[0])
+    by_alias = {f.validation_alias: n for n, f in cls.model_fields.items() if isinstance(f.validation_alias, str)}
+    return by_alias.get(first, first)
+
+
+def _env_message(cls, exc: ValidationError, environ: Mapping[str, str], given: dict) -> str:
+    """One line naming the variable (or the option given) and what it must be."""
+    err = exc.errors()[0]
+    name = _loc_name(cls, exc) or "settings"
+    label = name if name in given or name not in cls.model_fields else cls.env_name(name)
+    raw = given.get(name, environ.get(label) if label != name else None)
+    if err.get("type", "").startswith("int_"):
+        return f"{label} must be an integer, got {raw!r}"
+    return f"{label}: {err.get('msg', 'invalid value')}, got {raw!r}"

@@ -2,8 +2,8 @@
 // inserted with textContent, so it is always shown as text and never parsed as markup.
 "use strict";
 
-const POS = [33, 102, 172];
-const NEG = [178, 24, 43];
+// The colour scale (gsmile.render.palette): the server puts it in place of the next line.
+const SCALE = null; // gsmile:colour-scale
 const POLL_MS = 400;
 const $ = (id) => document.getElementById(id);
 let current = null; // the explanation JSON last computed
@@ -20,12 +20,15 @@ function clear(node) {
 }
 
 // Signed value -> background colour; strength in [0, 1] (0 = white).
+// The same computation as gsmile.render.palette.mix and ink.
 function colour(value, strength) {
-  if (!Number.isFinite(value) || !Number.isFinite(strength) || value === 0) return ["rgb(255,255,255)", "#1f2328"];
+  if (!Number.isFinite(value) || !Number.isFinite(strength) || value === 0) {
+    return [`rgb(${SCALE.neutral.join(",")})`, SCALE.dark_ink];
+  }
   const s = Math.min(Math.max(strength, 0), 1);
-  const base = value > 0 ? POS : NEG;
-  const rgb = base.map((b) => Math.round(255 + (b - 255) * s));
-  return [`rgb(${rgb.join(",")})`, s > 0.55 ? "#fff" : "#1f2328"];
+  const base = value > 0 ? SCALE.positive : SCALE.negative;
+  const rgb = base.map((b, i) => Math.round(SCALE.neutral[i] + (b - SCALE.neutral[i]) * s));
+  return [`rgb(${rgb.join(",")})`, strength > SCALE.ink_threshold ? SCALE.light_ink : SCALE.dark_ink];
 }
 
 function paint(node, value, strength) {
