@@ -85,14 +85,17 @@ class Case:
         self.oracle = ExplanationScorer(self.template, lm)
 
     def logp(self, texts):
-        """log p(response | text) for each text, batched on gsmile's scorer (used by the
-        shap and lime wrappers)."""
-        out = []
-        for lo in range(0, len(texts), 8):
-            lp = self.lm.logprobs(texts[lo : lo + 8], self.response_ids)
-            t = np.arange(len(self.response_ids))
-            out.extend(lp[:, t, self.response_ids].astype(np.float64).sum(axis=1).tolist())
-        return np.array(out)
+        """log p(response | text) for each text (used by the shap and lime wrappers), scored
+        by gsmile's Scorer on the log-prob target. A fresh scorer per call, so a peer's call
+        costs what it asks for (plus the prompt, the target's reference) and no peer reuses
+        the values of another call."""
+        from gsmile.scoring import Scorer
+        from gsmile.targets import make_target
+
+        scorer = Scorer(self.lm, original=self.prompt, target=make_target("logprob"), response_ids=self.response_ids)
+        y = scorer.values(list(texts))  # log p(response | text) − log p(response | prompt)
+        ref = scorer.target
+        return y + float(ref.reference_[np.arange(len(self.response_ids)), ref.response_ids_].astype(np.float64).sum())
 
     def exact_shapley(self) -> np.ndarray:
         """Exact Shapley values of log p(response) by enumerating every coalition."""
