@@ -191,3 +191,16 @@ def test_the_server_caps_samples(make_api, field):
     assert r.status_code == 422, r.text
     assert r.json()["fields"][0]["field"] == field and "GSMILE_MAX_SAMPLES" in r.json()["error"]
     assert api.post("/v1/explain", json={"prompt": PROMPT, field: 100}).status_code == 200
+
+
+@pytest.mark.parametrize("body, field, within", [
+    ({"n_samples": 40, "runs": 3}, "runs", {"n_samples": 50, "runs": 2}),
+    ({"n_samples": 20, "until_stable": True}, "max_rounds", {"n_samples": 20, "until_stable": True, "max_rounds": 5}),  # 8 rounds by default
+    ({"max_evals": 60, "runs": 2}, "runs", {"max_evals": 50, "runs": 2}),
+])
+def test_the_cap_counts_every_run_and_round(make_api, body, field, within):
+    api = make_api(max_samples=100)
+    r = api.post("/v1/explain", json={"prompt": PROMPT, **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["fields"][0]["field"] == field and "GSMILE_MAX_SAMPLES" in r.json()["error"]
+    assert api.post("/v1/explain", json={"prompt": PROMPT, **within}).status_code == 200

@@ -156,6 +156,7 @@ class Explainer:
         check_int("runs", self.runs, *RUNS_RANGE)
         check_int("top_k", self.top_k, 1, 100_000)
         check_template(self.context_template)
+        make_rng(self.random_state)  # the samplers' own check: a non-negative integer, a Generator or None
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise InvalidInputError(f"progress must be True, False or a callable, got {self.progress!r}", field="progress")
         method = self._make_method(self.random_state)

@@ -88,11 +88,18 @@ async def execute(request: Request, manager: JobManager, settings: Settings, kin
 
 
 def check_budget(params: dict[str, Any], settings: Settings) -> None:
-    """The server's own cap on samples (after the library accepted the values)."""
-    for name in ("n_samples", "max_evals"):
-        value = params.get(name)
-        if isinstance(value, int) and value > settings.max_samples:
-            raise FieldError(name, f"this server allows at most {settings.max_samples} (GSMILE_MAX_SAMPLES), got {value}")
+    """The server's own cap (after the library accepted the values): the perturbed prompts a
+    request may draw in all, ``n_samples`` (or ``max_evals``) times ``runs`` (or
+    ``max_rounds`` with ``until_stable``), at most GSMILE_MAX_SAMPLES."""
+    from ..explainer import DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
+
+    name = "max_evals" if params.get("max_evals") is not None else "n_samples"
+    per_run = params.get(name) or DEFAULT_SAMPLES
+    repeats, times = (params.get("max_rounds") or DEFAULT_MAX_ROUNDS, "max_rounds") if params.get("until_stable") else (params.get("runs") or 1, "runs")
+    if per_run * repeats > settings.max_samples:
+        field = name if per_run > settings.max_samples or repeats == 1 else times
+        raise FieldError(field, f"this server draws at most {settings.max_samples} perturbed prompts per request "
+                                f"(GSMILE_MAX_SAMPLES); {name} {per_run} × {times} {repeats} asks for {per_run * repeats}")
 
 
 # --------------------------------------------------------------------------- explain
