@@ -116,7 +116,6 @@ def test_a_table_that_does_not_match_its_prompt_is_refused(bench):
 
 
 def test_captum_runner_on_a_table_recovers_an_additive_game(bench):
-    pytest.importorskip("captum")
     simulate = bench
     game = simulate.Game(game_doc(lambda m: 1.0 + m @ WEIGHTS))
     got, calls = simulate.RUNNERS["captum:FeatureAblation"](game, 14, 0)

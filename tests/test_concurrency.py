@@ -357,8 +357,6 @@ def test_shared_local_model(lm, n_threads):
 
 # ------------------------------------------------------------------ the server
 def _server_modules():
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
     from gsmile.server import Settings, create_app
     from server_client import Api
 

@@ -4,8 +4,8 @@ embedded model's check is in test_scorer_model.py)."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from gsmile.backends import llama_fast  # noqa: E402
 

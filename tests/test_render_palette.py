@@ -29,8 +29,6 @@ def test_the_page_sources_hold_no_copy_of_the_scale():
 
 
 def test_the_served_page_gets_the_scale_injected(tmp_path):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
     from server_client import AppFactory
 
     factory = AppFactory(tmp_path, lambda: (lambda texts: [0.0] * len(texts)))

@@ -9,8 +9,6 @@ import zlib
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
 
 from gsmile.server import Settings, create_app, service  # noqa: E402
 from gsmile.inputs import CONTEXT_TEMPLATE  # noqa: E402

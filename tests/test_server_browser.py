@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-sync_api = pytest.importorskip("playwright.sync_api")
+import playwright.sync_api as sync_api  # noqa: E402
 
 from gsmile.server import Settings, create_app  # noqa: E402
 from gsmile.units import Segmentation  # noqa: E402
@@ -138,7 +136,6 @@ def test_method_choices_come_from_the_service(page, server):
     assert page.is_disabled("#threshold") == ("mupax" != page.input_value("#method"))
 
 
-@pytest.mark.skipif("mupax" not in __import__("gsmile.methods").methods.METHODS, reason="needs the mupax method")
 def test_mupax_over_a_context(page, server, tmp_path):
     context = "Paris is in France. The tower was built by Eiffel. Cheese is good. Rain fell."
     _compute(page, server, prompt="Who built the tower in Paris?", context=context, response="Eiffel built it",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-uvicorn = pytest.importorskip("uvicorn")
+import uvicorn  # noqa: E402
 
 from gsmile.cli import main  # noqa: E402
 

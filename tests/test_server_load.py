@@ -7,11 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import numpy as np
-import pytest
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
 
 from gsmile.server import Settings, create_app  # noqa: E402
 from serve_models import Additive  # noqa: E402

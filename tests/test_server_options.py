@@ -14,8 +14,6 @@ import inspect
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
 
 from gsmile import Explainer  # noqa: E402
 from gsmile.errors import GsmileError, UnknownNameError  # noqa: E402

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pydantic_settings")
 
 from pydantic_settings import BaseSettings  # noqa: E402
 

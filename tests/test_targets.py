@@ -176,7 +176,6 @@ def test_gram_through_torch_is_the_product():
 
 
 def test_a_failing_transport_solver_is_a_gsmile_error_that_names_another_target(monkeypatch):
-    pytest.importorskip("ot.lp.emd_wrap")
     import ot.lp.emd_wrap
 
     from gsmile.errors import ComputationError, GsmileError

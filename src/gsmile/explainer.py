@@ -17,7 +17,7 @@ import numpy as np
 from .backends import Loadable, ReportsExtras, Route, prepare_backend, resolve_model
 from .errors import InvalidInputError, check_int
 from .explanation import FIDELITY_THRESHOLD, Explanation
-from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template
+from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template, user_turn
 from .methods import SurrogateMethod, make_method, method_options, option_specs
 from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .scoring import Scorer
@@ -223,8 +223,7 @@ class Explainer:
     def _reach_model(self, run: "_Run", response: str | None) -> None:
         """The route to the model for this explanation (loaded) and the target."""
         tic = time.perf_counter()
-        template = check_template(self.context_template)
-        run.original = run.prompt if run.context is None else template.format(context=run.context, prompt=run.prompt)
+        run.original = user_turn(run.prompt, run.context, self.context_template)
         run.route = prepare_backend(resolve_model(self.model), prompt=run.original, response=response, target=self.target,
                                     max_new_tokens=int(self.max_new_tokens))
         run.response = run.route.response
@@ -255,8 +254,7 @@ class Explainer:
         if n_units < FEW_UNITS:
             run.notes.append(f"the {run.explained} has only {n_units} units; attributions over so few units say little")
         run.unit = unit
-        template = check_template(self.context_template) if run.context is not None else CONTEXT_TEMPLATE
-        run.inputs = ModelInput(segmentation, run.prompt, run.context, template)
+        run.inputs = ModelInput(segmentation, run.prompt, run.context, self.context_template)
 
     def _response(self, run: "_Run") -> None:
         """The response's token ids (generated greedily unless given)."""
