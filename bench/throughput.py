@@ -78,7 +78,7 @@ def main(argv=None):
 
     # Warm-up (lazy imports, the cached prefix, allocator) outside the timings.
     _, warm, explainer = explain(True)
-    method = explainer.validate()[3]
+    method = explainer.validate()  # the method as the explanation built it
     seg = Segmentation(warm.prompt, warm.units)
     masks = np.unique(method.sample(len(seg), args.samples), axis=0)
     perturbed = sorted({seg.render(m) for m in masks} - {PROMPT})

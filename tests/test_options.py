@@ -28,8 +28,7 @@ from gsmile.samplers import DropoutSampler, Sampler
 from gsmile.surrogates import Surrogate, WeightedLinearRegression
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
-PROMPT = "What is the capital of France, and why is it famous?"
-WEIGHTS = {"capital": 2.0, "France": 3.0, "famous": 1.0, "why": -1.5}
+from test_cli_methods import PROMPT, Stand, stand  # noqa: E402,F401 (stand: the fixture)
 
 
 # ------------------------------------------------------------------ specs
@@ -276,23 +275,6 @@ def test_docs_list_every_option():
 
 
 # ------------------------------------------------------------------ CLI
-class Stand:
-    """f(text) = Σ weights of the words present: a scalar model the CLI reaches as 'local'."""
-
-    model_id = "stand-in"
-
-    def __call__(self, texts):
-        return [sum(w for word, w in WEIGHTS.items() if word in t) for t in texts]
-
-
-@pytest.fixture
-def stand(monkeypatch):
-    model = Stand()
-    monkeypatch.setattr("gsmile.backends.MODELS", {"local": lambda: model})
-    monkeypatch.setattr("gsmile.backends._loaded", {})
-    return model
-
-
 def _options_of(argv):
     from gsmile.cli import _method_options
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
+from ..explainer import DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
 from ..methods import METHODS
 from ..render.palette import inject
 from .errors import FieldError
@@ -91,11 +92,12 @@ def check_budget(params: dict[str, Any], settings: Settings) -> None:
     """The server's own cap (after the library accepted the values): the perturbed prompts a
     request may draw in all, ``n_samples`` (or ``max_evals``) times ``runs`` (or
     ``max_rounds`` with ``until_stable``), at most GSMILE_MAX_SAMPLES."""
-    from ..explainer import DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
-
     name = "max_evals" if params.get("max_evals") is not None else "n_samples"
     per_run = params.get(name) or DEFAULT_SAMPLES
-    repeats, times = (params.get("max_rounds") or DEFAULT_MAX_ROUNDS, "max_rounds") if params.get("until_stable") else (params.get("runs") or 1, "runs")
+    if params.get("until_stable"):
+        repeats, times = params.get("max_rounds") or DEFAULT_MAX_ROUNDS, "max_rounds"
+    else:
+        repeats, times = params.get("runs") or 1, "runs"
     if per_run * repeats > settings.max_samples:
         field = name if per_run > settings.max_samples or repeats == 1 else times
         raise FieldError(field, f"this server draws at most {settings.max_samples} perturbed prompts per request "

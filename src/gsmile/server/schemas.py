@@ -15,6 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation
 
+from ..methods import METHODS, option_specs
+from ..targets import TARGETS, TEXT_TARGETS
+from ..units import SEGMENTERS
+
+#: gSMILE's options, described once in its factory.
+_GSMILE = option_specs("gsmile")
 MAX_SAMPLES = 5000
 MAX_TEXT = 200_000
 MAX_TEMPLATE = 10_000
@@ -51,13 +57,13 @@ class ExplainRequest(BaseModel):
     response: str | None = Field(None, max_length=MAX_TEXT, description="explain this response instead of the model's greedy one")
     context: str | None = Field(None, max_length=MAX_TEXT, description="explain this context (its units) instead of the prompt")
     segments: list[str] | None = Field(None, max_length=10_000, description="your own units: strings that tile the explained text")
-    method: Option(str) = Field(None, description="attribution method (gsmile, occlusion, lime, kernelshap, shapley, mupax, banzhaf)")
-    unit: Option(str) = Field(None, description="unit of the prompt: word, token, phrase or sentence")
+    method: Option(str) = Field(None, description=f"attribution method: {', '.join(METHODS)}")
+    unit: Option(str) = Field(None, description=f"unit of the prompt: {', '.join(SEGMENTERS)}")
     context_unit: Option(str) = Field(None, description="unit of the context")
-    target: Option(str) = Field(None, description="output shift measured: wasserstein, logprob, kl, js, tv, embedding")
+    target: Option(str) = Field(None, description=f"output shift measured: {', '.join([*TARGETS, *TEXT_TARGETS])}")
     n_samples: Option(int) = Field(None, description="perturbed prompts drawn (at most the server's GSMILE_MAX_SAMPLES)")
-    dropout: Option(float) = Field(None, description="gsmile: share of units each perturbation drops")
-    sigma: Option(float) = Field(None, description="gsmile: kernel width (default 0.5*sqrt(units))")
+    dropout: Option(float) = Field(None, description=f"gsmile: {_GSMILE['dropout'].help}")
+    sigma: Option(float) = Field(None, description=f"gsmile: {_GSMILE['sigma'].help}")
     random_state: Option(int) = Field(0, description="seed; the same seed gives the same explanation (null: a fresh one)")
     batch_size: Option(int) = Field(None, description="prompts per forward pass (default: from the sequence length); never changes results")
     max_evals: Option(int) = Field(None, description="budget of model evaluations, the original included (at most the server's GSMILE_MAX_SAMPLES)")
