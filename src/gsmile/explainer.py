@@ -361,6 +361,7 @@ class Explainer:
         result = fits[0]
         coefficients, intercept, fidelity = result.coefficients, result.intercept, result.fidelity_r2
         token_coefficients, ess, extras = result.token_coefficients, result.effective_sample_size, dict(result.extras)
+        held_out = result.held_out_r2
         if run.rounds is not None:
             extras["until_stable"] = run.rounds
         extras.update(run.route.info)  # how the model was reached (path, and why)
@@ -369,6 +370,7 @@ class Explainer:
         if runs > 1:
             mean = mean_of_runs(fits)
             coefficients, intercept, fidelity = mean["coefficients"], mean["intercept"], mean["fidelity_r2"]
+            held_out = mean["held_out_r2"]
             ess, token_coefficients = mean["effective_sample_size"], mean["token_coefficients"]
             extras["stability"], note = runs_report(fits, [u.text for u in run.inputs.segmentation.units], self.top_k, run.seeds)
             run.notes.extend([note] if note else [])
@@ -395,6 +397,7 @@ class Explainer:
             coefficients=coefficients,
             intercept=intercept,
             fidelity_r2=fidelity,
+            held_out_r2=held_out,
             method=method.name,
             target=run.target.name if is_lm else run.route.model.target_name,
             unit_type=run.unit,

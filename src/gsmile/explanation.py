@@ -21,6 +21,8 @@ VERSION = 1
 
 #: Below this weighted R² the surrogate does not describe the model well enough to trust.
 FIDELITY_THRESHOLD = 0.7
+#: Below this held-out R² the surrogate does not predict samples it was not fitted on.
+HELD_OUT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class Explanation:
     ``scores`` are ``|coefficients|`` scaled to [0, 1].
     ``n_samples``: masks drawn, repeats included; ``n_unique``: distinct inputs the model was
     run on, the original included (the model evaluations ``max_evals`` bounds).
+    ``fidelity_r2``: the surrogate's weighted R² on the samples it was fitted on;
+    ``held_out_r2``: its weighted R² on samples it was not fitted on (cross-validated, see
+    :meth:`gsmile.methods.SurrogateMethod.held_out_r2`; None where it cannot be computed).
+    :attr:`reliable` needs both, and more effective samples than the surrogate has parameters
+    (:attr:`reliability_issues` says what failed).
     """
 
     prompt: str
@@ -76,6 +83,7 @@ class Explanation:
     response_tokens: list[str] | None = None
     token_coefficients: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    held_out_r2: float | None = None
 
     def __post_init__(self) -> None:
         self.coefficients = np.asarray(self.coefficients, dtype=float)
@@ -93,9 +101,31 @@ class Explanation:
         return normalized_scores(self.coefficients)
 
     @property
+    def reliability_issues(self) -> list[str]:
+        """Why the scores should not be trusted (empty when nothing says so): a fidelity R²
+        below :data:`FIDELITY_THRESHOLD` (or undefined), a held-out R² below
+        :data:`HELD_OUT_THRESHOLD`, or fewer effective samples than the surrogate's
+        parameters (one per unit and the intercept: the fit can then pass through every
+        sample whatever the model does, so its R² says nothing)."""
+        issues = []
+        r2 = float(self.fidelity_r2)
+        if not math.isfinite(r2):
+            issues.append("the model's output did not change when units were removed, so fidelity R² is undefined")
+        elif r2 < FIDELITY_THRESHOLD:
+            issues.append(f"surrogate fidelity R² {r2:.2f} is below {FIDELITY_THRESHOLD}")
+        if self.held_out_r2 is not None and self.held_out_r2 < HELD_OUT_THRESHOLD:
+            issues.append(f"held-out R² {self.held_out_r2:.2f} is below {HELD_OUT_THRESHOLD}: the surrogate does not "
+                          f"predict samples it was not fitted on")
+        ess, n_params = self.effective_sample_size, len(self.units) + 1
+        if ess is not None and math.isfinite(ess) and ess < n_params:
+            issues.append(f"effective sample size {ess:.1f} is below the {n_params} parameters of the surrogate "
+                          f"({len(self.units)} units and the intercept): the fit can match any output")
+        return issues
+
+    @property
     def reliable(self) -> bool:
-        """Whether the surrogate's fidelity R² reaches :data:`FIDELITY_THRESHOLD`."""
-        return bool(np.isfinite(self.fidelity_r2) and self.fidelity_r2 >= FIDELITY_THRESHOLD)
+        """Whether nothing in :attr:`reliability_issues` speaks against the scores."""
+        return not self.reliability_issues
 
     @property
     def text(self) -> str:
@@ -130,7 +160,9 @@ class Explanation:
             "scores": _floats(self.scores),
             "intercept": _float(self.intercept),
             "fidelity_r2": _float(self.fidelity_r2),
+            "held_out_r2": _float(self.held_out_r2),
             "reliable": self.reliable,
+            "reliability_issues": self.reliability_issues,
             "method": self.method,
             "target": self.target,
             "unit_type": self.unit_type,
@@ -171,6 +203,7 @@ class Explanation:
                 coefficients=np.array(_unfloats(data["coefficients"]), dtype=float),
                 intercept=_unfloat(data["intercept"]),
                 fidelity_r2=_unfloat(data["fidelity_r2"]),
+                held_out_r2=_optfloat(data.get("held_out_r2")),
                 method=data["method"],
                 target=data["target"],
                 unit_type=data["unit_type"],

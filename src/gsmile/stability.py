@@ -84,13 +84,16 @@ def stability(coefficient_runs, k: int = DEFAULT_TOP_K, seeds: Sequence[int] | N
 
 def mean_of_runs(fits) -> dict[str, Any]:
     """The runs' fits (:class:`~gsmile.methods.MethodResult`) averaged: coefficients,
-    intercept, fidelity (NaN-aware), effective sample size and token matrix."""
+    intercept, fidelity (NaN-aware), held-out fidelity (over the runs that have one),
+    effective sample size and token matrix."""
     r2s = np.array([fit.fidelity_r2 for fit in fits], dtype=float)
+    held_out = [fit.held_out_r2 for fit in fits if fit.held_out_r2 is not None]
     token = fits[0].token_coefficients
     return {
         "coefficients": np.mean([fit.coefficients for fit in fits], axis=0),
         "intercept": float(np.mean([fit.intercept for fit in fits])),
         "fidelity_r2": float(np.nanmean(r2s)) if np.isfinite(r2s).any() else float("nan"),
+        "held_out_r2": float(np.mean(held_out)) if held_out else None,
         "effective_sample_size": float(np.mean([fit.effective_sample_size for fit in fits])),
         "token_coefficients": None if token is None else np.mean([fit.token_coefficients for fit in fits], axis=0),
     }
@@ -101,6 +104,7 @@ def runs_report(fits, unit_texts: Sequence[str], k: int, seeds: Sequence[int]) -
     unstable units (None when every unit is stable)."""
     report = stability([fit.coefficients for fit in fits], k=k, seeds=seeds)
     report["fidelity_r2"] = [None if not np.isfinite(fit.fidelity_r2) else float(fit.fidelity_r2) for fit in fits]
+    report["held_out_r2"] = [fit.held_out_r2 for fit in fits]
     if not report["unstable"]:
         return report, None
     listed = ", ".join(repr(unit_texts[i]) for i in report["unstable"][:5])

@@ -8,9 +8,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import GsmileError
 from ..kernels import Kernel, effective_sample_size
 from ..samplers import Sampler
-from ..surrogates import Surrogate
+from ..surrogates import Surrogate, weighted_r2
+
+#: Folds of the held-out fidelity (:meth:`SurrogateMethod.held_out_r2`).
+HELD_OUT_FOLDS = 5
 
 
 @dataclass
@@ -23,6 +27,7 @@ class MethodResult:
     weights: np.ndarray  # (n_rows,)
     effective_sample_size: float
     sigma: float | None = None
+    held_out_r2: float | None = None  # see SurrogateMethod.held_out_r2
     token_coefficients: np.ndarray | None = None  # (n_units, n_outputs)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +111,7 @@ class SurrogateMethod:
             coefficients=np.asarray(coef, dtype=float),
             intercept=float(intercept),
             fidelity_r2=float(r2),
+            held_out_r2=self.held_out_r2(Z, y, weights),
             weights=weights,
             effective_sample_size=effective_sample_size(weights),
             sigma=sigma,
@@ -113,6 +119,37 @@ class SurrogateMethod:
         )
         result.extras.update(self.extras(masks, y, result, surrogate))
         return result
+
+    def held_out_r2(self, Z: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float | None:
+        """Weighted R² of the surrogate on samples it was not fitted on: :data:`HELD_OUT_FOLDS`
+        folds of the distinct masks (identical masks share a fold; the full and the empty
+        mask stay in every training fold), each predicted by a surrogate fitted on the others.
+        Unlike the in-sample R², it cannot be perfect by construction. None when a training
+        fold would hold no more distinct masks than the surrogate has parameters, or the
+        surrogate cannot be refitted on part of the samples (exact Shapley values, occlusion)."""
+        n_rows, n_units = Z.shape
+        _, group = np.unique(Z, axis=0, return_inverse=True)
+        group = group.ravel()
+        n_groups = int(group.max()) + 1 if n_rows else 0
+        anchors = Z.all(axis=1) | ~Z.any(axis=1)
+        free = np.unique(group[~anchors])
+        held = len(free) - len(free) // HELD_OUT_FOLDS
+        if held + int(anchors.any()) <= n_units + 1 or len(free) < HELD_OUT_FOLDS:
+            return None
+        fold_of = np.full(n_groups, -1)
+        fold_of[np.random.default_rng(0).permutation(free)] = np.arange(len(free)) % HELD_OUT_FOLDS
+        fold = fold_of[group]
+        predicted = np.empty(n_rows)
+        for k in range(HELD_OUT_FOLDS):
+            test, train = fold == k, fold != k
+            try:
+                part = self.surrogate_factory().fit(Z[train], y[train], sample_weight=weights[train])
+            except (GsmileError, np.linalg.LinAlgError, ValueError):
+                return None
+            predicted[test] = Z[test] @ np.asarray(part.coef_, dtype=float) + float(part.intercept_)
+        scored = fold >= 0
+        r2 = weighted_r2(y[scored], predicted[scored], weights[scored])
+        return float(r2) if np.isfinite(r2) else None
 
     def extras(self, masks: np.ndarray, y: np.ndarray, result: MethodResult, surrogate) -> dict[str, Any]:
         """Method-specific results stored in ``Explanation.extras`` (plain data)."""

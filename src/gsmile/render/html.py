@@ -155,7 +155,8 @@ def render_html(exp: Explanation) -> str:
         parts.append("<p>No units to attribute.</p>")
 
     parts.append("<h2>Fidelity</h2>")
-    parts.append(f"<p>Surrogate fidelity R²: <strong>{_e(format_r2(exp.fidelity_r2))}</strong></p>")
+    held = f" (held out: <strong>{_e(format_r2(exp.held_out_r2))}</strong>)" if exp.held_out_r2 is not None else ""
+    parts.append(f"<p>Surrogate fidelity R²: <strong>{_e(format_r2(exp.fidelity_r2))}</strong>{held}</p>")
     problem = fidelity_warning(exp)
     if problem:
         parts.append(f'<p class="warning">Warning: {_e(problem)}</p>')

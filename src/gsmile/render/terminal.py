@@ -47,20 +47,17 @@ def format_r2(r2: float) -> str:
     return f"{r2:.2f}" if math.isfinite(r2) else "undefined"
 
 
+def fidelity_line(exp: Explanation) -> str:
+    """``Surrogate fidelity R²: 0.94 (held out: 0.88)`` (the held-out figure when there is one)."""
+    held = f" (held out: {format_r2(exp.held_out_r2)})" if exp.held_out_r2 is not None else ""
+    return f"Surrogate fidelity R²: {format_r2(exp.fidelity_r2)}{held}"
+
+
 def fidelity_warning(exp: Explanation) -> str | None:
-    """Why the scores should not be trusted, or None when the surrogate is faithful."""
-    if exp.reliable:
-        return None
-    r2 = float(exp.fidelity_r2)
-    if math.isnan(r2):
-        return (
-            "the model's output did not change when units were removed, so fidelity R² is "
-            "undefined and the scores are unreliable"
-        )
-    return (
-        f"surrogate fidelity R² {format_r2(r2)} is below {FIDELITY_THRESHOLD}: "
-        "the scores are unreliable"
-    )
+    """Why the scores should not be trusted (every reason, see
+    :attr:`Explanation.reliability_issues`), or None when nothing speaks against them."""
+    issues = exp.reliability_issues
+    return "; ".join(issues) + ": the scores are unreliable" if issues else None
 
 
 def extra_warnings(exp: Explanation) -> list[str]:
@@ -71,7 +68,7 @@ def extra_warnings(exp: Explanation) -> list[str]:
 
 
 def _is_fidelity_note(note: str) -> bool:
-    return "fidelity R²" in note or "output did not change" in note
+    return "fidelity R²" in note or "output did not change" in note or "effective sample size" in note
 
 
 def summary_items(exp: Explanation) -> list[tuple[str, str]]:
@@ -172,7 +169,7 @@ def render_terminal(exp: Explanation, *, color: bool = False, bar_width: int = 1
     else:
         lines.append("(no units to attribute)")
 
-    lines.append(f"Surrogate fidelity R²: {format_r2(exp.fidelity_r2)}")
+    lines.append(fidelity_line(exp))
     problem = fidelity_warning(exp)
     if problem:
         lines.append(paint(f"Warning: {problem}", _YELLOW))

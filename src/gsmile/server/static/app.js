@@ -146,8 +146,10 @@ function render(exp) {
   // summary
   const summary = $("summary");
   clear(summary);
-  const r2 = el("dd", null, fmt(exp.fidelity_r2, 2));
-  r2.appendChild(el("span", `badge ${exp.reliable ? "ok" : "low"}`, exp.reliable ? "reliable" : "low fidelity"));
+  const held = exp.held_out_r2 === null || exp.held_out_r2 === undefined ? "" : ` (held out: ${fmt(exp.held_out_r2, 2)})`;
+  const r2 = el("dd", null, fmt(exp.fidelity_r2, 2) + held);
+  r2.appendChild(el("span", `badge ${exp.reliable ? "ok" : "low"}`, exp.reliable ? "reliable" : "unreliable"));
+  for (const issue of exp.reliability_issues || []) r2.appendChild(el("div", "issue", issue));
   const rows = [["method", exp.method], ["target", exp.target], ["explained", `${exp.explained} (${exp.units.length} ${exp.unit_type} units)`],
     ["samples", `${exp.n_samples} drawn, ${exp.n_unique} scored`], ["model", exp.model_id]];
   summary.appendChild(el("dt", null, "fidelity R²"));

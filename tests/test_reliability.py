@@ -1,0 +1,87 @@
+"""The reliability flag can fail: a held-out R² next to the in-sample one, and too few
+effective samples for the number of units, each make an explanation unreliable even when
+the in-sample R² looks good."""
+
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+import gsmile
+from gsmile.explanation import HELD_OUT_THRESHOLD, Explanation
+from gsmile.render import render_html, render_terminal
+
+PROMPT = "the quick brown fox jumps over the lazy dog today"
+WEIGHTS = {"quick": 1.5, "fox": 3.0, "lazy": -2.0, "dog": 0.5}
+
+
+def additive(texts):
+    return [sum(w for word, w in WEIGHTS.items() if word in t.split()) for t in texts]
+
+
+def noise(texts):
+    """A model with no structure: a fixed random value per text."""
+    return [float(np.random.default_rng(zlib.crc32(t.encode())).normal()) for t in texts]
+
+
+def explain(prompt, model, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gsmile.explain(prompt, model=model, random_state=0, **kw)
+
+
+@pytest.mark.parametrize("method", ["gsmile", "lime", "kernelshap", "mupax", "banzhaf"])
+def test_a_linear_model_is_predicted_on_held_out_samples(method):
+    exp = explain(PROMPT, additive, method=method, n_samples=100)
+    assert exp.held_out_r2 == pytest.approx(1.0, abs=0.1) and exp.reliable, exp.reliability_issues
+
+
+def test_occlusion_has_no_held_out_figure():
+    exp = explain(PROMPT, additive, method="occlusion")  # N + 1 samples for N + 1 parameters
+    assert exp.held_out_r2 is None and exp.reliable
+
+
+def test_an_overfitted_surrogate_is_caught_by_its_held_out_r2():
+    # 30 units, 41 samples, no structure: with most seeds the in-sample R² passes 0.7 by
+    # chance alone (the old flag said "reliable"); the held-out R² shows it predicts nothing.
+    prompt = " ".join(f"w{i}" for i in range(30))
+    fooled = 0
+    for seed in range(8):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exp = gsmile.explain(prompt, model=noise, method="banzhaf", n_samples=40, random_state=seed)
+        fooled += exp.fidelity_r2 >= 0.7
+        assert exp.effective_sample_size >= 31 and exp.held_out_r2 < HELD_OUT_THRESHOLD and not exp.reliable
+        assert f"held-out R² {exp.held_out_r2:.2f} is below 0.5" in exp.reliability_issues[-1]
+    assert fooled >= 4
+
+
+def test_too_few_effective_samples_for_the_units_is_unreliable_whatever_the_r2():
+    # The issue's case: gSMILE's default kernel on 60 units leaves about 4 effective samples.
+    prompt = " ".join(f"w{i}" for i in range(60))
+    exp = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200)
+    assert exp.fidelity_r2 > 0.99 and exp.effective_sample_size < 10
+    assert not exp.reliable
+    assert any("effective sample size" in issue and "61 parameters" in issue for issue in exp.reliability_issues)
+    text = render_terminal(exp)
+    assert "the scores are unreliable" in text and "61 parameters" in text
+    assert "61 parameters" in render_html(exp)
+
+
+def test_held_out_figure_and_issues_round_trip_through_json():
+    prompt = " ".join(f"w{i}" for i in range(30))
+    exp = explain(prompt, noise, method="banzhaf", n_samples=40, runs=2)
+    data = exp.to_dict()
+    assert data["held_out_r2"] == pytest.approx(exp.held_out_r2) and data["reliable"] is False
+    assert data["reliability_issues"] == exp.reliability_issues
+    assert len(data["extras"]["stability"]["held_out_r2"]) == 2
+    back = Explanation.from_dict(data)
+    assert back.held_out_r2 == pytest.approx(exp.held_out_r2) and back.reliability_issues == exp.reliability_issues
+    del data["held_out_r2"]  # written before the held-out figure existed
+    assert Explanation.from_dict(data).held_out_r2 is None
+
+
+def test_terminal_shows_the_held_out_figure():
+    exp = explain(PROMPT, additive, n_samples=100)
+    assert f"Surrogate fidelity R²: 1.00 (held out: {exp.held_out_r2:.2f})" in render_terminal(exp)
