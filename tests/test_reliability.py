@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 import gsmile
+from gsmile.errors import InvalidInputError
 from gsmile.explanation import HELD_OUT_THRESHOLD, Explanation
+from gsmile.kernels import UniformKernel
+from gsmile.methods import SurrogateMethod
 from gsmile.render import render_html, render_terminal
+from gsmile.samplers import BernoulliSampler
+from gsmile.surrogates import LassoSurrogate, WeightedLinearRegression
 
 PROMPT = "the quick brown fox jumps over the lazy dog today"
 WEIGHTS = {"quick": 1.5, "fox": 3.0, "lazy": -2.0, "dog": 0.5}
@@ -85,3 +90,34 @@ def test_held_out_figure_and_issues_round_trip_through_json():
 def test_terminal_shows_the_held_out_figure():
     exp = explain(PROMPT, additive, n_samples=100)
     assert f"Surrogate fidelity R²: 1.00 (held out: {exp.held_out_r2:.2f})" in render_terminal(exp)
+
+
+# ------------------------------------------------------------------ a sparse surrogate
+def sparse_model(texts):
+    """100 words, three of which matter, and a little noise."""
+    weights = {"w3": 2.0, "w40": -1.5, "w77": 1.0}
+    return [sum(v for k, v in weights.items() if k in t.split()) + 0.05 * np.random.default_rng(zlib.crc32(t.encode())).normal()
+            for t in texts]
+
+
+@pytest.mark.parametrize("surrogate, n_parameters", [(lambda: LassoSurrogate(), None), (lambda: LassoSurrogate(max_units=3), 4)])
+def test_a_lasso_surrogate_is_reliable_where_least_squares_cannot_be(surrogate, n_parameters):
+    prompt = " ".join(f"w{i}" for i in range(100))
+
+    def method(factory):
+        return SurrogateMethod(sampler=BernoulliSampler(keep=0.5), kernel=UniformKernel(), surrogate_factory=factory)
+
+    dense = explain(prompt, sparse_model, method=method(WeightedLinearRegression), n_samples=60)
+    assert not dense.reliable and dense.n_parameters == 101 and dense.held_out_r2 is None  # 61 samples, 101 parameters
+    sparse = explain(prompt, sparse_model, method=method(surrogate), n_samples=60)
+    assert [a.text for a in sparse.top(3)] == ["w3", "w40", "w77"]
+    assert sparse.reliable and sparse.held_out_r2 > 0.9, sparse.reliability_issues
+    assert sparse.n_parameters < 20 and (n_parameters is None or sparse.n_parameters == n_parameters)
+    assert np.count_nonzero(sparse.coefficients) == sparse.n_parameters - 1
+
+
+def test_lasso_options_are_checked():
+    for bad, field in ((LassoSurrogate(alpha=-1.0), "alpha"), (LassoSurrogate(max_units=0), "max_units")):
+        with pytest.raises(InvalidInputError) as err:
+            bad.validate()
+        assert err.value.field == field

@@ -398,6 +398,7 @@ class Explainer:
             intercept=intercept,
             fidelity_r2=fidelity,
             held_out_r2=held_out,
+            n_parameters=max(fit.n_parameters for fit in fits),
             method=method.name,
             target=run.target.name if is_lm else run.route.model.target_name,
             unit_type=run.unit,

@@ -84,6 +84,7 @@ class Explanation:
     token_coefficients: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     held_out_r2: float | None = None
+    n_parameters: int | None = None  # the surrogate's parameters: units it may use + intercept (None: units + 1)
 
     def __post_init__(self) -> None:
         self.coefficients = np.asarray(self.coefficients, dtype=float)
@@ -105,8 +106,8 @@ class Explanation:
         """Why the scores should not be trusted (empty when nothing says so): a fidelity R²
         below :data:`FIDELITY_THRESHOLD` (or undefined), a held-out R² below
         :data:`HELD_OUT_THRESHOLD`, or fewer effective samples than the surrogate's
-        parameters (one per unit and the intercept: the fit can then pass through every
-        sample whatever the model does, so its R² says nothing)."""
+        parameters (``n_parameters``: one per unit it may use and the intercept; the fit can
+        then pass through every sample whatever the model does, so its R² says nothing)."""
         issues = []
         r2 = float(self.fidelity_r2)
         if not math.isfinite(r2):
@@ -116,10 +117,11 @@ class Explanation:
         if self.held_out_r2 is not None and self.held_out_r2 < HELD_OUT_THRESHOLD:
             issues.append(f"held-out R² {self.held_out_r2:.2f} is below {HELD_OUT_THRESHOLD}: the surrogate does not "
                           f"predict samples it was not fitted on")
-        ess, n_params = self.effective_sample_size, len(self.units) + 1
+        ess = self.effective_sample_size
+        n_params = self.n_parameters if self.n_parameters is not None else len(self.units) + 1
         if ess is not None and math.isfinite(ess) and ess < n_params:
             issues.append(f"effective sample size {ess:.1f} is below the {n_params} parameters of the surrogate "
-                          f"({len(self.units)} units and the intercept): the fit can match any output")
+                          f"({n_params - 1} units and the intercept): the fit can match any output")
         return issues
 
     @property
@@ -161,6 +163,7 @@ class Explanation:
             "intercept": _float(self.intercept),
             "fidelity_r2": _float(self.fidelity_r2),
             "held_out_r2": _float(self.held_out_r2),
+            "n_parameters": self.n_parameters,
             "reliable": self.reliable,
             "reliability_issues": self.reliability_issues,
             "method": self.method,
@@ -204,6 +207,7 @@ class Explanation:
                 intercept=_unfloat(data["intercept"]),
                 fidelity_r2=_unfloat(data["fidelity_r2"]),
                 held_out_r2=_optfloat(data.get("held_out_r2")),
+                n_parameters=None if data.get("n_parameters") is None else int(data["n_parameters"]),
                 method=data["method"],
                 target=data["target"],
                 unit_type=data["unit_type"],

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import GsmileError
 from ..kernels import Kernel, effective_sample_size
 from ..samplers import Sampler
-from ..surrogates import Surrogate, weighted_r2
+from ..surrogates import SparseSurrogate, Surrogate, weighted_r2
 
 #: Folds of the held-out fidelity (:meth:`SurrogateMethod.held_out_r2`).
 HELD_OUT_FOLDS = 5
@@ -28,6 +28,9 @@ class MethodResult:
     effective_sample_size: float
     sigma: float | None = None
     held_out_r2: float | None = None  # see SurrogateMethod.held_out_r2
+    #: the surrogate's parameters: one per unit it may use (all units, or a sparse
+    #: surrogate's ``selected_``) and the intercept
+    n_parameters: int | None = None
     token_coefficients: np.ndarray | None = None  # (n_units, n_outputs)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -107,11 +110,14 @@ class SurrogateMethod:
             token_coefficients = np.asarray(coef[:, 1:])
             coef, intercept, r2 = coef[:, 0], intercept[0], r2[0]
         sigma = self.kernel.width(masks.shape[1])
+        n_units = masks.shape[1]
+        n_parameters = (len(surrogate.selected_) if isinstance(surrogate, SparseSurrogate) else n_units) + 1
         result = MethodResult(
             coefficients=np.asarray(coef, dtype=float),
             intercept=float(intercept),
             fidelity_r2=float(r2),
-            held_out_r2=self.held_out_r2(Z, y, weights),
+            held_out_r2=self.held_out_r2(Z, y, weights, n_parameters),
+            n_parameters=n_parameters,
             weights=weights,
             effective_sample_size=effective_sample_size(weights),
             sigma=sigma,
@@ -120,12 +126,13 @@ class SurrogateMethod:
         result.extras.update(self.extras(masks, y, result, surrogate))
         return result
 
-    def held_out_r2(self, Z: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float | None:
+    def held_out_r2(self, Z: np.ndarray, y: np.ndarray, weights: np.ndarray, n_parameters: int | None = None) -> float | None:
         """Weighted R² of the surrogate on samples it was not fitted on: :data:`HELD_OUT_FOLDS`
         folds of the distinct masks (identical masks share a fold; the full and the empty
         mask stay in every training fold), each predicted by a surrogate fitted on the others.
         Unlike the in-sample R², it cannot be perfect by construction. None when a training
-        fold would hold no more distinct masks than the surrogate has parameters, or the
+        fold would hold no more distinct masks than the surrogate has parameters
+        (``n_parameters``, default: one per unit and the intercept), or the
         surrogate cannot be refitted on part of the samples (exact Shapley values, occlusion)."""
         n_rows, n_units = Z.shape
         _, group = np.unique(Z, axis=0, return_inverse=True)
@@ -134,7 +141,8 @@ class SurrogateMethod:
         anchors = Z.all(axis=1) | ~Z.any(axis=1)
         free = np.unique(group[~anchors])
         held = len(free) - len(free) // HELD_OUT_FOLDS
-        if held + int(anchors.any()) <= n_units + 1 or len(free) < HELD_OUT_FOLDS:
+        n_parameters = n_units + 1 if n_parameters is None else n_parameters
+        if held + int(anchors.any()) <= n_parameters or len(free) < HELD_OUT_FOLDS:
             return None
         fold_of = np.full(n_groups, -1)
         fold_of[np.random.default_rng(0).permutation(free)] = np.arange(len(free)) % HELD_OUT_FOLDS

@@ -9,7 +9,7 @@ from functools import partial
 from ..errors import InvalidInputError
 from ..kernels import ExponentialCosineKernel
 from ..samplers import SubsetSizeSampler
-from ..surrogates import SELECTIONS, Selection, SparseSelection, WeightedLinearRegression
+from ..surrogates import SELECTIONS, Selection, SparseSelection, SparseSurrogate, WeightedLinearRegression
 from .base import SurrogateMethod
 
 
@@ -56,6 +56,7 @@ class _LimeMethod(SurrogateMethod):
         super().validate()
 
     def extras(self, masks, y, result, surrogate):
-        selected = getattr(surrogate, "selected_", None)
-        return {} if selected is None else {"selected_units": [int(i) for i in selected]}
+        if not isinstance(surrogate, SparseSurrogate):
+            return {}
+        return {"selected_units": [int(i) for i in surrogate.selected_]}
 
