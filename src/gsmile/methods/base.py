@@ -132,8 +132,8 @@ class SurrogateMethod:
         mask stay in every training fold), each predicted by a surrogate fitted on the others.
         Unlike the in-sample R², it cannot be perfect by construction. None when a training
         fold would hold no more distinct masks than the surrogate has parameters
-        (``n_parameters``, default: one per unit and the intercept), or the
-        surrogate cannot be refitted on part of the samples (exact Shapley values, occlusion)."""
+        (``n_parameters``, default: one per unit and the intercept; so never for occlusion's
+        N + 1 masks), or the surrogate cannot be refitted on part of the samples."""
         n_rows, n_units = Z.shape
         _, group = np.unique(Z, axis=0, return_inverse=True)
         group = group.ravel()
