@@ -71,6 +71,7 @@ def test_too_few_effective_samples_for_the_units_is_unreliable_whatever_the_r2()
     assert any("effective sample size" in issue and "61 parameters" in issue for issue in exp.reliability_issues)
     text = render_terminal(exp)
     assert "the scores are unreliable" in text and "61 parameters" in text
+    assert "raise --sigma or lower --dropout" in text  # the explainer's advice is still shown
     assert "61 parameters" in render_html(exp)
 
 

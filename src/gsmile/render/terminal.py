@@ -11,7 +11,7 @@ import math
 import re
 import unicodedata
 
-from ..explanation import FIDELITY_THRESHOLD, Explanation
+from ..explanation import Explanation
 
 FILLED = "█"
 EMPTY = "░"
@@ -68,7 +68,7 @@ def extra_warnings(exp: Explanation) -> list[str]:
 
 
 def _is_fidelity_note(note: str) -> bool:
-    return "fidelity R²" in note or "output did not change" in note or "effective sample size" in note
+    return "fidelity R²" in note or "output did not change" in note
 
 
 def summary_items(exp: Explanation) -> list[tuple[str, str]]:
