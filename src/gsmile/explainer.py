@@ -209,7 +209,7 @@ class Explainer:
         self._reach_model(run, response)
         self._segment(run, segments)
         self._response(run)
-        run.scorer = Scorer(run.route.model, original=run.inputs.original, target=run.target, response_ids=run.response_ids,
+        run.scorer = Scorer(run.route.model, original=run.original, target=run.target, response_ids=run.response_ids,
                             batch_size=self.batch_size, known=run.route.known, progress=self.progress is True,
                             on_scored=self._progress_reporter())
         run.timings["score"] = run.timings["fit"] = 0.0

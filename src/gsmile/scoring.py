@@ -18,8 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends import SizesBatches, is_language_model, reduced_logprobs
+from .backends import MODELS, Loadable, SizesBatches, for_explanation, is_language_model, reduced_logprobs, resolve_model
 from .errors import InvalidInputError, is_out_of_memory
+from .inputs import ModelInput
+from .targets import make_target
 
 #: Prompts per forward pass of a language model that cannot suggest a batch size.
 DEFAULT_BATCH_SIZE = 8
@@ -163,10 +165,6 @@ def explanation_scorer(explanation, model=None, *, batch_size: int | None = None
     """A scorer for the inputs of ``explanation``: its model (``model``, what the Explainer
     accepts; None: the explanation's own ``model_id`` when it names a built-in model, else
     the embedded SmolLM2), its target and its response."""
-    from .backends import MODELS, Loadable, for_explanation, resolve_model
-    from .inputs import ModelInput
-    from .targets import make_target
-
     if model is None:
         model = exp_model = explanation.model_id
         if exp_model not in MODELS and not exp_model.startswith("hf:"):

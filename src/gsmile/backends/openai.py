@@ -148,34 +148,36 @@ class OpenAIBackend:
 
     @property
     def client(self) -> JSONClient:
+        """The HTTP client, made on first use (once, under a lock)."""
         with self._client_lock:
-            return self._client or self._make_client()
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
     def _make_client(self) -> JSONClient:
-        if self._client is None:
-            self.validate()
-            base_url = self.effective_base_url
-            key = self.api_key
-            if key is None:
-                env = self.api_key_env or "OPENAI_API_KEY"
-                key = os.environ.get(env)
-                if key is None and self.api_key_env:
-                    raise InvalidInputError(f"environment variable {env} (from --api-key-env) is not set")
-                if key is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
-                    raise InvalidInputError("set OPENAI_API_KEY (or name another variable with --api-key-env) to call the OpenAI API")
-            self._client = JSONClient(
-                base_url,
-                label=self.model_id,
-                api_key=key,
-                timeout=float(self.timeout),
-                max_retries=self.max_retries,
-                backoff=self.backoff,
-                max_backoff=self.max_backoff,
-                concurrency=self.concurrency,
-                cache=CallCache(self.cache_dir) if self.use_cache else None,
-                random_state=self.random_state,
-            )
-        return self._client
+        """A new client from the settings (the key from the environment when not given)."""
+        self.validate()
+        base_url = self.effective_base_url
+        key = self.api_key
+        if key is None:
+            env = self.api_key_env or "OPENAI_API_KEY"
+            key = os.environ.get(env)
+            if key is None and self.api_key_env:
+                raise InvalidInputError(f"environment variable {env} (from --api-key-env) is not set")
+            if key is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
+                raise InvalidInputError("set OPENAI_API_KEY (or name another variable with --api-key-env) to call the OpenAI API")
+        return JSONClient(
+            base_url,
+            label=self.model_id,
+            api_key=key,
+            timeout=float(self.timeout),
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            concurrency=self.concurrency,
+            cache=CallCache(self.cache_dir) if self.use_cache else None,
+            random_state=self.random_state,
+        )
 
     def for_explanation(self) -> "APIExplanation":
         """The object one explanation scores with: it holds that explanation's token

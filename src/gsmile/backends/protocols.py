@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ModelError
 
+
 @runtime_checkable
 class LanguageModel(Protocol):
     """A generative model scored teacher-forced on a fixed response."""
@@ -84,6 +85,19 @@ class ReportsExtras(Protocol):
     def explanation_extras(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class FallsBackToText(Protocol):
+    """A model that may give no usable log-probabilities (an API): it says so for a prompt,
+    and answers with text instead."""
+
+    template: str
+    text_endpoint: str | None
+
+    def supports_logprobs(self, prompt: str) -> tuple[bool, str]: ...
+
+    def complete_texts(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...
+
+
 def for_explanation(backend):
     """The object one explanation scores with: ``backend.for_explanation()`` for backends with
     per-explanation state, else the (stateless) backend itself."""
@@ -144,16 +158,3 @@ def is_language_model(backend) -> bool:
     """Whether ``backend`` is scored as a language model (next-token distributions), not as a
     scalar black box."""
     return isinstance(backend, LanguageModel) and not isinstance(backend, ScalarModel)
-
-
-@runtime_checkable
-class FallsBackToText(Protocol):
-    """A model that may give no usable log-probabilities (an API): it says so for a prompt,
-    and answers with text instead."""
-
-    template: str
-    text_endpoint: str | None
-
-    def supports_logprobs(self, prompt: str) -> tuple[bool, str]: ...
-
-    def complete_texts(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..backends import Loadable, ScalarModel, for_explanation, is_language_model, resolve_model
-from ..errors import GsmileError, ModelError, UnknownNameError, is_out_of_memory
+from ..errors import GsmileError, ModelError, is_out_of_memory, lookup
 from ..explainer import Explainer
 from ..methods import METHODS
 from ..methods.mupax import unit_effects
@@ -90,13 +90,8 @@ def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress)
 def validate_explain(params: dict[str, Any]) -> None:
     """Check an explain request's options with the library's own validation (no model is
     loaded): raises InvalidInputError naming the field, or UnknownNameError."""
-    lookup_method(params.get("method", "gsmile"))
+    lookup(METHODS, params.get("method", "gsmile"), "method")  # an unknown method first, as a 400
     Explainer(None, **explain_options(params)).validate()
-
-
-def lookup_method(name: str) -> None:
-    if name not in METHODS:
-        raise UnknownNameError("method", name, list(METHODS))
 
 
 # --------------------------------------------------------------------------- analyze
@@ -109,9 +104,7 @@ def analyze_samples(params: dict[str, Any]) -> int:
 
 def check_analyze(params: dict[str, Any]) -> tuple[str, str, str]:
     """Check what the schema cannot: returns (response text, library method, xai key)."""
-    method = params.get("method") or "gradient_causal"
-    if method not in ANALYZE_METHODS:
-        raise UnknownNameError("method", method, list(ANALYZE_METHODS))
+    library_method, key = lookup(ANALYZE_METHODS, params.get("method") or "gradient_causal", "method")
     response = params.get("response")
     if response is None:
         response = params.get("full_response")
@@ -122,7 +115,6 @@ def check_analyze(params: dict[str, Any]) -> tuple[str, str, str]:
     context = params.get("context")
     if context is not None and not context.strip():
         raise FieldError("context", "the context is empty; leave it out to analyze the prompt")
-    library_method, key = ANALYZE_METHODS[method]
     return response, library_method, key
 
 
