@@ -88,12 +88,35 @@ def _shown(value) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that shape an explanation (explain and audit take the same)."""
     from .backends import MODELS
     from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
-    from .methods import DOCS_COMMAND, METHODS
+    from .methods import METHODS
     from .targets import TARGETS, TEXT_TARGETS
     from .units import SEGMENTERS
+
+    p.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
+    p.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
+    p.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
+    p.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
+    _add_method_option_flags(p)
+    p.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results (default: chosen from the sequence length)")
+    p.add_argument("--max-evals", type=int, default=None, metavar="N",
+                   help="a budget of model evaluations instead of --samples: draw masks until their distinct ones fill it")
+    p.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
+    p.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
+    _add_api_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import MODELS
+    from .methods import DOCS_COMMAND
 
     parser = _Parser(prog="gsmile", description="Explain which parts of a prompt drive a generative model's output.")
     parser.add_argument("--version", action="version", version=f"gsmile {__version__}")
@@ -104,26 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Explain which units of PROMPT drive the model's response.")
     ex.add_argument("prompt", metavar="PROMPT", help="the prompt to explain")
     ex.add_argument("--response", help="explain this response instead of the model's greedy one")
-    ex.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
-    ex.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
-    ex.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
+    _add_explanation_flags(ex)
     ex.add_argument("--segments", metavar="JSON|PATH", help="your own units instead of --unit: a JSON list of strings that tile the explained text in order, or a file holding such a list (or one segment per line)")
     what = ex.add_mutually_exclusive_group()
     what.add_argument("--context", metavar="TEXT", help="explain this context (e.g. retrieved passages) instead of the prompt; the prompt stays fixed")
     what.add_argument("--context-file", metavar="PATH", help="read the context to explain from a UTF-8 text file")
-    ex.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
-    ex.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
-    _add_method_option_flags(ex)
-    ex.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
-    ex.add_argument("--top-k", type=int, default=3, metavar="K", help="top units compared across runs for stability (default: 3)")
-    ex.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same explanation (default: 0)")
-    ex.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results (default: chosen from the sequence length)")
-    ex.add_argument("--max-evals", type=int, default=None, metavar="N",
-                    help="a budget of model evaluations instead of --samples: draw masks until their distinct ones fill it")
-    ex.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
-    ex.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
-    ex.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
-    _add_api_flags(ex)
     ex.add_argument("--json", metavar="PATH", help="write the explanation as JSON")
     ex.add_argument("--html", metavar="PATH", help="write an HTML report")
     ex.add_argument("--png", metavar="PATH", help="write a PNG bar chart")
@@ -143,6 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
     sv.add_argument("--quiet", action="store_true", help="no access log")
     _add_api_flags(sv)
+
+    au = sub.add_parser("audit", help="explain every prompt of a JSONL or CSV file and report across them",
+                        description="Explain every case of INPUT (JSONL or CSV: prompt, optional id, response, context, group, "
+                                    "template and slots, other columns kept as metadata) with the same options, streaming each "
+                                    "case's explanations to DIR/explanations.jsonl; then write DIR/summary.json and "
+                                    "DIR/report.html. Rerunning the same command resumes: finished cases are skipped.")
+    au.add_argument("input", metavar="INPUT", help="a .jsonl file (one JSON object per line) or a .csv file with a header")
+    au.add_argument("--out", required=True, metavar="DIR", help="directory of the results and the report (created if missing)")
+    au.add_argument("--slots", metavar="JSON|PATH", help="slot values for every template line without its own: a JSON object "
+                    "such as {\"name\": {\"group A\": [\"Emily\"], \"group B\": [\"John\"]}}, or a file holding one")
+    au.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes, each with its own model (default: 1, this process)")
+    au.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run the cases on Ray (pip install 'gsmile[ray]'): alone, a local Ray instance; with ADDRESS (auto, "
+                         "ray://HOST:10001) a cluster; --workers actors, one model each")
+    au.add_argument("--fresh", action="store_true", help="discard DIR's earlier results and start over (needed to change options)")
+    au.add_argument("--retry-failed", action="store_true", help="explain again the cases that failed in an earlier run")
+    _add_explanation_flags(au)
+    au.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
+
+    rp = sub.add_parser("report", help="rebuild an audit's summary.json and report.html",
+                        description="Aggregate DIR/explanations.jsonl (written by gsmile audit) into DIR/summary.json and "
+                                    "DIR/report.html, and print the summary's headline.")
+    rp.add_argument("directory", metavar="DIR", help="an audit directory")
 
     ms = sub.add_parser("methods", help="list the attribution methods and their options",
                         description="List every attribution method with its options, their types, defaults and descriptions.")
@@ -227,20 +258,7 @@ def _model(args, name: str):
         return args.model
     from .backends import resolve_model
 
-    return resolve_model(
-        name,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        prompt_template=args.prompt_template or "chatml",
-        top_logprobs=args.top_logprobs,
-        concurrency=args.concurrency,
-        batch_prompts=args.api_batch,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        random_state=getattr(args, "seed", None),
-    )
+    return resolve_model(name, **_api_options(args))
 
 
 def _explain(args) -> int:
@@ -255,24 +273,10 @@ def _explain(args) -> int:
     if args.segments is not None and args.unit is not None:
         raise InvalidInputError("--segments and --unit cannot be combined: the segments are the units")
     segments = _segments(args.segments) if args.segments is not None else None
-    explainer = Explainer(
-        _model(args, args.model),
-        method=args.method,
-        unit=(args.unit or "word") if context is None else "word",
-        context_unit=args.unit or "sentence",
-        method_options=_method_options(args),
-        runs=args.runs,
-        top_k=args.top_k,
-        target=args.target,
-        n_samples=args.samples,
-        batch_size=args.batch_size,
-        until_stable=args.until_stable,
-        max_evals=args.max_evals,
-        max_rounds=args.max_rounds,
-        max_new_tokens=args.max_new_tokens,
-        random_state=args.seed,
-        progress=not args.quiet,
-    )
+    options = _explanation_options(args)
+    if context is not None:
+        options["unit"] = "word"
+    explainer = Explainer(_model(args, args.model), progress=not args.quiet, **options)
     explainer.validate()  # fail on bad options before loading the model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GsmileWarning)  # the report below lists them
@@ -288,6 +292,89 @@ def _explain(args) -> int:
         if not args.quiet:
             print(f"Wrote {kind.upper()} to {path}", file=sys.stderr)
     return 0
+
+
+def _explanation_options(args) -> dict:
+    """The Explainer's options from the flags of :func:`_add_explanation_flags`."""
+    return dict(
+        method=args.method,
+        unit=args.unit or "word",
+        context_unit=args.unit or "sentence",
+        method_options=_method_options(args),
+        runs=args.runs,
+        top_k=args.top_k,
+        target=args.target,
+        n_samples=args.samples,
+        batch_size=args.batch_size,
+        until_stable=args.until_stable,
+        max_evals=args.max_evals,
+        max_rounds=args.max_rounds,
+        max_new_tokens=args.max_new_tokens,
+        random_state=args.seed,
+    )
+
+
+def _api_options(args) -> dict:
+    """The options of an ``openai:NAME`` model from the API flags (see :func:`_model`)."""
+    return dict(
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        prompt_template=args.prompt_template or "chatml",
+        top_logprobs=args.top_logprobs,
+        concurrency=args.concurrency,
+        batch_prompts=args.api_batch,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        random_state=getattr(args, "seed", None),
+    )
+
+
+def _audit(args) -> int:
+    from .audit import audit
+
+    slots = _json_object(args.slots, "--slots") if args.slots is not None else None
+    options = _explanation_options(args)
+    _model(args, args.model)  # API flags without an API model are refused here
+    model_options = _api_options(args) if args.model.startswith("openai:") else {}
+    result = audit(args.input, args.out, model=args.model, model_options=model_options, slots=slots, workers=args.workers,
+                   ray=args.ray, fresh=args.fresh, retry_failed=args.retry_failed, progress=not args.quiet, **options)
+    for line in result.summary.get("headline", []):
+        print(line)
+    ok = result.cases - result.failed
+    print(f"{result.cases} cases: {ok} explained, {result.failed} failed ({result.explained} now, {result.skipped} from an "
+          f"earlier run); report: {result.directory / 'report.html'}")
+    if result.failed:
+        print(f"gsmile: {result.failed} case(s) failed; their errors are in {result.directory / 'explanations.jsonl'} "
+              f"and the report; fix them and rerun with --retry-failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report(args) -> int:
+    from .audit import write_report
+
+    summary = write_report(args.directory)
+    for line in summary.get("headline", []):
+        print(line)
+    print(f"Wrote {args.directory}/summary.json and {args.directory}/report.html")
+    return 0
+
+
+def _json_object(value: str, flag: str) -> dict:
+    """A JSON object given inline or in a file."""
+    import json
+    import os
+
+    text = value if value.lstrip().startswith("{") or not os.path.isfile(value) else _read_text(value, f"{flag} file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{flag}: not a JSON object nor a file holding one ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{flag} must be a JSON object")
+    return data
 
 
 def _serve(args) -> int:
@@ -424,7 +511,8 @@ def _extra_lines(exp) -> list[str]:
     return lines
 
 
-COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve, "methods": _methods}
+COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve, "methods": _methods, "audit": _audit,
+            "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

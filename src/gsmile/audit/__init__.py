@@ -25,7 +25,7 @@ from .cases import BadLine, Case, read_cases
 from .store import AuditStore
 from .work import RECORD_SCHEMA, RECORD_VERSION, WorkSpec
 
-__all__ = ["AuditResult", "audit", "report"]
+__all__ = ["AuditResult", "audit", "write_report"]
 
 
 @dataclass
@@ -66,7 +66,6 @@ def audit(input: str | os.PathLike, out: str | os.PathLike, *, model=None, model
     options: every option of :class:`~gsmile.Explainer` (method, unit, n_samples, ...).
     """
     from ..explainer import Explainer
-    from .report import write_report
 
     tic = time.perf_counter()
     if "progress" in options or "model" in options:
@@ -99,11 +98,12 @@ def audit(input: str | os.PathLike, out: str | os.PathLike, *, model=None, model
                        failed, time.perf_counter() - tic, summary)
 
 
-def report(directory: str | os.PathLike) -> dict[str, Any]:
-    """Rebuild ``directory``'s summary.json and report.html from its explanations.jsonl."""
-    from .report import write_report
+def write_report(directory: str | os.PathLike) -> dict[str, Any]:
+    """Rebuild ``directory``'s summary.json and report.html from its explanations.jsonl
+    (see :mod:`gsmile.audit.report`); returns the summary."""
+    from . import report
 
-    return write_report(Path(directory).expanduser())
+    return report.write_report(Path(directory).expanduser())
 
 
 def _serial(cases: list[Case], spec: WorkSpec, on_record) -> None:
@@ -158,9 +158,11 @@ def _settings(model, model_options: dict[str, Any], options: dict[str, Any], slo
     if model is None or isinstance(model, str):
         name = model or "local"
     else:
-        name = getattr(model, "model_id", None) or f"{type(model).__module__}.{getattr(model, '__qualname__', type(model).__name__)}"
+        name = getattr(model, "model_id", None) or (f"{getattr(model, '__module__', type(model).__module__)}."
+                                                    f"{getattr(model, '__qualname__', type(model).__name__)}")
     kept = {k: v for k, v in model_options.items() if k not in ("concurrency", "cache_dir", "use_cache", "max_retries", "timeout")}
-    settings = {"model": name, "model_options": kept, "options": options, "slots": slots}
+    shaping = {k: v for k, v in options.items() if k != "batch_size"}  # batch_size never changes results
+    settings = {"model": name, "model_options": kept, "options": shaping, "slots": slots}
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 

@@ -10,8 +10,8 @@ recorded as failed after that.
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue
-import time
+import multiprocessing.connection as mp_connection
+import pickle
 from typing import Any, Callable
 
 from ..errors import InvalidInputError, ModelError
@@ -39,26 +39,31 @@ def died_record(case: Case, attempts: int) -> dict[str, Any]:
                       "message": f"the worker died while explaining this case ({attempts} times); it may need more memory"}}
 
 
-def _worker_main(spec: WorkSpec, tasks, results, wid: int) -> None:  # pragma: no cover - runs in a child process
-    """A worker process: load the model once, then explain the cases sent to it."""
+def _worker_main(spec: WorkSpec, tasks, results) -> None:  # pragma: no cover - runs in a child process
+    """A worker process: load the model once, then explain the cases sent to it. It talks
+    to the driver through its own two pipes, sending synchronously: a worker that dies can
+    leave at most its own pipe cut, never a lock or a message another worker needs."""
     try:
         worker = Worker(spec).setup()
     except Exception as exc:
-        results.put(("setup-failed", wid, f"{type(exc).__name__}: {exc}" if not isinstance(exc, ModelError) else str(exc)))
+        results.send(("setup-failed", str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"))
         return
-    results.put(("ready", wid, None))
+    results.send(("ready", None))
     while True:
-        item = tasks.get()
+        try:
+            item = tasks.recv()
+        except EOFError:  # the driver is gone
+            return
         if item is None:
             return
-        results.put(("done", wid, worker.run(item)))
+        results.send(("done", worker.run(item)))
 
 
 class LocalWorkers:
     """``n`` worker processes on this machine, each with its own model. The driver sends a
     worker one case at a time, so it always knows which case a dead worker held."""
 
-    def __init__(self, n: int, *, poll_seconds: float = 0.5):
+    def __init__(self, n: int, *, poll_seconds: float = 1.0):
         if n < 1:
             raise InvalidInputError(f"--workers must be at least 1, got {n}", field="workers")
         self.n = n
@@ -66,77 +71,108 @@ class LocalWorkers:
 
     def execute(self, cases: list[Case], spec: WorkSpec, on_record: OnRecord) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no model, threads or locks inherited
-        results = ctx.Queue()
         pending = list(reversed(cases))  # popped from the end: input order
         attempts: dict[str, int] = {}
         recorded: set[str] = set()
-        workers: dict[int, dict] = {}
-        next_id = 0
+        workers: list[_Proc] = []
 
         def start() -> None:
-            nonlocal next_id
-            tasks = ctx.Queue()
-            proc = ctx.Process(target=_worker_main, args=(spec, tasks, results, next_id), daemon=True)
+            task_recv, task_send = ctx.Pipe(duplex=False)
+            result_recv, result_send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(spec, task_recv, result_send), daemon=True)
             proc.start()
-            workers[next_id] = {"proc": proc, "tasks": tasks, "case": None, "ready": False}
-            next_id += 1
+            task_recv.close()
+            result_send.close()
+            workers.append(_Proc(proc, task_send, result_recv))
 
-        def give(wid: int) -> None:
-            w = workers[wid]
+        def give(w: "_Proc") -> None:
+            w.case = None
             while pending:
                 case = pending.pop()
-                if case.id in recorded:
-                    continue
-                w["case"] = case
-                w["tasks"].put(case.to_dict())
-                return
-            w["case"] = None
+                if case.id not in recorded:
+                    try:
+                        w.tasks.send(case.to_dict())
+                    except OSError:  # the worker is gone before it got the case: not a try of it
+                        pending.append(case)
+                        raise EOFError from None
+                    w.case = case
+                    return
 
         def record(rec: dict) -> None:
             if rec["id"] not in recorded:  # a case is written once, whatever happens to workers
                 recorded.add(rec["id"])
                 on_record(rec)
 
-        for _ in range(min(self.n, len(cases))):
-            start()
-        try:
-            while len(recorded) < len(cases):
-                try:
-                    kind, wid, payload = results.get(timeout=self.poll_seconds)
-                except queue.Empty:
-                    self._replace_dead(workers, pending, attempts, record, start)
-                    if not workers:
-                        raise ModelError("every worker process died before its first case")
-                    continue
-                if kind == "setup-failed":
-                    raise ModelError(f"a worker could not load the model: {payload}")
-                if kind == "done":
-                    record(payload)
-                workers[wid]["ready"] = True
-                give(wid)
-        finally:
-            for w in workers.values():
-                if w["proc"].is_alive():
-                    w["tasks"].put(None)
-            deadline = time.monotonic() + 5
-            for w in workers.values():
-                w["proc"].join(timeout=max(0.0, deadline - time.monotonic()))
-                if w["proc"].is_alive():
-                    w["proc"].kill()
-
-    def _replace_dead(self, workers, pending, attempts, record, start) -> None:
-        """Hand the case of each dead worker back (or record it as failed after
-        MAX_ATTEMPTS) and start a worker in its place while cases remain."""
-        for wid in [wid for wid, w in workers.items() if not w["proc"].is_alive()]:
-            w = workers.pop(wid)
-            case = w["case"]
-            if case is not None:
+        def lost(w: "_Proc") -> None:
+            """``w`` died: hand its case back (or record it as failed after MAX_ATTEMPTS)
+            and start a worker in its place while cases remain."""
+            workers.remove(w)
+            w.close()
+            case = w.case
+            if case is not None and case.id not in recorded:
                 attempts[case.id] = attempts.get(case.id, 0) + 1
                 if attempts[case.id] >= MAX_ATTEMPTS:
                     record(died_record(case, attempts[case.id]))
                 else:
                     pending.append(case)
-            elif not w["ready"]:
-                continue  # died while loading the model: not replaced (the next poll says if none is left)
-            if pending:
+            if not w.ready and case is None and not any(x.ready for x in workers):
+                raise ModelError("a worker process died while loading the model (out of memory?)")
+            if pending and len(workers) < self.n:
                 start()
+
+        for _ in range(min(self.n, len(cases))):
+            start()
+        try:
+            while len(recorded) < len(cases):
+                ready = mp_connection.wait([w.results for w in workers] + [w.proc.sentinel for w in workers],
+                                           timeout=self.poll_seconds)
+                for w in list(workers):
+                    if w.results in ready or w.proc.sentinel in ready:
+                        self._serve(w, record, give, lost)
+                if not workers:
+                    raise ModelError("every worker process died")
+        finally:
+            for w in workers:
+                w.stop()
+
+    @staticmethod
+    def _serve(w: "_Proc", record, give, lost) -> None:
+        """Read what worker ``w`` sent; a closed or cut pipe means it died."""
+        try:
+            while w.results.poll():
+                kind, payload = w.results.recv()
+                if kind == "setup-failed":
+                    raise ModelError(f"a worker could not load the model: {payload}")
+                if kind == "done":
+                    record(payload)
+                w.ready = True
+                give(w)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            lost(w)
+            return
+        if not w.proc.is_alive():
+            lost(w)
+
+
+class _Proc:
+    """A worker process, its two pipes and the case it holds."""
+
+    def __init__(self, proc, tasks, results):
+        self.proc, self.tasks, self.results = proc, tasks, results
+        self.case: Case | None = None
+        self.ready = False
+
+    def close(self) -> None:
+        for conn in (self.tasks, self.results):
+            conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.tasks.send(None)
+        except OSError:
+            pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.close()

@@ -51,8 +51,7 @@ class AuditStore:
         elif self.manifest.exists():
             old = self._read_manifest()
             if old.get("settings") != settings:
-                changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
-                                 if old.get("settings", {}).get(k) != settings.get(k))
+                changed = _changed(old.get("settings", {}), settings)
                 raise InvalidInputError(
                     f"{str(self.directory)!r} holds an audit made with other settings ({', '.join(changed)} changed); "
                     f"rerun with the same options to resume it, or add --fresh to discard its results and start over",
@@ -110,3 +109,15 @@ class AuditStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted names of the settings that differ (``options.n_samples``)."""
+    names = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names

@@ -110,7 +110,8 @@ class Worker:
 
 def variant_record(variant: Variant, exp) -> dict[str, Any]:
     """A variant's explanation and its term: the units that overlap its group-dependent slot
-    values, their summed coefficient, their share of all |coefficients| and best rank."""
+    values, their summed coefficient, their share of all |coefficients| and best rank (None
+    when none of them has a nonzero coefficient)."""
     term = None
     if variant.spans:
         if exp.explained != "prompt":
@@ -120,13 +121,15 @@ def variant_record(variant: Variant, exp) -> dict[str, Any]:
             coefficients = np.asarray(exp.coefficients, dtype=float)
             total = float(np.abs(coefficients).sum())
             rank_of = {a.index: r for r, a in enumerate(exp.top(len(exp.units)), start=1)}
+            # a unit whose coefficient is zero (to rounding) drives nothing and has no rank
+            drivers = [i for i in units if abs(coefficients[i]) > 1e-9 * np.abs(coefficients).max(initial=0.0)]
             term = {
                 "slots": list(variant.term_slots),
                 "spans": [list(s) for s in variant.spans],
                 "units": units,
                 "coefficient": float(coefficients[units].sum()) if units else 0.0,
                 "share": float(np.abs(coefficients[units]).sum() / total) if units and total > 0 else 0.0,
-                "rank": min(rank_of[i] for i in units) if units else None,
+                "rank": min(rank_of[i] for i in drivers) if drivers else None,
             }
     return {"group": variant.group, "values": dict(variant.values), "prompt": variant.prompt, "term": term,
             "explanation": exp.to_dict()}
