@@ -5,7 +5,8 @@ markers; the log-probability of a token depends on the set of words before it, s
 a prompt word moves the response's distributions. ``/chat/completions`` answers with a text
 built from the prompt's words. Faults can be injected: a queue of actions consumed one per
 request ("429" with Retry-After, "500", "stall", "drop"), and a gate that holds every
-request after the first ``gate_after`` until released.
+request after the first ``gate_after`` until released. ``max_in_flight`` counts the most
+requests answered at once (``delay_s`` makes each answer take that long).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class FakeOpenAI:
         self.ok = 0  # 200 answers actually sent in time (stalled ones excluded)
         self.faulted = 0
         self.bodies: list[dict] = []
+        self.delay_s = 0.0  # each answer takes this long (to make concurrent requests overlap)
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most at once
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -175,6 +179,12 @@ class FakeOpenAI:
                     time.sleep(fake.stall_s)
                     self.close_connection = True
                     return
+                with fake.lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                time.sleep(fake.delay_s)
+                with fake.lock:
+                    fake.in_flight -= 1
                 if self.path.endswith("/chat/completions"):
                     status, payload = fake.chat_completions(body)
                 elif self.path.endswith("/completions"):

@@ -358,3 +358,21 @@ def test_cli_audit_with_the_embedded_model_then_report(tmp_path, capsys):
     assert (out / "report.html").exists() and json.loads((out / "summary.json").read_text())["cases"]["ok"] == 2
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
+
+
+def test_api_model_with_two_workers_keeps_one_limit_on_requests_in_flight(tmp_path):
+    from fake_openai import FakeOpenAI
+
+    rows = [{"id": f"q{i}", "prompt": f"Why is Paris the capital of France and not city {i}?", "response": " Paris."}
+            for i in range(4)]
+    path = _cases(tmp_path, rows)
+    with FakeOpenAI() as srv:
+        srv.delay_s = 0.01
+        code = main(["audit", str(path), "--out", str(tmp_path / "out"), "--model", "openai:fake", "--base-url", srv.base_url,
+                     "--no-cache", "--target", "logprob", "--samples", "12", "--workers", "2", "--concurrency", "2",
+                     "--batch-size", "4", "--quiet"])
+        assert code == 0
+        assert srv.max_in_flight == 2  # two workers, one request each: never the 4 of two workers with 2 each
+    records = _records(tmp_path / "out")
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert all(r["variants"][0]["explanation"]["extras"]["calls"]["calls"] > 0 for r in records)
