@@ -110,7 +110,7 @@ def test_name_matters_for_one_group_shows_in_shift_terms_and_headline():
     assert "within a group it moves by 0.00" in text
     assert "excludes 0" in text and "No difference" not in text
     assert "In 50% of explained variants the name is among the top-3 drivers." in s["headline"]
-    assert "The name is among the top-3 drivers in 100% of group B's variants and 0% of group A's." in s["headline"]
+    assert "The name is among the top-3 drivers in 100% of the variants of group B and 0% of those of group A." in s["headline"]
 
 
 @pytest.mark.parametrize("shifts", [[(0.0, 0.0)] * 3, [(0.02, 0.01), (0.0, 0.01), (0.01, 0.0)]])

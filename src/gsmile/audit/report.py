@@ -266,6 +266,11 @@ def _slot_phrase(slots: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _group(name: str) -> str:
+    """``group B`` for a group named B; a name that already says group stays as it is."""
+    return name if name.lower().startswith("group") else f"group {name}"
+
+
 def headline(summary: dict) -> list[str]:
     """Short plain-language sentences about the summary's main findings."""
     out = []
@@ -297,8 +302,8 @@ def headline(summary: dict) -> list[str]:
         shares = {g: v["term_top3"] for g, v in summary["groups"].items() if v["term_top3"] is not None}
         if len(shares) > 1 and max(shares.values()) > min(shares.values()):
             hi, lo = max(shares, key=shares.get), min(shares, key=shares.get)
-            out.append(f"{slot[0].upper()}{slot[1:]} is among the top-{TOP_RANK} drivers in {_pct(shares[hi])} of group "
-                       f"{hi}'s variants and {_pct(shares[lo])} of group {lo}'s.")
+            out.append(f"{slot[0].upper()}{slot[1:]} is among the top-{TOP_RANK} drivers in {_pct(shares[hi])} of the "
+                       f"variants of {_group(hi)} and {_pct(shares[lo])} of those of {_group(lo)}.")
     rel = summary["reliability"]
     n = rel["explanations"]
     if n == 0:
