@@ -222,3 +222,24 @@ def test_cli_refines_a_context_with_the_embedded_model(tmp_path, lm):
     assert len(coarse["units"]) == 4 and len(coarse["refined"]) == 1
     assert data["n_unique"] <= 25 and data["unit_type"] == "sentence>word"
     assert [u["text"] for u in fine["units"]] == [u["text"] for u in data["units"]]
+
+
+def test_the_http_api_takes_the_options(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from gsmile.server import Settings, create_app
+
+    app = create_app(Settings(jobs_path=tmp_path / "jobs.sqlite3"), model=Counting())
+    try:
+        with TestClient(app) as client:
+            body = {"prompt": TEXT, "unit": "sentence", "refine": "word", "refine_top": 1, "max_evals": 120}
+            reply = client.post("/v1/explain", json=body)
+            assert reply.status_code == 200, reply.text
+            data = reply.json()
+            assert data["levels"][0]["refined"] == [6] and data["scores"][data["units"].index(
+                next(u for u in data["units"] if u["text"] == KEY))] == 1.0
+            reply = client.post("/v1/explain", json={"prompt": TEXT, "refine": "word"})
+            assert reply.status_code == 422 and "not finer than unit 'word'" in reply.json()["error"]
+    finally:
+        app.state.manager.shutdown()
+        app.state.store.close()
