@@ -196,6 +196,9 @@ class Explainer:
         if self.refine is None:
             return
         lookup(SEGMENTERS, self.refine, "refine unit")
+        if self.max_evals is not None and self.max_evals < SAMPLES_RANGE[0]:
+            raise InvalidInputError(f"refine splits max_evals between two levels; give at least {SAMPLES_RANGE[0]}, "
+                                    f"got {self.max_evals}", field="max_evals")
         if self.until_stable or self.runs != 1:
             raise InvalidInputError("refine cannot be combined with until_stable or runs > 1; explain coarse-to-fine in one run",
                                     field="refine")
@@ -453,7 +456,7 @@ class Explainer:
         else:
             budget = int(self.n_samples)
             first = dict(n_samples=max(1, round(share * budget)))
-        [level1], rows1 = self._fit_runs(run, method, **first)
+        [level1], rows1 = self._level(run, method, 1, first)
         calls1 = run.scorer.n_calls
         if self.max_evals is not None:
             # The original is scored already; level 2's new inputs fill what is left.
@@ -485,7 +488,7 @@ class Explainer:
         run.inputs = ModelInput(Segmentation(coarse.text, units, unit_type=f"{run.unit}>{run.refine}"), run.prompt,
                                 run.context, self.context_template)
         run.seeds.clear()  # the same seed again: the one the explanation reports
-        fits, rows2 = self._fit_runs(run, method, **second)
+        fits, rows2 = self._level(run, method, 2, second)
         level2 = fits[0]
         run.levels = [
             level_record(run.unit, coarse.units, [None] * len(coarse), level1.coefficients, intercept=level1.intercept,
@@ -498,6 +501,15 @@ class Explainer:
         run.unit = f"{run.unit}>{run.refine}"
         run.drawn = rows1 - 1 + rows2 - 1
         return fits, rows2
+
+    def _level(self, run: "_Run", method: SurrogateMethod, number: int, budget: dict[str, int]):
+        """One level of :meth:`_coarse_to_fine`; a budget too small for the method says which level's."""
+        try:
+            return self._fit_runs(run, method, **budget)
+        except InvalidInputError as exc:
+            name, value = next(iter(budget.items()))
+            raise InvalidInputError(f"level {number} of coarse-to-fine ({len(run.inputs.segmentation)} units, {name} {value} "
+                                    f"of the budget): {exc}", field=exc.field or name) from None
 
     # ---------------------------------------------------------- results
     def _assemble(self, run: "_Run", method: SurrogateMethod, fits, n_rows: int) -> Explanation:
