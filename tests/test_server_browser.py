@@ -66,7 +66,7 @@ def _compute(page, server, **fields):
     page.goto(server + "/")
     page.wait_for_selector("body[data-ready='1']")
     for selector, value in fields.items():
-        if selector in ("method", "target", "unit"):
+        if selector in ("method", "target", "unit", "refine"):
             page.select_option(f"#{selector}", value)
         else:
             page.fill(f"#{selector}", value)
@@ -147,6 +147,23 @@ def test_mupax_over_a_context(page, server, tmp_path):
     assert "explainedcontext (4 sentence units)" in summary and "percentile 0.3" in summary
     assert page.locator("#top li strong").first.text_content() == "The tower was built by Eiffel."
     page.screenshot(path=str(ARTIFACTS / "mupax-context.png"), full_page=True)
+
+
+def test_coarse_to_fine_levels_on_the_page(page, server):
+    context = "Paris is in France. The tower was built by Eiffel. Cheese is good. Rain fell."
+    _compute(page, server, prompt="Who built the tower in Paris?", context=context, response="Eiffel built it",
+             refine="word", samples="60", target="logprob")
+    assert page.is_visible("#levels")
+    captions = page.locator("#level-captions li").all_text_contents()
+    assert captions[0].startswith("Level 1: 4 sentence units") and captions[1].startswith("Level 2:")
+    assert page.locator("#hierarchy tr.coarse").count() == 4
+    refined = page.locator("#hierarchy tr.refined td.label").all_text_contents()
+    fine = page.locator("#hierarchy tr.fine td.label").all_text_contents()
+    assert len(refined) == 3 and fine and all(word in " ".join(refined) for word in fine)
+    page.screenshot(path=str(ARTIFACTS / "coarse-to-fine.png"), full_page=True)
+    # a plain explanation hides the levels
+    _compute(page, server, prompt="Who built the tower in Paris?", response="Eiffel built it", samples="20")
+    assert page.is_hidden("#levels")
 
 
 def test_api_key_entered_on_the_page(browser, tmp_path):

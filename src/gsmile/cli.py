@@ -99,6 +99,10 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
     p.add_argument("--method", default="gsmile", choices=sorted(METHODS), help="attribution method (default: gsmile)")
     p.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
+    p.add_argument("--refine", default=None, choices=list(SEGMENTERS), metavar="UNIT",
+                   help="coarse-to-fine: explain --unit units first, then split the most important ones into these finer units (e.g. --unit sentence --refine word); see docs/long-inputs.md")
+    p.add_argument("--refine-top", type=int, default=3, metavar="N", help="coarse units refined with --refine (default: 3)")
+    p.add_argument("--refine-share", type=float, default=0.5, metavar="F", help="share of the budget spent on the coarse level with --refine (default: 0.5)")
     p.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     _add_method_option_flags(p)
@@ -295,8 +299,13 @@ def _explain(args) -> int:
 
 
 def _explanation_options(args) -> dict:
-    """The Explainer's options from the flags of :func:`_add_explanation_flags`."""
+    """The Explainer's options from the flags of :func:`_add_explanation_flags` (the
+    coarse-to-fine ones only with --refine, so settings recorded without it stay as they were)."""
+    if args.refine is None and (args.refine_top != 3 or args.refine_share != 0.5):
+        raise InvalidInputError("--refine-top and --refine-share apply to coarse-to-fine attribution; add --refine UNIT")
+    refine = {} if args.refine is None else dict(refine=args.refine, refine_top=args.refine_top, refine_share=args.refine_share)
     return dict(
+        **refine,
         method=args.method,
         unit=args.unit or "word",
         context_unit=args.unit or "sentence",

@@ -15,15 +15,15 @@ from typing import Any, Callable
 import numpy as np
 
 from .backends import Loadable, ReportsExtras, Route, prepare_backend, resolve_model
-from .errors import InvalidInputError, check_int
-from .explanation import FIDELITY_THRESHOLD, Explanation
+from .errors import InvalidInputError, check_int, lookup
+from .explanation import FIDELITY_THRESHOLD, Explanation, level_record
 from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template, user_turn
 from .methods import SurrogateMethod, make_method, method_options, option_specs
 from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .scoring import Scorer
 from .stability import DEFAULT_TOP_K, mean_of_runs, runs_report, top_k_units
 from .targets import make_target
-from .units import Segmentation
+from .units import SEGMENTERS, Segmentation, Unit
 
 #: Default number of perturbed prompts. Chosen from measurements (see README, "Speed").
 DEFAULT_SAMPLES = 200
@@ -36,6 +36,10 @@ ESS_WARN_SHARE = 0.3
 #: Warn when the prompt has fewer units than this.
 FEW_UNITS = 5
 RUNS_RANGE = (1, 1000)
+#: Built-in units from finest to coarsest: ``refine`` must come before the coarse unit.
+UNIT_ORDER = ("token", "word", "phrase", "sentence")
+#: Range of ``refine_share``, the first level's share of the budget.
+REFINE_SHARE_RANGE = (0.1, 0.9)
 #: Options of the Explainer that belong to gSMILE, with their defaults (the method's own);
 #: other methods receive them only when their factory takes them.
 _GSMILE_OPTIONS = {name: spec.default for name, spec in option_specs("gsmile").items()}
@@ -90,6 +94,16 @@ class Explainer:
     until_stable: sample in rounds of ``n_samples`` (refitting on all samples so far) until
         the ``top_k`` units are the same after two consecutive rounds, at most ``max_rounds``
         rounds; the rounds used are in ``params["rounds"]`` and ``extras["until_stable"]``.
+    refine: coarse-to-fine attribution (see docs/long-inputs.md): a unit finer than ``unit``
+        (or ``context_unit``, or the ``segments``), e.g. "word" under "sentence". Level 1
+        explains the coarse units; level 2 splits the ``refine_top`` most important coarse
+        units into ``refine`` units and keeps every other coarse unit whole, and is explained
+        with the rest of the budget through the same scorer. The explanation's units are level
+        2's; ``Explanation.levels`` holds both, each fine unit with its parent coarse unit.
+        None (default): one level.
+    refine_top: how many coarse units level 2 refines (the most important ones that have
+        more than one finer unit).
+    refine_share: share of the budget (``max_evals``, else ``n_samples``) spent on level 1.
     """
 
     def __init__(
@@ -114,6 +128,9 @@ class Explainer:
         until_stable: bool = False,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
         max_evals: int | None = None,
+        refine: str | None = None,
+        refine_top: int = 3,
+        refine_share: float = 0.5,
     ):
         self.model = model
         self.method = method
@@ -134,6 +151,9 @@ class Explainer:
         self.until_stable = until_stable
         self.max_rounds = max_rounds
         self.max_evals = max_evals
+        self.refine = refine
+        self.refine_top = refine_top
+        self.refine_share = refine_share
 
     # ----------------------------------------------------------- checks
     def validate(self) -> SurrogateMethod:
@@ -159,9 +179,42 @@ class Explainer:
         make_rng(self.random_state)  # the samplers' own check: a non-negative integer, a Generator or None
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise InvalidInputError(f"progress must be True, False or a callable, got {self.progress!r}", field="progress")
+        self._check_refine()
         method = self._make_method(self.random_state)
         method.validate()
         return method
+
+    def _check_refine(self) -> None:
+        """The coarse-to-fine options on their own (their fit to the units is checked by
+        :meth:`_refine_over`, which knows whether a prompt or a context is explained)."""
+        check_int("refine_top", self.refine_top, 1, 100_000)
+        share = self.refine_share
+        lo, hi = REFINE_SHARE_RANGE
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not lo <= share <= hi:
+            raise InvalidInputError(f"refine_share must be a number from {lo} to {hi} (level 1's share of the budget), "
+                                    f"got {share!r}", field="refine_share")
+        if self.refine is None:
+            return
+        lookup(SEGMENTERS, self.refine, "refine unit")
+        if self.max_evals is not None and self.max_evals < SAMPLES_RANGE[0]:
+            raise InvalidInputError(f"refine splits max_evals between two levels; give at least {SAMPLES_RANGE[0]}, "
+                                    f"got {self.max_evals}", field="max_evals")
+        if self.until_stable or self.runs != 1:
+            raise InvalidInputError("refine cannot be combined with until_stable or runs > 1; explain coarse-to-fine in one run",
+                                    field="refine")
+
+    def _refine_over(self, coarse_unit: str, which: str) -> None:
+        """InvalidInputError unless ``refine`` is finer than the coarse unit (custom segments
+        may be refined into any built-in unit)."""
+        if coarse_unit not in UNIT_ORDER:
+            return
+        if UNIT_ORDER.index(self.refine) >= UNIT_ORDER.index(coarse_unit):
+            finer = [u for u in UNIT_ORDER[: UNIT_ORDER.index(coarse_unit)]]
+            raise InvalidInputError(
+                f"refine {self.refine!r} is not finer than {which} {coarse_unit!r}: refining splits each important "
+                f"{coarse_unit} into smaller units, so refine must be one of: {', '.join(finer) or 'none (token is the finest unit)'}",
+                field="refine",
+            )
 
     def _make_method(self, seed) -> SurrogateMethod:
         """The method with random_state ``seed``: a user-built SurrogateMethod reseeded, or
@@ -202,6 +255,8 @@ class Explainer:
         t_start = time.perf_counter()
         _check_texts(prompt, response, context)
         method = self.validate()
+        if self.refine is not None and segments is None:
+            self._refine_over(*((self.context_unit, "context_unit") if context is not None else (self.unit, "unit")))
         run = _Run(prompt=prompt, context=context)
         dropout = method.params.get("dropout")
         if dropout is not None and dropout > DROPOUT_WARN:
@@ -215,6 +270,8 @@ class Explainer:
         run.timings["score"] = run.timings["fit"] = 0.0
         if self.until_stable:
             fits, n_rows = self._fit_until_stable(run, method)
+        elif run.refine is not None:
+            fits, n_rows = self._coarse_to_fine(run, method)
         else:
             fits, n_rows = self._fit_runs(run, method)
         run.timings["total"] = time.perf_counter() - t_start
@@ -243,8 +300,9 @@ class Explainer:
         if segments is not None:
             segmentation, unit = Segmentation.from_segments(text, segments), "custom"
         else:
-            tokenizer = run.route.model.token_spans if run.route.is_lm and unit == "token" else None
-            segmentation = Segmentation.from_text(text, unit, tokenizer=tokenizer)
+            segmentation = Segmentation.from_text(text, unit, tokenizer=self._tokenizer(run, unit))
+        if self.refine is not None:
+            segmentation, unit = self._coarse_level(run, segmentation, unit)
         n_units = len(segmentation)
         if n_units < 2:
             raise InvalidInputError(
@@ -255,6 +313,33 @@ class Explainer:
             run.notes.append(f"the {run.explained} has only {n_units} units; attributions over so few units say little")
         run.unit = unit
         run.inputs = ModelInput(segmentation, run.prompt, run.context, self.context_template)
+
+    @staticmethod
+    def _tokenizer(run: "_Run", unit: str):
+        return run.route.model.token_spans if run.route.is_lm and unit == "token" else None
+
+    def _coarse_level(self, run: "_Run", coarse: Segmentation, unit: str) -> tuple[Segmentation, str]:
+        """The first level's units, with the finer units of each (``run.fine``, used by
+        level 2), or, where there is nothing to refine, the plain units with a note
+        (``run.refine`` None: one level)."""
+        fine = [self._split(run, u) for u in coarse.units]
+        what = f"the {run.explained}"
+        if len(coarse) < 2:
+            run.notes.append(f"coarse-to-fine needs at least 2 {unit} units to choose from, but {what} has {len(coarse)}; "
+                             f"explained with plain {self.refine} units instead")
+            return Segmentation.from_text(coarse.text, self.refine, tokenizer=self._tokenizer(run, self.refine)), self.refine
+        if all(len(f) < 2 for f in fine):
+            run.notes.append(f"no {unit} unit of {what} has more than one {self.refine} unit, so there is nothing to refine; "
+                             f"explained with plain {unit} units instead")
+            return coarse, unit
+        run.refine, run.fine = self.refine, fine
+        return coarse, unit
+
+    def _split(self, run: "_Run", coarse: Unit) -> list[Unit]:
+        """The ``refine`` units inside one coarse unit (segmented on its own text, so none
+        crosses its borders)."""
+        spans = SEGMENTERS[self.refine](coarse.text, self._tokenizer(run, self.refine))
+        return [Unit(coarse.text[s:e], coarse.start + s, coarse.start + e) for s, e in spans]
 
     def _response(self, run: "_Run") -> None:
         """The response's token ids (generated greedily unless given)."""
@@ -309,19 +394,22 @@ class Explainer:
         run.timings["fit"] += time.perf_counter() - tic
         return fitted
 
-    def _fit_runs(self, run: "_Run", method: SurrogateMethod):
+    def _fit_runs(self, run: "_Run", method: SurrogateMethod, n_samples: int | None = None, max_evals: int | None = None):
         """One fit per seed (each distinct input scored once across them). Returns (fits, rows
-        of the first run)."""
+        of the first run). ``n_samples``/``max_evals``: this call's own (default: the
+        Explainer's; given, max_evals wins when not None)."""
+        if n_samples is None and max_evals is None:
+            n_samples, max_evals = self.n_samples, self.max_evals
         n_units = len(run.inputs.segmentation)
         full = run.inputs.segmentation.full_mask[None, :]
         fits, n_rows = [], 0
         for r, seed in enumerate(self._seeds()):
             run.seeds.append(seed)
             run_method = self._method_for(method, seed)
-            if self.max_evals is None:
-                drawn = run_method.sample(n_units, int(self.n_samples))
+            if max_evals is None:
+                drawn = run_method.sample(n_units, int(n_samples))
             else:
-                drawn = draw_within(run_method.sample, n_units, int(self.max_evals) - 1, draw=run_method.draw)
+                drawn = draw_within(run_method.sample, n_units, int(max_evals) - 1, draw=run_method.draw)
             masks = np.vstack([full, drawn])
             fits.append(self._fit(run, run_method, masks))
             n_rows = len(masks) if r == 0 else n_rows
@@ -353,6 +441,75 @@ class Explainer:
                 f"use more samples or larger units"
             )
         return [fitted], len(masks)
+
+    def _coarse_to_fine(self, run: "_Run", method: SurrogateMethod):
+        """Level 1 over the coarse units with ``refine_share`` of the budget; level 2 over the
+        finer units of the ``refine_top`` most important coarse units (those with more than
+        one) and every other coarse unit whole, with the rest, through the same scorer.
+        Records both levels in ``run.levels``; returns level 2's (fits, rows)."""
+        share = float(self.refine_share)
+        coarse = run.inputs.segmentation
+        # Level 1
+        if self.max_evals is not None:
+            budget = int(self.max_evals)
+            first = dict(max_evals=max(2, round(share * budget)))
+        else:
+            budget = int(self.n_samples)
+            first = dict(n_samples=max(1, round(share * budget)))
+        [level1], rows1 = self._level(run, method, 1, first)
+        calls1 = run.scorer.n_calls
+        if self.max_evals is not None:
+            # The original is scored already; level 2's new inputs fill what is left.
+            second = dict(max_evals=budget - calls1 + 1)
+        else:
+            second = dict(n_samples=max(1, budget - first["n_samples"]))
+        # Choose the coarse units to refine: the most important ones that split.
+        order = sorted(range(len(coarse)), key=lambda i: (-abs(level1.coefficients[i]), i))
+        splittable = [i for i in order if len(run.fine[i]) > 1]
+        chosen = sorted(splittable[: int(self.refine_top)])
+        last = max(order.index(i) for i in chosen)
+        passed = [i for i in order[:last] if len(run.fine[i]) < 2]
+        if passed:
+            names = ", ".join(f"{i + 1} ({_short(coarse.units[i].text)})" for i in passed)
+            run.notes.append(f"{run.unit} unit(s) {names} ranked among the most important but hold a single "
+                             f"{run.refine} unit; kept whole")
+        if len(chosen) == len(splittable):
+            run.notes.append(f"refine_top {self.refine_top} covers every {run.unit} unit that splits: level 2 is a plain "
+                             f"{run.refine}-level explanation with {1 - share:.0%} of the budget")
+        if np.isfinite(level1.fidelity_r2) and level1.fidelity_r2 < FIDELITY_THRESHOLD:
+            run.notes.append(f"level 1 ({run.unit}) fidelity R² {level1.fidelity_r2:.2f} is below {FIDELITY_THRESHOLD}: "
+                             f"the {run.unit} units refined may not be the most important ones")
+        # Level 2
+        units, parents = [], []
+        for i, unit in enumerate(coarse.units):
+            pieces = run.fine[i] if i in chosen else [unit]
+            units.extend(pieces)
+            parents.extend([i] * len(pieces))
+        run.inputs = ModelInput(Segmentation(coarse.text, units, unit_type=f"{run.unit}>{run.refine}"), run.prompt,
+                                run.context, self.context_template)
+        run.seeds.clear()  # the same seed again: the one the explanation reports
+        fits, rows2 = self._level(run, method, 2, second)
+        level2 = fits[0]
+        run.levels = [
+            level_record(run.unit, coarse.units, [None] * len(coarse), level1.coefficients, intercept=level1.intercept,
+                         fidelity_r2=level1.fidelity_r2, held_out_r2=level1.held_out_r2, n_samples=rows1 - 1,
+                         n_evals=calls1, refined=chosen),
+            level_record(f"{run.unit}>{run.refine}", units, parents, level2.coefficients, intercept=level2.intercept,
+                         fidelity_r2=level2.fidelity_r2, held_out_r2=level2.held_out_r2, n_samples=rows2 - 1,
+                         n_evals=run.scorer.n_calls - calls1),
+        ]
+        run.unit = f"{run.unit}>{run.refine}"
+        run.drawn = rows1 - 1 + rows2 - 1
+        return fits, rows2
+
+    def _level(self, run: "_Run", method: SurrogateMethod, number: int, budget: dict[str, int]):
+        """One level of :meth:`_coarse_to_fine`; a budget too small for the method says which level's."""
+        try:
+            return self._fit_runs(run, method, **budget)
+        except InvalidInputError as exc:
+            name, value = next(iter(budget.items()))
+            raise InvalidInputError(f"level {number} of coarse-to-fine ({len(run.inputs.segmentation)} units, {name} {value} "
+                                    f"of the budget): {exc}", field=exc.field or name) from None
 
     # ---------------------------------------------------------- results
     def _assemble(self, run: "_Run", method: SurrogateMethod, fits, n_rows: int) -> Explanation:
@@ -390,6 +547,8 @@ class Explainer:
             params["batch_size_auto"] = True
         if run.context is not None:
             params["context_template"] = run.inputs.template
+        if self.refine is not None:
+            params.update(refine=self.refine, refine_top=int(self.refine_top), refine_share=float(self.refine_share))
         return Explanation(
             prompt=run.prompt,
             response=run.response,
@@ -402,7 +561,7 @@ class Explainer:
             method=method.name,
             target=run.target.name if is_lm else run.route.model.target_name,
             unit_type=run.unit,
-            n_samples=n_rows - 1,
+            n_samples=n_rows - 1 if run.drawn is None else run.drawn,
             n_unique=run.scorer.n_calls,
             sigma=result.sigma,
             effective_sample_size=ess,
@@ -416,6 +575,7 @@ class Explainer:
             response_tokens=run.response_tokens,
             token_coefficients=token_coefficients,
             extras=extras,
+            levels=run.levels,
         )
 
 
@@ -439,6 +599,10 @@ class _Run:
     rounds: dict | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    refine: str | None = None  # the finer unit when explained coarse-to-fine (None: one level)
+    fine: list[list[Unit]] | None = None  # the finer units inside each coarse unit
+    levels: list[dict] | None = None  # level records (see explanation.level_record)
+    drawn: int | None = None  # masks drawn over every level (None: the one level's rows)
 
 
 def _check_texts(prompt, response, context) -> None:
@@ -466,6 +630,11 @@ def _quality_notes(fidelity: float, ess: float, n_rows: int, explained: str, ess
             f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
         )
     return notes
+
+
+def _short(text: str, limit: int = 30) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _round_seed(base_seed: int, round_index: int) -> int:

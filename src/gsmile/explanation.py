@@ -85,6 +85,10 @@ class Explanation:
     extras: dict[str, Any] = field(default_factory=dict)
     held_out_r2: float | None = None
     n_parameters: int | None = None  # the surrogate's parameters: units it may use + intercept (None: units + 1)
+    #: coarse-to-fine explanations (``Explainer(refine=...)``): every level, coarse first, as
+    #: plain dicts (see :func:`level_record`); the last level is this explanation's own units
+    #: and coefficients. None for a one-level explanation.
+    levels: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.coefficients = np.asarray(self.coefficients, dtype=float)
@@ -147,6 +151,21 @@ class Explanation:
         ranked = sorted(self.attributions(), key=lambda a: (-a.score, a.index))
         return ranked[: max(int(k), 0)]
 
+    def hierarchy(self) -> list[tuple[Attribution, list[Attribution]]]:
+        """A coarse-to-fine explanation's levels as a tree: each coarse unit (first level, its
+        score scaled within that level) with the finer units it was refined into (last
+        level; empty when it was kept whole). Empty for a one-level explanation."""
+        if not self.levels or len(self.levels) < 2:
+            return []
+        coarse, fine = self.levels[0], self.levels[-1]
+        refined = set(coarse.get("refined") or [])
+        tops = _level_attributions(coarse)
+        children: dict[int, list[Attribution]] = {i: [] for i in refined}
+        for unit, attribution in zip(fine["units"], _level_attributions(fine)):
+            if unit.get("parent") in children:
+                children[unit["parent"]].append(attribution)
+        return [(a, children.get(a.index, [])) for a in tops]
+
     # ---------------------------------------------------------- serialization
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data, tagged with ``schema`` and ``version``."""
@@ -183,6 +202,7 @@ class Explanation:
             if self.token_coefficients is None
             else [_floats(row) for row in self.token_coefficients],
             "extras": _plain(self.extras),
+            "levels": None if self.levels is None else [_plain(level) for level in self.levels],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -227,6 +247,7 @@ class Explanation:
                 if token_coefficients is None
                 else np.array([_unfloats(r) for r in token_coefficients], dtype=float),
                 extras=dict(data.get("extras") or {}),
+                levels=_read_levels(data.get("levels")),  # absent in files written before levels existed
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"malformed explanation: {exc!s}") from None
@@ -238,6 +259,54 @@ class Explanation:
         except json.JSONDecodeError as exc:
             raise SchemaError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
         return cls.from_dict(data)
+
+
+def level_record(unit_type: str, units: list[Unit], parents: list[int | None], coefficients, *, intercept: float,
+                 fidelity_r2: float, held_out_r2: float | None, n_samples: int, n_evals: int,
+                 refined: list[int] | None = None) -> dict[str, Any]:
+    """One level of a coarse-to-fine explanation as plain data: its units with the index of
+    their parent (the coarse unit they lie in; None on the first level), coefficients and
+    scores, fit quality, masks drawn (``n_samples``) and model evaluations made for this
+    level (``n_evals``; inputs already scored by an earlier level are not counted again), and
+    on a coarse level the indices of the units ``refined`` on the next one."""
+    record = {
+        "unit_type": unit_type,
+        "units": [{"text": u.text, "start": u.start, "end": u.end, "parent": p} for u, p in zip(units, parents)],
+        "coefficients": _floats(coefficients),
+        "scores": _floats(normalized_scores(coefficients)),
+        "intercept": _float(intercept),
+        "fidelity_r2": _float(fidelity_r2),
+        "held_out_r2": _float(held_out_r2),
+        "n_samples": int(n_samples),
+        "n_evals": int(n_evals),
+    }
+    if refined is not None:
+        record["refined"] = [int(i) for i in refined]
+    return record
+
+
+def _level_attributions(level: dict[str, Any]) -> list[Attribution]:
+    coefficients = np.array(_unfloats(level["coefficients"]), dtype=float)
+    scores = normalized_scores(coefficients)
+    return [Attribution(i, u["text"], int(u["start"]), int(u["end"]), float(c), float(s))
+            for i, (u, c, s) in enumerate(zip(level["units"], coefficients, scores))]
+
+
+def _read_levels(levels: Any) -> list[dict[str, Any]] | None:
+    """The ``levels`` of a JSON explanation, checked enough that :meth:`Explanation.hierarchy`
+    and the renderers can rely on them."""
+    if levels is None:
+        return None
+    if not isinstance(levels, list):
+        raise TypeError("levels must be a list")
+    out = []
+    for level in levels:
+        units = [{"text": str(u["text"]), "start": int(u["start"]), "end": int(u["end"]),
+                  "parent": None if u.get("parent") is None else int(u["parent"])} for u in level["units"]]
+        if len(level["coefficients"]) != len(units):
+            raise ValueError(f"a level has {len(units)} units but {len(level['coefficients'])} coefficients")
+        out.append({**level, "units": units, "coefficients": [None if c is None else float(c) for c in level["coefficients"]]})
+    return out
 
 
 # JSON has no NaN/inf: they are written as null and read back as NaN.

@@ -33,6 +33,8 @@ td,th{padding:2px 8px;text-align:left;vertical-align:middle}
 .legend span{display:inline-block;padding:0 .5rem;margin-right:.3rem;border-radius:3px}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:.1rem 1rem}
 dl.summary dt{color:#666}dl.summary dd{margin:0}
+.hierarchy tr.fine td.label{padding-left:2rem;color:#444}
+.hierarchy tr.refined td.label{font-weight:bold}
 """
 
 
@@ -75,18 +77,43 @@ def _highlighted_text(exp: Explanation) -> str:
     return "".join(pieces)
 
 
-def _bar_rows(exp: Explanation) -> str:
+def _bar_rows(exp: Explanation, attributions=None, classes=None) -> str:
+    """One bar row per attribution (default: the explanation's units); ``classes``: a CSS
+    class per row."""
+    attributions = exp.attributions() if attributions is None else attributions
     rows = []
-    for a in exp.attributions():
+    for a, cls in zip(attributions, classes or [""] * len(attributions)):
         width = min(max(a.score, 0.0), 1.0) * 100 if math.isfinite(a.score) else 0.0
         r, g, b = mix(a.coefficient, 1.0)
         rows.append(
-            f'<tr><td class="label">{_e(a.text)}</td>'
+            f'<tr{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}><td class="label">{_e(a.text)}</td>'
             f'<td><div class="track"><div class="fill" style="width:{width:.1f}%;background:rgb({r},{g},{b})">'
             f"</div></div></td>"
             f'<td class="num">{a.score:.2f}</td><td class="num">{_e(format_coefficient(a.coefficient))}</td></tr>'
         )
     return "\n".join(rows)
+
+
+def _levels(exp: Explanation) -> str:
+    """A coarse-to-fine explanation's hierarchy: each coarse unit's bar (level 1), and under
+    each refined one the bars of its finer units (level 2)."""
+    from .terminal import level_caption
+
+    rows, classes = [], []
+    for coarse, children in exp.hierarchy():
+        rows.append(coarse)
+        classes.append("coarse refined" if children else "coarse")
+        rows.extend(children)
+        classes.extend(["fine"] * len(children))
+    captions = "".join(f"<li>{_e(level_caption(level, n))}</li>" for n, level in enumerate(exp.levels, start=1))
+    return (
+        "<h2>Levels</h2>\n"
+        "<p>Coarse units with their level-1 importance; the refined ones are followed by their finer units "
+        "(level-2 importance, indented).</p>\n"
+        f'<ul class="levels">{captions}</ul>\n'
+        '<table class="bars hierarchy"><thead><tr><th>unit</th><th>importance</th><th class="num">score</th>'
+        '<th class="num">coefficient</th></tr></thead>\n<tbody>\n' + _bar_rows(exp, rows, classes) + "\n</tbody></table>"
+    )
 
 
 def _heatmap(exp: Explanation) -> str:
@@ -153,6 +180,8 @@ def render_html(exp: Explanation) -> str:
         )
     else:
         parts.append("<p>No units to attribute.</p>")
+    if exp.hierarchy():
+        parts.append(_levels(exp))
 
     parts.append("<h2>Fidelity</h2>")
     held = f" (held out: <strong>{_e(format_r2(exp.held_out_r2))}</strong>)" if exp.held_out_r2 is not None else ""

@@ -137,6 +137,27 @@ def filled_cells(score: float, width: int) -> int:
     return int(math.floor(score * width + 0.5))
 
 
+def level_caption(level: dict, number: int) -> str:
+    """``Level 1: 20 sentence units, fidelity R² 0.97, 75 model evaluations``."""
+    return (f"Level {number}: {len(level['units'])} {level['unit_type']} units, fidelity R² "
+            f"{format_r2(float('nan') if level.get('fidelity_r2') is None else level['fidelity_r2'])}, "
+            f"{int(level.get('n_evals', 0))} model evaluations")
+
+
+def hierarchy_lines(exp: Explanation, tree, bar_line) -> list[str]:
+    """A coarse-to-fine explanation: every coarse unit with its level-1 bar, the refined ones
+    followed by their finer units (level-2 bars) indented under them."""
+    lines = [level_caption(level, n) for n, level in enumerate(exp.levels, start=1)]
+    labels = [truncate(one_line(a.text)) for a, _ in tree]
+    child_labels = [["  └ " + truncate(one_line(c.text), MAX_LABEL_WIDTH - 4) for c in children] for _, children in tree]
+    pad = max(display_width(label) for label in labels + [c for cs in child_labels for c in cs])
+    for (a, children), label, kids in zip(tree, labels, child_labels):
+        lines.append(bar_line(a, label, pad) + (f"  refined into {len(children)} {exp.levels[-1]['unit_type'].split('>')[-1]} units"
+                                                if children else ""))
+        lines.extend(bar_line(c, kid, pad) for c, kid in zip(children, kids))
+    return lines
+
+
 # ------------------------------------------------------------------ renderer
 def render_terminal(exp: Explanation, *, color: bool = False, bar_width: int = 10, top_k: int = 3) -> str:
     """The explanation as text: response, one bar per unit, fidelity, top drivers, summary, warnings.
@@ -155,17 +176,22 @@ def render_terminal(exp: Explanation, *, color: bool = False, bar_width: int = 1
     if exp.response is not None:
         lines.append(f"Response: {sanitize(exp.response)}")
 
+    def bar_line(a, label: str, pad: int) -> str:
+        filled = filled_cells(a.score, bar_width)
+        bar = FILLED * filled + EMPTY * (bar_width - filled)
+        score = f"{a.score:.2f}" if math.isfinite(a.score) else " nan"
+        sign = _POSITIVE if a.coefficient > 0 else _NEGATIVE if a.coefficient < 0 else ""
+        label = label + " " * (pad - display_width(label))
+        return f"{label} {paint(bar, sign)} {score} {paint(f'({format_coefficient(a.coefficient)})', sign)}"
+
+    tree = exp.hierarchy()
     attributions = exp.attributions()
-    if attributions:
+    if tree:
+        lines.extend(hierarchy_lines(exp, tree, bar_line))
+    elif attributions:
         labels = [truncate(one_line(a.text)) for a in attributions]
         pad = max(display_width(label) for label in labels)
-        for a, label in zip(attributions, labels):
-            filled = filled_cells(a.score, bar_width)
-            bar = FILLED * filled + EMPTY * (bar_width - filled)
-            score = f"{a.score:.2f}" if math.isfinite(a.score) else " nan"
-            sign = _POSITIVE if a.coefficient > 0 else _NEGATIVE if a.coefficient < 0 else ""
-            label = label + " " * (pad - display_width(label))
-            lines.append(f"{label} {paint(bar, sign)} {score} {paint(f'({format_coefficient(a.coefficient)})', sign)}")
+        lines.extend(bar_line(a, label, pad) for a, label in zip(attributions, labels))
     else:
         lines.append("(no units to attribute)")
 

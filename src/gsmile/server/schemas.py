@@ -75,6 +75,9 @@ class ExplainRequest(BaseModel):
     top_k: Option(int) = Field(None, description="top units compared across runs or rounds")
     until_stable: Option(bool) = Field(None, description="sample in rounds until the top_k units stop changing")
     max_rounds: Option(int) = Field(None, description="most rounds of until_stable")
+    refine: Option(str) = Field(None, description="coarse-to-fine: a unit finer than unit (or context_unit) that the most important coarse units are split into")
+    refine_top: Option(int) = Field(None, description="coarse units refined (with refine)")
+    refine_share: Option(float) = Field(None, description="share of the budget spent on the coarse level (with refine)")
     context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
 

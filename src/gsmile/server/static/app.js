@@ -82,6 +82,11 @@ function request() {
   if (context.trim()) body.context = context;
   if (unit !== "auto") body[context.trim() ? "context_unit" : "unit"] = unit;
   if (response.trim()) body.response = response;
+  const refine = $("refine").value; // coarse-to-fine: the finer unit ("" = one level)
+  if (refine) {
+    body.refine = refine;
+    if (unit === "auto" && !context.trim()) body.unit = "sentence"; // a prompt's default unit (word) cannot be refined
+  }
   if (body.method === "mupax") body.method_options = { threshold_percentile: Number($("threshold").value) };
   return body;
 }
@@ -188,6 +193,7 @@ function render(exp) {
     tr.appendChild(el("td", "num", fmt(coef[i], 4)));
     bars.appendChild(tr);
   });
+  renderLevels(exp);
   const list = $("top");
   clear(list);
   const ranked = exp.units.map((u, i) => [u, i]).sort((a, b) => (exp.scores[b[1]] || 0) - (exp.scores[a[1]] || 0) || a[1] - b[1]);
@@ -200,6 +206,55 @@ function render(exp) {
   $("response-text").textContent = exp.response === null ? "" : exp.response;
   renderTokens(exp);
   select("outcome");
+}
+
+// One bar row: label, bar scaled by `top`, coefficient.
+function barRow(label, c, top, className) {
+  const tr = el("tr", className);
+  tr.appendChild(el("td", "label", label));
+  const cell = el("td");
+  const track = el("div", "track");
+  const fill = el("div", "fill");
+  const s = top > 0 && Number.isFinite(c) ? Math.abs(c) / top : 0;
+  fill.style.width = `${(s * 100).toFixed(1)}%`;
+  fill.style.background = colour(c, 1)[0];
+  track.appendChild(fill);
+  cell.appendChild(track);
+  tr.appendChild(cell);
+  tr.appendChild(el("td", "num", fmt(c, 4)));
+  return tr;
+}
+
+// A coarse-to-fine explanation (exp.levels): every coarse unit with its level-1 bar, the
+// refined ones followed by their finer units' level-2 bars, indented.
+function renderLevels(exp) {
+  const box = $("levels");
+  const table = $("hierarchy");
+  const captions = $("level-captions");
+  clear(table);
+  clear(captions);
+  const levels = exp.levels;
+  box.hidden = !(Array.isArray(levels) && levels.length > 1);
+  if (box.hidden) return;
+  const values = (level) => level.coefficients.map((c) => (c === null ? NaN : c));
+  const topOf = (cs) => Math.max(0, ...cs.map((c) => (Number.isFinite(c) ? Math.abs(c) : 0)));
+  levels.forEach((level, n) => {
+    captions.appendChild(el("li", null, `Level ${n + 1}: ${level.units.length} ${level.unit_type} units, fidelity R² ${fmt(level.fidelity_r2, 2)}, ${level.n_evals} model evaluations`));
+  });
+  const coarse = levels[0];
+  const fine = levels[levels.length - 1];
+  const refined = new Set(coarse.refined || []);
+  const cc = values(coarse);
+  const fc = values(fine);
+  const ctop = topOf(cc);
+  const ftop = topOf(fc);
+  coarse.units.forEach((u, i) => {
+    table.appendChild(barRow(u.text, cc[i], ctop, refined.has(i) ? "coarse refined" : "coarse"));
+    if (!refined.has(i)) return;
+    fine.units.forEach((f, j) => {
+      if (f.parent === i) table.appendChild(barRow(f.text, fc[j], ftop, "fine"));
+    });
+  });
 }
 
 function renderTokens(exp) {
