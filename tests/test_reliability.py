@@ -63,9 +63,10 @@ def test_an_overfitted_surrogate_is_caught_by_its_held_out_r2():
 
 
 def test_too_few_effective_samples_for_the_units_is_unreliable_whatever_the_r2():
-    # The issue's case: gSMILE's default kernel on 60 units leaves about 4 effective samples.
+    # The issue's case: gSMILE's published width 0.5·sqrt(60) on 60 units leaves about 4
+    # effective samples (the default is wider now; see the next test).
     prompt = " ".join(f"w{i}" for i in range(60))
-    exp = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200)
+    exp = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200, sigma=0.5 * 60**0.5)
     assert exp.fidelity_r2 > 0.99 and exp.effective_sample_size < 10
     assert not exp.reliable
     assert any("effective sample size" in issue and "61 parameters" in issue for issue in exp.reliability_issues)
@@ -73,6 +74,19 @@ def test_too_few_effective_samples_for_the_units_is_unreliable_whatever_the_r2()
     assert "the scores are unreliable" in text and "61 parameters" in text
     assert "raise --sigma or lower --dropout" in text  # the explainer's advice is still shown
     assert "61 parameters" in render_html(exp)
+
+
+@pytest.mark.parametrize("n_units", [5, 12, 20, 60, 150, 500])
+def test_default_kernel_keeps_the_effective_sample_size_at_any_size(n_units):
+    prompt = " ".join(f"w{i}" for i in range(n_units))
+    exp = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200)
+    assert exp.effective_sample_size >= 0.3 * exp.n_unique
+    assert exp.params["sigma_rule"] == "max(0.5·sqrt(N), 0.7·dropout·N)"
+    assert exp.sigma == pytest.approx(max(0.5 * n_units**0.5, 0.7 * 0.2 * n_units))
+    if n_units <= 12:
+        assert exp.sigma == pytest.approx(0.5 * n_units**0.5)  # gSMILE's own width where it was published
+    if n_units >= 200:
+        assert not exp.reliable  # 200 samples cannot fit more parameters than that, however they are weighted
 
 
 def test_held_out_figure_and_issues_round_trip_through_json():

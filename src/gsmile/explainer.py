@@ -71,7 +71,9 @@ class Explainer:
         (N - window + 1 masks) and shapley (all 2^N) do not use it; kernelshap enumerates
         every coalition when n_samples + 1 >= 2^N.
     dropout: gsmile: share of units each perturbation drops (0.05-0.5).
-    sigma: gsmile: Gaussian kernel width; default 0.5·sqrt(number of units).
+    sigma: gsmile: Gaussian kernel width; default max(0.5·sqrt(N), 0.7·dropout·N) for N units
+        (gSMILE's 0.5·sqrt(N) up to 12 units, wider beyond so that the effective sample size
+        stays near half the samples; see :func:`gsmile.kernels.default_sigma`).
     batch_size: prompts per forward pass; None (default) picks it from the sequence length
         and halves it on out-of-memory. It never changes the result.
     max_new_tokens: length of the greedy baseline response.

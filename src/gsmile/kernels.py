@@ -24,23 +24,40 @@ class Kernel(Protocol):
     def width(self, n_units: int) -> float | None: ...
 
 
-def default_sigma(n_units: int) -> float:
-    """gSMILE's default kernel width, 0.5 * sqrt(N)."""
-    return 0.5 * math.sqrt(n_units)
+#: How :func:`default_sigma` chooses the width (recorded in an explanation's params).
+DEFAULT_SIGMA_RULE = "max(0.5·sqrt(N), 0.7·dropout·N)"
+
+
+def default_sigma(n_units: int, dropout: float | None = None) -> float:
+    """The default kernel width: gSMILE's 0.5·sqrt(N), widened to 0.7·dropout·N when that is
+    larger (N > 12 at the default dropout 0.2).
+
+    A perturbation drops about dropout·N units, so with 0.5·sqrt(N) the typical sample's
+    weight falls as exp(-(2·dropout)²·N): at 60 units almost every weight is below e^-9 and
+    the fit rests on a handful of samples (effective sample size 8% of them; 1% at 300).
+    Keeping the typical distance at about 1.4 widths, as gSMILE's own width does at 12
+    units, holds the effective sample size at 45-90% of the samples from 5 to 500 units.
+    Up to 12 units (the published recipe's prompts) the width is gSMILE's."""
+    width = 0.5 * math.sqrt(n_units)
+    if dropout is not None:
+        width = max(width, 0.7 * dropout * n_units)
+    return width
 
 
 class GaussianKernel:
     """w = exp(-d^2 / sigma^2), d = Hamming distance to the all-kept mask (units dropped).
 
-    ``sigma=None`` uses :func:`default_sigma`.
+    ``sigma=None`` uses :func:`default_sigma` for masks that drop a share ``dropout`` of
+    the units (None: gSMILE's 0.5·sqrt(N) whatever the share).
     """
 
-    def __init__(self, sigma: float | None = None):
+    def __init__(self, sigma: float | None = None, dropout: float | None = None):
         self.sigma = sigma
+        self.dropout = dropout
 
     def width(self, n_units: int) -> float:
         if self.sigma is None:
-            return default_sigma(n_units)
+            return default_sigma(n_units, self.dropout)
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (self.sigma > 0 and math.isfinite(self.sigma)):
             raise InvalidInputError(f"sigma must be a positive number, got {self.sigma!r}", field="sigma")
         return float(self.sigma)
