@@ -105,9 +105,16 @@ class LocalWorkers:
 
         def lost(w: "_Proc") -> None:
             """``w`` died: hand its case back (or record it as failed after MAX_ATTEMPTS)
-            and start a worker in its place while cases remain."""
+            and start a worker in its place while cases remain. A worker that died while
+            loading the model is not replaced (the next would likely die the same way); the
+            audit stops only when no worker is left."""
             workers.remove(w)
             w.close()
+            if not w.ready:
+                if not workers:
+                    raise ModelError("the worker processes died while loading the model (out of memory?); "
+                                     "try fewer --workers")
+                return
             case = w.case
             if case is not None and case.id not in recorded:
                 attempts[case.id] = attempts.get(case.id, 0) + 1
@@ -115,9 +122,13 @@ class LocalWorkers:
                     record(died_record(case, attempts[case.id]))
                 else:
                     pending.append(case)
-            if not w.ready and case is None and not any(x.ready for x in workers):
-                raise ModelError("a worker process died while loading the model (out of memory?)")
-            if pending and len(workers) < self.n:
+            for idle in [x for x in workers if x.ready and x.case is None]:
+                if pending:
+                    try:
+                        give(idle)
+                    except EOFError:  # that one is gone too; its sentinel says so next
+                        pass
+            if pending:
                 start()
 
         for _ in range(min(self.n, len(cases))):
