@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gsmile
-from gsmile.errors import InvalidInputError
+from gsmile.errors import GsmileError, InvalidInputError
 from gsmile.explanation import HELD_OUT_THRESHOLD, Explanation
 from gsmile.kernels import UniformKernel
 from gsmile.methods import SurrogateMethod
@@ -136,3 +136,40 @@ def test_lasso_options_are_checked():
         with pytest.raises(InvalidInputError) as err:
             bad.validate()
         assert err.value.field == field
+
+
+def _two_words(texts):
+    return [2.0 * ("w3" in t.split()) + 1.0 * ("w40" in t.split()) for t in texts]
+
+
+@pytest.mark.parametrize("method", ["gsmile", "banzhaf", "lime", "mupax"])
+def test_lasso_surrogate_for_every_fitting_method_finds_the_two_units_and_reports_them(method):
+    prompt = " ".join(f"w{i}" for i in range(80))
+    exp = explain(prompt, _two_words, method=method, surrogate="lasso", n_samples=120)
+    assert [a.text for a in exp.top(2)] == ["w3", "w40"]
+    assert set(exp.extras["selected_units"]) >= {3, 40} and exp.n_parameters == len(exp.extras["selected_units"]) + 1
+    assert exp.params["surrogate"] == "lasso"
+    dense = explain(prompt, _two_words, method=method, n_samples=120)
+    assert "selected_units" not in dense.extras and dense.n_parameters == 81
+
+
+def test_lasso_max_units_keeps_that_many_and_bad_combinations_are_refused():
+    prompt = " ".join(f"w{i}" for i in range(40))
+    noisy = lambda ts: [2.0 * ("w3" in t.split()) + 1.0 * ("w30" in t.split()) + 0.5 * ("w7" in t.split()) for t in ts]  # noqa: E731
+    exp = explain(prompt, noisy, surrogate="lasso", max_units=2, n_samples=100)
+    assert sorted(exp.extras["selected_units"]) == [3, 30]
+    for options, message in [(dict(surrogate="lasso", method="occlusion"), "defined by its own estimator"),
+                             (dict(surrogate="lasso", method="kernelshap"), "applies to gsmile, lime, banzhaf, mupax"),
+                             (dict(surrogate="ridge"), "unknown surrogate 'ridge'"),
+                             (dict(max_units=3), "max_units applies to surrogate='lasso'")]:
+        with pytest.raises(GsmileError, match=message):
+            explain(prompt, noisy, **options)
+
+
+def test_cli_lasso_prints_the_kept_units(capsys, monkeypatch):
+    from gsmile import cli
+
+    monkeypatch.setattr(cli, "_model", lambda args, name: _two_words)
+    prompt = " ".join(f"w{i}" for i in range(50))
+    assert cli.main(["explain", prompt, "--surrogate", "lasso", "--max-units", "2", "--samples", "80", "--quiet", "--color", "never"]) == 0
+    assert "Sparse surrogate (lasso): kept 2 of 50 units: w3, w40" in capsys.readouterr().out

@@ -94,6 +94,7 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
     from .methods import METHODS
     from .targets import TARGETS, TEXT_TARGETS
+    from .surrogates import SURROGATES
     from .units import SEGMENTERS
 
     p.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
@@ -101,6 +102,9 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
     p.add_argument("--refine", default=None, choices=list(SEGMENTERS), metavar="UNIT",
                    help="coarse-to-fine: explain --unit units first, then split the most important ones into these finer units (e.g. --unit sentence --refine word); see docs/long-inputs.md")
+    p.add_argument("--surrogate", default="least_squares", choices=list(SURROGATES),
+                   help="lasso: a sparse fit that keeps few units (penalty by cross-validation), for more units than the samples pin down (default: the method's least squares)")
+    p.add_argument("--max-units", type=int, default=None, metavar="N", help="with --surrogate lasso: keep at most N units (ContextCite's choice)")
     p.add_argument("--refine-top", type=int, default=3, metavar="N", help="coarse units refined with --refine (default: 3)")
     p.add_argument("--refine-share", type=float, default=0.5, metavar="F", help="share of the budget spent on the coarse level with --refine (default: 0.5)")
     p.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
@@ -300,12 +304,16 @@ def _explain(args) -> int:
 
 def _explanation_options(args) -> dict:
     """The Explainer's options from the flags of :func:`_add_explanation_flags` (the
-    coarse-to-fine ones only with --refine, so settings recorded without it stay as they were)."""
+    coarse-to-fine ones only with --refine, the surrogate's only when set, so settings recorded
+    without them stay as they were)."""
     if args.refine is None and (args.refine_top != 3 or args.refine_share != 0.5):
         raise InvalidInputError("--refine-top and --refine-share apply to coarse-to-fine attribution; add --refine UNIT")
     refine = {} if args.refine is None else dict(refine=args.refine, refine_top=args.refine_top, refine_share=args.refine_share)
+    sparse = {} if args.surrogate == "least_squares" and args.max_units is None else dict(surrogate=args.surrogate,
+                                                                                           max_units=args.max_units)
     return dict(
         **refine,
+        **sparse,
         method=args.method,
         unit=args.unit or "word",
         context_unit=args.unit or "sentence",
@@ -505,6 +513,10 @@ def _extra_lines(exp) -> list[str]:
             f"Stability over {report['runs']} runs: top-{report['top_k']} Jaccard "
             f"{'n/a' if jaccard is None else f'{jaccard:.2f}'}; unstable units: {', '.join(unstable) if unstable else 'none'}"
         )
+    selected = exp.extras.get("selected_units")
+    if selected is not None and exp.params.get("surrogate") == "lasso":
+        kept = ", ".join(one_line(exp.units[i].text) for i in selected[:10]) + (", ..." if len(selected) > 10 else "")
+        lines.append(f"Sparse surrogate (lasso): kept {len(selected)} of {len(exp.units)} units: {kept or 'none'}")
     mupax = exp.extras.get("mupax")
     if mupax:
         lines.append(

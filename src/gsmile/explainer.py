@@ -7,6 +7,7 @@ prompt -> units -> masks -> model inputs (:mod:`.inputs`) -> :class:`~.scoring.S
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .methods import SurrogateMethod, make_method, method_options, option_specs
 from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .scoring import Scorer
 from .stability import DEFAULT_TOP_K, mean_of_runs, runs_report, top_k_units
+from .surrogates import SURROGATES
 from .targets import make_target
 from .units import SEGMENTERS, Segmentation, Unit
 
@@ -36,6 +38,10 @@ ESS_WARN_SHARE = 0.3
 #: Warn when the prompt has fewer units than this.
 FEW_UNITS = 5
 RUNS_RANGE = (1, 1000)
+#: Methods whose fit ``surrogate=`` can replace (occlusion, shapley and kernelshap estimate
+#: values defined by their own estimator: leave-one-out differences, Shapley values by
+#: enumeration or by a regression constrained to sum to the output change).
+SURROGATE_METHODS = ("gsmile", "lime", "banzhaf", "mupax")
 #: Built-in units from finest to coarsest: ``refine`` must come before the coarse unit.
 UNIT_ORDER = ("token", "word", "phrase", "sentence")
 #: Range of ``refine_share``, the first level's share of the budget.
@@ -106,6 +112,14 @@ class Explainer:
     refine_top: how many coarse units level 2 refines (the most important ones that have
         more than one finer unit).
     refine_share: share of the budget (``max_evals``, else ``n_samples``) spent on level 1.
+    surrogate: "least_squares" (the method's own fit) or "lasso": an L1-penalized fit that
+        keeps few units (scikit-learn's Lasso; penalty by 5-fold cross-validation, or the
+        smallest that keeps ``max_units``), for inputs with more units than the samples can
+        pin down. The kept units are in ``extras["selected_units"]``; the reliability checks
+        count them as the surrogate's parameters. For gsmile, lime, banzhaf and mupax (the
+        others' values are defined by their own estimator).
+    max_units: with ``surrogate="lasso"``, keep at most this many units (ContextCite's
+        choice); None: the penalty with the best cross-validated error.
     """
 
     def __init__(
@@ -133,6 +147,8 @@ class Explainer:
         refine: str | None = None,
         refine_top: int = 3,
         refine_share: float = 0.5,
+        surrogate: str = "least_squares",
+        max_units: int | None = None,
     ):
         self.model = model
         self.method = method
@@ -156,6 +172,8 @@ class Explainer:
         self.refine = refine
         self.refine_top = refine_top
         self.refine_share = refine_share
+        self.surrogate = surrogate
+        self.max_units = max_units
 
     # ----------------------------------------------------------- checks
     def validate(self) -> SurrogateMethod:
@@ -226,8 +244,28 @@ class Explainer:
             if self.method_options or given:
                 raise InvalidInputError("options apply to a method given by name; set them on your SurrogateMethod's parts instead",
                                         field="method_options")
+            if self.surrogate != "least_squares" or self.max_units is not None:
+                raise InvalidInputError("surrogate and max_units apply to a method given by name; give your SurrogateMethod "
+                                        "its own surrogate_factory instead", field="surrogate")
             return self.method.with_random_state(seed)
-        return make_method(self.method, **self._method_options(), random_state=seed)
+        return self._with_surrogate(make_method(self.method, **self._method_options(), random_state=seed))
+
+    def _with_surrogate(self, method: SurrogateMethod) -> SurrogateMethod:
+        """``method`` fitted with the ``surrogate`` asked for (its own by default)."""
+        factory = lookup(SURROGATES, self.surrogate, "surrogate")
+        if self.max_units is not None:
+            if self.surrogate != "lasso":
+                raise InvalidInputError("max_units applies to surrogate='lasso' (the units a sparse fit keeps)", field="max_units")
+            check_int("max_units", self.max_units, 1, 100_000)
+        if factory is None:
+            return method
+        if method.name not in SURROGATE_METHODS:
+            raise InvalidInputError(f"method {method.name!r} estimates values defined by its own estimator, which another "
+                                    f"surrogate would change; surrogate={self.surrogate!r} applies to "
+                                    f"{', '.join(SURROGATE_METHODS)}", field="surrogate")
+        method.surrogate_factory = functools.partial(factory, max_units=self.max_units)
+        method.params.update(surrogate=self.surrogate, max_units=self.max_units)
+        return method
 
     def _method_options(self) -> dict[str, Any]:
         """The options handed to the method's factory: ``method_options`` plus dropout/sigma

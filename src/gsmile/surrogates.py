@@ -320,3 +320,11 @@ class LassoSurrogate(_LinearSurrogate):
                 break
             chosen = alpha
         return chosen
+
+
+#: Surrogates a method given by name can be switched to (``Explainer(surrogate=...)``):
+#: name -> factory taking ``max_units``.
+SURROGATES = {
+    "least_squares": None,  # the method's own (weighted least squares, or its constrained form)
+    "lasso": lambda max_units=None: LassoSurrogate(max_units=max_units),
+}

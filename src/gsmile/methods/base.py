@@ -124,6 +124,8 @@ class SurrogateMethod:
             token_coefficients=token_coefficients,
         )
         result.extras.update(self.extras(masks, y, result, surrogate))
+        if isinstance(surrogate, SparseSurrogate):  # whatever the method: the units the fit kept
+            result.extras["selected_units"] = [int(i) for i in surrogate.selected_]
         return result
 
     def held_out_r2(self, Z: np.ndarray, y: np.ndarray, weights: np.ndarray, n_parameters: int | None = None) -> float | None:

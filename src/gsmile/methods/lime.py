@@ -9,7 +9,7 @@ from functools import partial
 from ..errors import InvalidInputError
 from ..kernels import ExponentialCosineKernel
 from ..samplers import SubsetSizeSampler
-from ..surrogates import SELECTIONS, Selection, SparseSelection, SparseSurrogate, WeightedLinearRegression
+from ..surrogates import SELECTIONS, Selection, SparseSelection, WeightedLinearRegression
 from .base import SurrogateMethod
 
 
@@ -55,8 +55,4 @@ class _LimeMethod(SurrogateMethod):
             )
         super().validate()
 
-    def extras(self, masks, y, result, surrogate):
-        if not isinstance(surrogate, SparseSurrogate):
-            return {}
-        return {"selected_units": [int(i) for i in surrogate.selected_]}
 

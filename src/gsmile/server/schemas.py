@@ -78,6 +78,8 @@ class ExplainRequest(BaseModel):
     refine: Option(str) = Field(None, description="coarse-to-fine: a unit finer than unit (or context_unit) that the most important coarse units are split into")
     refine_top: Option(int) = Field(None, description="coarse units refined (with refine)")
     refine_share: Option(float) = Field(None, description="share of the budget spent on the coarse level (with refine)")
+    surrogate: Option(str) = Field(None, description="least_squares (the method's own fit) or lasso (a sparse fit that keeps few units)")
+    max_units: Option(int) = Field(None, description="with surrogate lasso: keep at most this many units")
     context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
 
