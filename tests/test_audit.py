@@ -187,6 +187,16 @@ def test_report_says_no_difference_when_the_name_does_not_matter(tmp_path):
     assert summary["groups"]["A"]["term_top3"] == summary["groups"]["B"]["term_top3"] == 0.0
 
 
+def test_gsmile_audit_is_callable_and_imported_on_first_use(tmp_path):
+    code = ("import sys, gsmile; assert 'gsmile.audit' not in sys.modules; "
+            "assert callable(gsmile.audit) and gsmile.audit.audit is __import__('gsmile.audit').audit.audit")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import gsmile
+
+    result = gsmile.audit(_cases(tmp_path), tmp_path / "out", model=name_matters, slots=SLOTS, n_samples=20)
+    assert result.cases == 4 and result.failed == 0
+
+
 # ------------------------------------------------------------ store, resume
 def test_rerun_skips_finished_cases_and_changed_settings_are_refused(tmp_path):
     path, out = _cases(tmp_path), tmp_path / "out"

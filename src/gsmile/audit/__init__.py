@@ -2,9 +2,11 @@
 demographic or other variants), stream the results to a directory, resume where a run
 stopped, and aggregate them into a report.
 
->>> from gsmile.audit import audit
->>> result = audit("cases.jsonl", "out/", n_samples=64, workers=2)
+>>> import gsmile
+>>> result = gsmile.audit("cases.jsonl", "out/", n_samples=64, workers=2)
 >>> result.summary["headline"]
+
+(``gsmile.audit(...)`` calls :func:`audit`; ``from gsmile.audit import audit`` is the same.)
 
 The input format is in :mod:`gsmile.audit.cases`, the records in :mod:`gsmile.audit.work`,
 the report in :mod:`gsmile.audit.report`.
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -196,3 +199,13 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable: ``gsmile.audit(...)`` is :func:`audit`."""
+
+    def __call__(self, *args, **kwargs) -> AuditResult:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
