@@ -100,7 +100,8 @@ def run_arm(label: str, path: Path, workers: int, ray: bool, options: dict) -> d
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=12, help=f"prompts audited (at most {len(PROMPTS)})")
+    parser.add_argument("--cases", type=int, default=12,
+                        help=f"cases audited: the {len(PROMPTS)} prompts, repeated in order beyond that (each case is explained afresh)")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="local workers and Ray actors")
@@ -110,7 +111,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.samples, args.repeats = 4, 16, 1
-    n = max(1, min(args.cases, len(PROMPTS)))
+    n = max(1, args.cases)
     options = {"n_samples": args.samples, "max_new_tokens": args.max_new_tokens, "random_state": 0}
     arms = [("1", "one worker (this process)", 1, False),
             ("L", f"{args.workers} local worker processes", args.workers, False),
@@ -119,7 +120,7 @@ def main(argv=None):
     runs = {key: [] for key, *_ in arms}
     with tempfile.TemporaryDirectory(prefix="gsmile-bench-cases-") as tmp:
         path = Path(tmp) / "cases.jsonl"
-        path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:n])))
+        path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": PROMPTS[i % len(PROMPTS)]}) + "\n" for i in range(n)))
         for repeat in range(args.repeats):
             for key, label, workers, ray in arms:
                 run = run_arm(label, path, workers, ray, options)

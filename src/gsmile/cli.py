@@ -93,8 +93,8 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     from .backends import MODELS
     from .explainer import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLES
     from .methods import METHODS
-    from .targets import TARGETS, TEXT_TARGETS
     from .surrogates import SURROGATES
+    from .targets import TARGETS, TEXT_TARGETS
     from .units import SEGMENTERS
 
     p.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH (a local Hugging Face model directory) or openai:NAME (a model behind an OpenAI-compatible API; see --base-url) (default: local)")
@@ -102,11 +102,11 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", default=None, choices=list(SEGMENTERS), help="unit of the explained text (default: word for the prompt, sentence for a context)")
     p.add_argument("--refine", default=None, choices=list(SEGMENTERS), metavar="UNIT",
                    help="coarse-to-fine: explain --unit units first, then split the most important ones into these finer units (e.g. --unit sentence --refine word); see docs/long-inputs.md")
+    p.add_argument("--refine-top", type=int, default=3, metavar="N", help="coarse units refined with --refine (default: 3)")
+    p.add_argument("--refine-share", type=float, default=0.5, metavar="F", help="share of the budget spent on the coarse level with --refine (default: 0.5)")
     p.add_argument("--surrogate", default="least_squares", choices=list(SURROGATES),
                    help="lasso: a sparse fit that keeps few units (penalty by cross-validation), for more units than the samples pin down (default: the method's least squares)")
     p.add_argument("--max-units", type=int, default=None, metavar="N", help="with --surrogate lasso: keep at most N units (ContextCite's choice)")
-    p.add_argument("--refine-top", type=int, default=3, metavar="N", help="coarse units refined with --refine (default: 3)")
-    p.add_argument("--refine-share", type=float, default=0.5, metavar="F", help="share of the budget spent on the coarse level with --refine (default: 0.5)")
     p.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     _add_method_option_flags(p)
@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Explain every case of INPUT (JSONL or CSV: prompt, optional id, response, context, group, "
                                     "template and slots, other columns kept as metadata) with the same options, streaming each "
                                     "case's explanations to DIR/explanations.jsonl; then write DIR/summary.json and "
-                                    "DIR/report.html. Rerunning the same command resumes: finished cases are skipped.")
+                                    "DIR/report.html. Rerunning the same command resumes: finished cases are skipped. "
+                                    "Exit status: 0 when every case was explained, 1 when some failed (the count is "
+                                    "printed; their errors are in the results and the report), 2 for a usage mistake.")
     au.add_argument("input", metavar="INPUT", help="a .jsonl file (one JSON object per line) or a .csv file with a header")
     au.add_argument("--out", required=True, metavar="DIR", help="directory of the results and the report (created if missing)")
     au.add_argument("--slots", metavar="JSON|PATH", help="slot values for every template line without its own: a JSON object "
