@@ -166,6 +166,22 @@ def test_coarse_to_fine_levels_on_the_page(page, server):
     assert page.is_hidden("#levels")
 
 
+def test_interactions_on_the_page(page, server):
+    context = "Paris is in France. The tower was built by Eiffel. Cheese is good. Rain fell."
+    _compute(page, server, prompt="Who built the tower in Paris?", context=context, response="Eiffel built it",
+             interactions="3", samples="40", target="logprob")
+    assert page.is_visible("#interactions-box")
+    assert page.text_content("#interactions-caption").startswith("k-SII, top-3 units, exact, 8 evaluations")
+    rows = page.locator("#interactions-table tr")
+    assert rows.count() == 4  # a header and the 3 pairs of 3 units
+    labels = page.locator("#interactions-table td.label").all_text_contents()
+    assert set(labels) <= {"Paris is in France.", "The tower was built by Eiffel.", "Cheese is good.", "Rain fell."}
+    page.screenshot(path=str(ARTIFACTS / "interactions.png"), full_page=True)
+    # a plain explanation hides them
+    _compute(page, server, prompt="Who built the tower in Paris?", response="Eiffel built it", interactions="0", samples="20")
+    assert page.is_hidden("#interactions-box")
+
+
 def test_api_key_entered_on_the_page(browser, tmp_path):
     app = create_app(Settings(jobs_path=tmp_path / "jobs.sqlite3", api_key="pa55"), model=ToyLM())
     context = browser.new_context()

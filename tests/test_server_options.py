@@ -47,6 +47,8 @@ BAD = {
     "until_stable": ({"until_stable": True, "runs": 2}, "yes"),
     "max_rounds": (1, "many"),
     "max_evals": (1, "many"),
+    "interactions": (1, "two"),
+    "interaction_budget": ({"interactions": 3, "interaction_budget": 1}, "many"),
 }
 #: (method, option) -> (out-of-range value, wrong-type value)
 METHOD_BAD = {

@@ -107,6 +107,9 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surrogate", default="least_squares", choices=list(SURROGATES),
                    help="lasso: a sparse fit that keeps few units (penalty by cross-validation), for more units than the samples pin down (default: the method's least squares)")
     p.add_argument("--max-units", type=int, default=None, metavar="N", help="with --surrogate lasso: keep at most N units (ContextCite's choice)")
+    p.add_argument("--interactions", type=int, default=None, metavar="K",
+                   help="pairwise interactions (k-SII, with shapiq) among the K most important units (2-20); exact up to 8 (2^K evaluations)")
+    p.add_argument("--interaction-budget", type=int, default=None, metavar="N", help="model evaluations for --interactions (default: exact up to K=8, else 256)")
     p.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     _add_method_option_flags(p)
@@ -313,9 +316,11 @@ def _explanation_options(args) -> dict:
     refine = {} if args.refine is None else dict(refine=args.refine, refine_top=args.refine_top, refine_share=args.refine_share)
     sparse = {} if args.surrogate == "least_squares" and args.max_units is None else dict(surrogate=args.surrogate,
                                                                                            max_units=args.max_units)
+    pairs = {name: getattr(args, name) for name in ("interactions", "interaction_budget") if getattr(args, name) is not None}
     return dict(
         **refine,
         **sparse,
+        **pairs,
         method=args.method,
         unit=args.unit or "word",
         context_unit=args.unit or "sentence",
@@ -519,6 +524,9 @@ def _extra_lines(exp) -> list[str]:
     if selected is not None and exp.params.get("surrogate") == "lasso":
         kept = ", ".join(one_line(exp.units[i].text) for i in selected[:10]) + (", ..." if len(selected) > 10 else "")
         lines.append(f"Sparse surrogate (lasso): kept {len(selected)} of {len(exp.units)} units: {kept or 'none'}")
+    from .render.terminal import interaction_lines
+
+    lines.extend(interaction_lines(exp))
     mupax = exp.extras.get("mupax")
     if mupax:
         lines.append(

@@ -120,6 +120,18 @@ class Explainer:
         others' values are defined by their own estimator).
     max_units: with ``surrogate="lasso"``, keep at most this many units (ContextCite's
         choice); None: the penalty with the best cross-validated error.
+    interactions: after the fit, how many of the most important units (by |coefficient|) to
+        examine in pairs: which pairs matter together (e.g. two sentences that answer only
+        jointly). 0 (default): off; 2 to 20. Computed with shapiq (the ``interactions``
+        extra) as k-SII of order 2 on the game "the explained value with the top units
+        outside the coalition removed, every other unit kept": a pair's value is positive
+        when the two do more together than the sum of each alone, negative when they are
+        redundant, 0 when the model is additive in them (see :mod:`gsmile.interactions`).
+        Recorded in ``extras["interactions"]``; its inputs are scored by the same scorer
+        (counted in ``n_unique``).
+    interaction_budget: game evaluations for ``interactions``; None: exact (all 2^k
+        coalitions) up to 8 units, else 256 (KernelSHAP-IQ estimate, seeded with
+        ``random_state``). A budget of 2^k or more is exact.
     """
 
     def __init__(
@@ -149,6 +161,8 @@ class Explainer:
         refine_share: float = 0.5,
         surrogate: str = "least_squares",
         max_units: int | None = None,
+        interactions: int = 0,
+        interaction_budget: int | None = None,
     ):
         self.model = model
         self.method = method
@@ -174,6 +188,8 @@ class Explainer:
         self.refine_share = refine_share
         self.surrogate = surrogate
         self.max_units = max_units
+        self.interactions = interactions
+        self.interaction_budget = interaction_budget
 
     # ----------------------------------------------------------- checks
     def validate(self) -> SurrogateMethod:
@@ -200,6 +216,7 @@ class Explainer:
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise InvalidInputError(f"progress must be True, False or a callable, got {self.progress!r}", field="progress")
         self._check_refine()
+        self._check_interactions()
         method = self._make_method(self.random_state)
         method.validate()
         return method
@@ -222,6 +239,23 @@ class Explainer:
         if self.until_stable or self.runs != 1:
             raise InvalidInputError("refine cannot be combined with until_stable or runs > 1; explain coarse-to-fine in one run",
                                     field="refine")
+
+    def _check_interactions(self) -> None:
+        """``interactions`` and ``interaction_budget`` on their own (their fit to the units is
+        checked once the units are known); shapiq is imported only when interactions are asked for."""
+        from .interactions import MAX_INTERACTIONS, plan, require_shapiq
+
+        k = check_int("interactions", self.interactions, 0, MAX_INTERACTIONS)
+        if k == 1:
+            raise InvalidInputError("interactions examines pairs of the top units: give 2 or more (0: off)", field="interactions")
+        if self.interaction_budget is not None:
+            if k == 0:
+                raise InvalidInputError("interaction_budget applies to interactions; set interactions to 2 or more",
+                                        field="interaction_budget")
+            check_int("interaction_budget", self.interaction_budget, 2, SAMPLES_RANGE[1])
+            plan(k, int(self.interaction_budget))  # enough for the values the estimate fits
+        if k:
+            require_shapiq()
 
     def _refine_over(self, coarse_unit: str, which: str) -> None:
         """InvalidInputError unless ``refine`` is finer than the coarse unit (custom segments
@@ -314,6 +348,8 @@ class Explainer:
             fits, n_rows = self._coarse_to_fine(run, method)
         else:
             fits, n_rows = self._fit_runs(run, method)
+        if self.interactions:
+            self._interactions(run, fits)
         run.timings["total"] = time.perf_counter() - t_start
         return self._assemble(run, method, fits, n_rows)
 
@@ -551,6 +587,33 @@ class Explainer:
             raise InvalidInputError(f"level {number} of coarse-to-fine ({len(run.inputs.segmentation)} units, {name} {value} "
                                     f"of the budget): {exc}", field=exc.field or name) from None
 
+    def _interactions(self, run: "_Run", fits) -> None:
+        """Pairwise interactions among the top ``interactions`` units of the fit (the runs'
+        mean), through the explanation's scorer (see :mod:`gsmile.interactions`)."""
+        from .interactions import pairwise_interactions
+
+        k, n_units = int(self.interactions), len(run.inputs.segmentation)
+        if k > n_units:
+            raise InvalidInputError(f"interactions {k} is more than the {n_units} units of the {run.explained}; "
+                                    f"give at most {n_units}", field="interactions")
+        coefficients = fits[0].coefficients if len(fits) == 1 else mean_of_runs(fits)["coefficients"]
+        top = [int(i) for i in np.argsort(-np.abs(np.asarray(coefficients, dtype=float)), kind="stable")[:k]]
+        full = run.inputs.segmentation.full_mask
+
+        def value(coalitions: np.ndarray) -> np.ndarray:
+            masks = np.repeat(full[None, :], len(coalitions), axis=0)
+            masks[:, top] = coalitions
+            return run.scorer.values(run.inputs.render_all(masks))
+
+        seed = run.seeds[0] if run.seeds else self.random_state
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            seed = int(make_rng(seed).integers(0, 2**31 - 1))
+        before, tic = run.scorer.n_calls, time.perf_counter()
+        record = pairwise_interactions(value, top, budget=self.interaction_budget, random_state=seed)
+        record["n_new"] = run.scorer.n_calls - before  # inputs the model had not scored yet
+        run.timings["interactions"] = time.perf_counter() - tic
+        run.interactions = record
+
     # ---------------------------------------------------------- results
     def _assemble(self, run: "_Run", method: SurrogateMethod, fits, n_rows: int) -> Explanation:
         """The Explanation: the first fit (or the mean of the runs), reports, notes and params."""
@@ -561,6 +624,8 @@ class Explainer:
         held_out = result.held_out_r2
         if run.rounds is not None:
             extras["until_stable"] = run.rounds
+        if run.interactions is not None:
+            extras["interactions"] = run.interactions
         extras.update(run.route.info)  # how the model was reached (path, and why)
         if isinstance(run.route.model, ReportsExtras):
             extras.update(run.route.model.explanation_extras())
@@ -589,6 +654,8 @@ class Explainer:
             params["context_template"] = run.inputs.template
         if self.refine is not None:
             params.update(refine=self.refine, refine_top=int(self.refine_top), refine_share=float(self.refine_share))
+        if self.interactions:
+            params.update(interactions=int(self.interactions), interaction_budget=self.interaction_budget)
         return Explanation(
             prompt=run.prompt,
             response=run.response,
@@ -643,6 +710,7 @@ class _Run:
     fine: list[list[Unit]] | None = None  # the finer units inside each coarse unit
     levels: list[dict] | None = None  # level records (see explanation.level_record)
     drawn: int | None = None  # masks drawn over every level (None: the one level's rows)
+    interactions: dict | None = None  # extras["interactions"] (see gsmile.interactions)
 
 
 def _check_texts(prompt, response, context) -> None:

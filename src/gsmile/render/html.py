@@ -14,7 +14,8 @@ import numpy as np
 
 from ..explanation import Explanation
 from .palette import ink, mix
-from .terminal import extra_warnings, fidelity_warning, format_coefficient, format_r2, summary_items
+from .terminal import (INTERACTION_PAIRS, extra_warnings, fidelity_warning, format_coefficient, format_r2,
+                       interaction_caption, summary_items)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.5}
@@ -116,6 +117,25 @@ def _levels(exp: Explanation) -> str:
     )
 
 
+def _interactions(exp: Explanation) -> str:
+    """The strongest pairs of ``extras["interactions"]`` as a table."""
+    record = exp.extras["interactions"]
+
+    def label(i: int) -> str:
+        return _e(exp.units[i].text) if 0 <= i < len(exp.units) else f"#{i}"
+
+    rows = "\n".join(f'<tr><td class="label">{label(p["a"])}</td><td class="label">{label(p["b"])}</td>'
+                     f'<td class="num">{_e(format_coefficient(p["value"]))}</td></tr>'
+                     for p in record["pairs"][:INTERACTION_PAIRS])
+    return (
+        "<h2>Interactions</h2>\n"
+        f"<p>Pairs of the top units ({_e(interaction_caption(record))}); positive: the pair does more together "
+        "than each alone, negative: either one alone does most of it.</p>\n"
+        '<table class="interactions"><thead><tr><th>unit</th><th>unit</th><th class="num">interaction</th></tr></thead>\n'
+        f"<tbody>\n{rows}\n</tbody></table>"
+    )
+
+
 def _heatmap(exp: Explanation) -> str:
     matrix = np.atleast_2d(np.asarray(exp.token_coefficients, dtype=float))
     n_rows, n_cols = matrix.shape
@@ -182,6 +202,8 @@ def render_html(exp: Explanation) -> str:
         parts.append("<p>No units to attribute.</p>")
     if exp.hierarchy():
         parts.append(_levels(exp))
+    if exp.extras.get("interactions"):
+        parts.append(_interactions(exp))
 
     parts.append("<h2>Fidelity</h2>")
     held = f" (held out: <strong>{_e(format_r2(exp.held_out_r2))}</strong>)" if exp.held_out_r2 is not None else ""

@@ -67,6 +67,32 @@ def extra_warnings(exp: Explanation) -> list[str]:
     return [w for w in exp.warnings if not _is_fidelity_note(w)]
 
 
+#: Pairs of ``extras["interactions"]`` the terminal and HTML outputs list.
+INTERACTION_PAIRS = 5
+
+
+def interaction_caption(record: dict) -> str:
+    """``k-SII, top-3 units, exact, 8 evaluations (5 new)``."""
+    how = "exact" if record.get("exact") else "estimated"
+    new = f" ({record['n_new']} new)" if "n_new" in record else ""
+    return f"{record['index']}, top-{len(record['units'])} units, {how}, {record['n_evals']} evaluations{new}"
+
+
+def interaction_lines(exp: Explanation, limit: int = INTERACTION_PAIRS) -> list[str]:
+    """The strongest pairs of ``extras["interactions"]``, one line each under a caption (none
+    when the explanation has no interactions)."""
+    record = exp.extras.get("interactions")
+    if not record:
+        return []
+
+    def label(i: int) -> str:
+        return repr(truncate(one_line(exp.units[i].text), 30)) if 0 <= i < len(exp.units) else f"#{i}"
+
+    lines = [f"Interactions ({interaction_caption(record)}; positive: the pair does more together than each alone):"]
+    lines.extend(f"  {label(p['a'])} × {label(p['b'])} {format_coefficient(p['value'])}" for p in record["pairs"][:limit])
+    return lines
+
+
 def _is_fidelity_note(note: str) -> bool:
     return "fidelity R²" in note or "output did not change" in note
 

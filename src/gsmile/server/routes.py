@@ -102,6 +102,14 @@ def check_budget(params: dict[str, Any], settings: Settings) -> None:
         field = name if per_run > settings.max_samples or repeats == 1 else times
         raise FieldError(field, f"this server draws at most {settings.max_samples} perturbed prompts per request "
                                 f"(GSMILE_MAX_SAMPLES); {name} {per_run} × {times} {repeats} asks for {per_run * repeats}")
+    if params.get("interactions"):
+        from ..interactions import plan
+
+        _, evaluations = plan(int(params["interactions"]), params.get("interaction_budget"))
+        if evaluations > settings.max_samples:
+            field = "interaction_budget" if params.get("interaction_budget") is not None else "interactions"
+            raise FieldError(field, f"this server scores at most {settings.max_samples} inputs for interactions per request "
+                                    f"(GSMILE_MAX_SAMPLES); interactions {params['interactions']} asks for {evaluations}")
 
 
 # --------------------------------------------------------------------------- explain

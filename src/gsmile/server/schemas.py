@@ -80,6 +80,8 @@ class ExplainRequest(BaseModel):
     refine_share: Option(float) = Field(None, description="share of the budget spent on the coarse level (with refine)")
     surrogate: Option(str) = Field(None, description="least_squares (the method's own fit) or lasso (a sparse fit that keeps few units)")
     max_units: Option(int) = Field(None, description="with surrogate lasso: keep at most this many units")
+    interactions: Option(int) = Field(None, description="pairwise interactions (k-SII, with shapiq) among this many top units (2-20; 0: off)")
+    interaction_budget: Option(int) = Field(None, description="model evaluations for interactions (default: exact, 2^k, up to 8 units, else 256; at most the server's GSMILE_MAX_SAMPLES)")
     context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
 

@@ -87,6 +87,8 @@ function request() {
     body.refine = refine;
     if (unit === "auto" && !context.trim()) body.unit = "sentence"; // a prompt's default unit (word) cannot be refined
   }
+  const pairs = Number($("interactions").value || 0);
+  if (pairs > 0) body.interactions = pairs;
   if (body.method === "mupax") body.method_options = { threshold_percentile: Number($("threshold").value) };
   return body;
 }
@@ -194,6 +196,7 @@ function render(exp) {
     bars.appendChild(tr);
   });
   renderLevels(exp);
+  renderInteractions(exp);
   const list = $("top");
   clear(list);
   const ranked = exp.units.map((u, i) => [u, i]).sort((a, b) => (exp.scores[b[1]] || 0) - (exp.scores[a[1]] || 0) || a[1] - b[1]);
@@ -255,6 +258,30 @@ function renderLevels(exp) {
       if (f.parent === i) table.appendChild(barRow(f.text, fc[j], ftop, "fine"));
     });
   });
+}
+
+// Pairwise interactions among the top units (exp.extras.interactions): the strongest pairs.
+function renderInteractions(exp) {
+  const record = (exp.extras || {}).interactions;
+  const box = $("interactions-box");
+  const table = $("interactions-table");
+  clear(table);
+  box.hidden = !record;
+  if (!record) return;
+  const how = record.exact ? "exact" : "estimated";
+  $("interactions-caption").textContent = `${record.index}, top-${record.units.length} units, ${how}, ${record.n_evals} evaluations; `
+    + "positive: the pair does more together than each alone, negative: either one alone does most of it.";
+  const head = el("tr");
+  for (const name of ["unit", "unit", "interaction"]) head.appendChild(el("th", name === "interaction" ? "num" : null, name));
+  table.appendChild(head);
+  const label = (i) => (exp.units[i] ? exp.units[i].text : `#${i}`);
+  for (const p of record.pairs.slice(0, 5)) {
+    const tr = el("tr");
+    tr.appendChild(el("td", "label", label(p.a)));
+    tr.appendChild(el("td", "label", label(p.b)));
+    tr.appendChild(el("td", "num", fmt(p.value, 3)));
+    table.appendChild(tr);
+  }
 }
 
 function renderTokens(exp) {
