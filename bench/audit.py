@@ -28,8 +28,8 @@ to ``--out`` ("-": nowhere).
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import statistics
 import sys
 import tempfile

@@ -16,7 +16,6 @@ import pytest
 from gsmile.audit import audit
 from gsmile.audit.cases import expand_template, read_cases
 from gsmile.audit.run import LocalWorkers, run_serial
-from gsmile.audit.store import AuditStore
 from gsmile.audit.work import WorkSpec
 from gsmile.cli import main
 from gsmile.errors import InvalidInputError

@@ -37,8 +37,8 @@ from typing import Any
 
 from ..errors import GsmileError, InvalidInputError, ModelError
 from .cases import Case
-from .run import MAX_ATTEMPTS, OnRecord, died_record
-from .work import RECORD_SCHEMA, RECORD_VERSION, WorkSpec, Worker
+from .run import Dispatch, OnRecord
+from .work import RECORD_SCHEMA, RECORD_VERSION, Worker, WorkSpec
 
 RAY_MISSING = "gsmile audit --ray needs the ray extra: pip install 'gsmile[ray]'"
 #: Seconds to wait for a cluster's port to answer before ray.init is tried (ray.init
@@ -106,9 +106,7 @@ class RayWorkers:
             spec = dataclasses.replace(spec, threads=1)  # the actor's one CPU
         payload = cloudpickle.dumps(spec)
         actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_Actor)
-        pending = list(reversed(cases))  # popped from the end: input order
-        attempts: dict[str, int] = {}
-        recorded: set[str] = set()
+        book = Dispatch(cases, on_record)
         actors: dict[int, dict[str, Any]] = {}  # id -> handle, case in flight, ready
         in_flight: dict[Any, tuple[str, int]] = {}  # ObjectRef -> ("setup" | "run", actor id)
         lost_while_loading: list[str] = []
@@ -123,45 +121,28 @@ class RayWorkers:
 
         def give(aid: int) -> None:
             actor = actors[aid]
-            while pending:
-                case = pending.pop()
-                if case.id in recorded:
-                    continue
-                actor["case"] = case
-                in_flight[actor["handle"].run.remote(case.to_dict())] = ("run", aid)
-                return
-            actor["case"] = None  # idle until a dead actor's case comes back
-
-        def record(rec: dict[str, Any]) -> None:
-            if rec["id"] not in recorded:  # a case is written once, whatever happens to actors
-                recorded.add(rec["id"])
-                on_record(rec)
+            actor["case"] = book.next_case()  # None: idle until a dead actor's case comes back
+            if actor["case"] is not None:
+                in_flight[actor["handle"].run.remote(actor["case"].to_dict())] = ("run", aid)
 
         def lost(aid: int, exc: Exception) -> None:
-            """An actor died: its case back to the queue (or failed after MAX_ATTEMPTS), its
+            """An actor died: its case back in line (or failed after MAX_ATTEMPTS), its
             place taken by a new actor while cases remain."""
             actor = actors.pop(aid)
             _kill(ray, actor["handle"])
-            case = actor["case"]
             if not actor["ready"]:
                 lost_while_loading.append(_first_line(exc))
                 return  # died while loading the model: not replaced
-            if case is not None:
-                attempts[case.id] = attempts.get(case.id, 0) + 1
-                if attempts[case.id] >= MAX_ATTEMPTS:
-                    record(died_record(case, attempts[case.id]))
-                else:
-                    pending.append(case)
+            book.died_under(actor["case"])
             for idle in [i for i, a in actors.items() if a["ready"] and a["case"] is None]:
-                if pending:
-                    give(idle)
-            if pending:
+                give(idle)
+            if book.pending:
                 start()
 
         for _ in range(min(self.n, len(cases))):
             start()
         try:
-            while len(recorded) < len(cases):
+            while not book.done:
                 if not in_flight:
                     reason = f": {lost_while_loading[-1]}" if lost_while_loading else ""
                     raise ModelError(f"every Ray actor died before its first case{reason}")
@@ -173,7 +154,7 @@ class RayWorkers:
                     except ray.exceptions.RayTaskError as exc:  # raised by the actor's own code
                         if kind == "setup":
                             raise ModelError(f"a Ray actor could not load the model: {_first_line(exc.cause or exc)}") from None
-                        record(_error_record(actors[aid]["case"], exc.cause or exc))
+                        book.record(_error_record(actors[aid]["case"], exc.cause or exc))
                         give(aid)
                         continue
                     except ray.exceptions.RayError as exc:  # the actor died (killed, out of memory, node lost)
@@ -184,7 +165,7 @@ class RayWorkers:
                             raise ModelError(f"a Ray actor could not load the model: {value}")
                         actors[aid]["ready"] = True
                     else:
-                        record(value)
+                        book.record(value)
                     give(aid)
         finally:
             for actor in actors.values():

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError, ModelError
 from .cases import Case
-from .work import RECORD_SCHEMA, RECORD_VERSION, WorkSpec, Worker
+from .work import RECORD_SCHEMA, RECORD_VERSION, Worker, WorkSpec
 
 #: Tries of one case whose worker died under it before it is recorded as failed.
 MAX_ATTEMPTS = 3
@@ -37,6 +37,51 @@ def died_record(case: Case, attempts: int) -> dict[str, Any]:
             "group": case.group, "metadata": case.metadata, "seconds": 0.0, "variants": [], "shifts": None,
             "error": {"type": "WorkerDied",
                       "message": f"the worker died while explaining this case ({attempts} times); it may need more memory"}}
+
+
+class Dispatch:
+    """The driver's book of an executor's cases: those left (handed out in input order),
+    how often a worker died under each, and those recorded. Every executor keeps one; a
+    case reaches ``on_record`` once, whatever happens to the workers."""
+
+    def __init__(self, cases: list[Case], on_record: OnRecord):
+        self.total = len(cases)
+        self.pending = list(reversed(cases))  # popped from the end: input order
+        self.attempts: dict[str, int] = {}
+        self.recorded: set[str] = set()
+        self.on_record = on_record
+
+    @property
+    def done(self) -> bool:
+        return len(self.recorded) >= self.total
+
+    def next_case(self) -> Case | None:
+        """The next case not recorded yet, None when none is left."""
+        while self.pending:
+            case = self.pending.pop()
+            if case.id not in self.recorded:
+                return case
+        return None
+
+    def put_back(self, case: Case) -> None:
+        """A case that never reached its worker: next in line, not counted as a try."""
+        self.pending.append(case)
+
+    def record(self, record: dict[str, Any]) -> None:
+        if record["id"] not in self.recorded:
+            self.recorded.add(record["id"])
+            self.on_record(record)
+
+    def died_under(self, case: Case | None) -> None:
+        """A worker died holding ``case``: it goes back in line, or is recorded as failed
+        after :data:`MAX_ATTEMPTS` deaths."""
+        if case is None or case.id in self.recorded:
+            return
+        tries = self.attempts[case.id] = self.attempts.get(case.id, 0) + 1
+        if tries >= MAX_ATTEMPTS:
+            self.record(died_record(case, tries))
+        else:
+            self.pending.append(case)
 
 
 def _worker_main(spec: WorkSpec, tasks, results) -> None:  # pragma: no cover - runs in a child process
@@ -71,9 +116,7 @@ class LocalWorkers:
 
     def execute(self, cases: list[Case], spec: WorkSpec, on_record: OnRecord) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no model, threads or locks inherited
-        pending = list(reversed(cases))  # popped from the end: input order
-        attempts: dict[str, int] = {}
-        recorded: set[str] = set()
+        book = Dispatch(cases, on_record)
         workers: list[_Proc] = []
 
         def start() -> None:
@@ -86,28 +129,21 @@ class LocalWorkers:
             workers.append(_Proc(proc, task_send, result_recv))
 
         def give(w: "_Proc") -> None:
-            w.case = None
-            while pending:
-                case = pending.pop()
-                if case.id not in recorded:
-                    try:
-                        w.tasks.send(case.to_dict())
-                    except OSError:  # the worker is gone before it got the case: not a try of it
-                        pending.append(case)
-                        raise EOFError from None
-                    w.case = case
-                    return
-
-        def record(rec: dict) -> None:
-            if rec["id"] not in recorded:  # a case is written once, whatever happens to workers
-                recorded.add(rec["id"])
-                on_record(rec)
+            w.case = book.next_case()
+            if w.case is None:
+                return
+            try:
+                w.tasks.send(w.case.to_dict())
+            except OSError:  # the worker is gone before it got the case: not a try of it
+                book.put_back(w.case)
+                w.case = None
+                raise EOFError from None
 
         def lost(w: "_Proc") -> None:
-            """``w`` died: hand its case back (or record it as failed after MAX_ATTEMPTS)
-            and start a worker in its place while cases remain. A worker that died while
-            loading the model is not replaced (the next would likely die the same way); the
-            audit stops only when no worker is left."""
+            """``w`` died: its case back in line (or failed after MAX_ATTEMPTS), a worker
+            started in its place while cases remain. A worker that died while loading the
+            model is not replaced (the next would likely die the same way); the audit stops
+            only when no worker is left."""
             workers.remove(w)
             w.close()
             if not w.ready:
@@ -115,31 +151,24 @@ class LocalWorkers:
                     raise ModelError("the worker processes died while loading the model (out of memory?); "
                                      "try fewer --workers")
                 return
-            case = w.case
-            if case is not None and case.id not in recorded:
-                attempts[case.id] = attempts.get(case.id, 0) + 1
-                if attempts[case.id] >= MAX_ATTEMPTS:
-                    record(died_record(case, attempts[case.id]))
-                else:
-                    pending.append(case)
+            book.died_under(w.case)
             for idle in [x for x in workers if x.ready and x.case is None]:
-                if pending:
-                    try:
-                        give(idle)
-                    except EOFError:  # that one is gone too; its sentinel says so next
-                        pass
-            if pending:
+                try:
+                    give(idle)
+                except EOFError:  # that one is gone too; its sentinel says so next
+                    pass
+            if book.pending:
                 start()
 
         for _ in range(min(self.n, len(cases))):
             start()
         try:
-            while len(recorded) < len(cases):
+            while not book.done:
                 ready = mp_connection.wait([w.results for w in workers] + [w.proc.sentinel for w in workers],
                                            timeout=self.poll_seconds)
                 for w in list(workers):
                     if w.results in ready or w.proc.sentinel in ready:
-                        self._serve(w, record, give, lost)
+                        self._serve(w, book.record, give, lost)
                 if not workers:
                     raise ModelError("every worker process died")
         finally:
