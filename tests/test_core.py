@@ -248,7 +248,7 @@ def test_from_dict_refuses_other_data(data, message):
 
 
 def test_public_api_is_small():
-    assert sorted(gsmile.__all__) == ["Explainer", "Explanation", "explain"]
+    assert sorted(gsmile.__all__) == ["Explainer", "Explanation", "audit", "explain"]
 
 
 def test_import_does_not_load_torch():
