@@ -92,8 +92,10 @@ def audit(input: str | os.PathLike, out: str | os.PathLike, *, model=None, model
 
     for line in bad_todo:
         on_record(_bad_line_record(line))
-    if todo:
-        _executor(workers, ray).execute(todo, spec, on_record) if (workers > 1 or ray) else _serial(todo, spec, on_record)
+    if todo and (workers > 1 or ray):
+        _executor(workers, ray).execute(todo, spec, on_record)
+    elif todo:
+        _serial(todo, spec, on_record)
     counter.close()
     summary = write_report(store.directory)
     failed = sum(1 for status in store.finished().values() if status != "ok")
