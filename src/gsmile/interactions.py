@@ -108,8 +108,16 @@ def pairwise_interactions(value: Callable[[np.ndarray], np.ndarray], units: list
     else:
         approximator = shapiq.KernelSHAPIQ(n=k, max_order=2, index=INDEX, random_state=random_state)
         values = approximator.approximate(int(evaluations), game)
-    main = [float(values[(i,)]) for i in range(k)]
-    pairs = [{"a": int(units[i]), "b": int(units[j]), "value": float(values[(i, j)])}
+    keys = [(i,) for i in range(k)] + [(i, j) for i in range(k) for j in range(i + 1, k)]
+    scale = max(abs(float(values[key])) for key in keys)
+
+    def clean(x) -> float:
+        """Floating-point residue (below 1e-12 of the largest value) as the 0 it is."""
+        x = float(x)
+        return 0.0 if abs(x) <= 1e-12 * scale else x
+
+    main = [clean(values[(i,)]) for i in range(k)]
+    pairs = [{"a": int(units[i]), "b": int(units[j]), "value": clean(values[(i, j)])}
              for i in range(k) for j in range(i + 1, k)]
     pairs.sort(key=lambda p: -abs(p["value"]))  # stable: ties keep the top units' order
     return {"index": INDEX, "order": 2, "units": [int(u) for u in units], "main": main, "pairs": pairs,
