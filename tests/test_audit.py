@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import audit_models
 import numpy as np
 import pytest
 
@@ -40,21 +41,6 @@ def name_matters(texts):
 def name_ignored(texts):
     """The same output for every name."""
     return [0.25 * ("loan" in t) + 0.5 * ("dragon" in t) for t in texts]
-
-
-def kill_once(texts):
-    """Kills its own process the first time it sees 'KILLME' (a marker file remembers)."""
-    marker = Path(os.environ["GSMILE_TEST_MARKER"])
-    if any("KILLME" in t for t in texts) and not marker.exists():
-        marker.write_text("killed")
-        os._exit(1)
-    return name_ignored(texts)
-
-
-def kill_always(texts):
-    if any("POISON" in t for t in texts):
-        os._exit(1)
-    return name_ignored(texts)
 
 
 def _write_jsonl(path, rows):
@@ -296,23 +282,23 @@ def test_two_worker_processes_give_the_same_records_as_one(tmp_path):
 
 
 def test_a_killed_worker_process_loses_no_case(tmp_path, monkeypatch):
-    monkeypatch.setenv("GSMILE_TEST_MARKER", str(tmp_path / "marker"))
+    monkeypatch.setenv("GSMILE_TEST_AUDIT_MARKERS", str(tmp_path))
     rows = [{"id": f"c{i}", "prompt": f"prompt number {i} about the loan"} for i in range(5)]
-    rows.insert(2, {"id": "victim", "prompt": "KILLME please, about the loan"})
+    rows.insert(2, {"id": "victim", "prompt": "DIEONCE please, about the loan"})
     cases, _ = read_cases(_cases(tmp_path, rows))
     records = []
-    LocalWorkers(2, poll_seconds=0.2).execute(cases, _spec(kill_once), records.append)
-    assert (tmp_path / "marker").exists(), "the worker was killed"
+    LocalWorkers(2, poll_seconds=0.2).execute(cases, _spec(audit_models.die_once), records.append)
+    assert (tmp_path / "dieonce").exists(), "the worker was killed"
     assert sorted(r["id"] for r in records) == sorted(c.id for c in cases)
     assert all(r["status"] == "ok" for r in records)
 
 
 def test_a_case_that_always_kills_its_worker_fails_after_three_tries(tmp_path):
-    rows = [{"id": "a", "prompt": "first fine prompt"}, {"id": "poison", "prompt": "POISON pill"},
+    rows = [{"id": "a", "prompt": "first fine prompt"}, {"id": "poison", "prompt": "DIEALWAYS pill"},
             {"id": "b", "prompt": "second fine prompt"}]
     cases, _ = read_cases(_cases(tmp_path, rows))
     records = []
-    LocalWorkers(2, poll_seconds=0.2).execute(cases, _spec(kill_always), records.append)
+    LocalWorkers(2, poll_seconds=0.2).execute(cases, _spec(audit_models.die_always), records.append)
     by_id = {r["id"]: r for r in records}
     assert sorted(by_id) == ["a", "b", "poison"] and len(records) == 3
     assert by_id["poison"]["error"]["type"] == "WorkerDied" and "3 times" in by_id["poison"]["error"]["message"]
