@@ -26,7 +26,7 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from .cases import BadLine, Case, read_cases
 from .store import AuditStore
-from .work import RECORD_SCHEMA, RECORD_VERSION, WorkSpec
+from .work import WorkSpec, case_record
 
 __all__ = ["AuditResult", "audit", "write_report"]
 
@@ -172,9 +172,7 @@ def _settings(model, model_options: dict[str, Any], options: dict[str, Any], slo
 
 
 def _bad_line_record(line: BadLine) -> dict[str, Any]:
-    return {"schema": RECORD_SCHEMA, "version": RECORD_VERSION, "id": line.id, "line": line.line, "status": "failed",
-            "group": None, "metadata": {}, "seconds": 0.0, "variants": [], "shifts": None,
-            "error": {"type": "InvalidInputError", "message": line.reason}}
+    return case_record(line.id, line.line, error=("InvalidInputError", line.reason))
 
 
 class _Progress:

@@ -38,7 +38,7 @@ from typing import Any
 from ..errors import GsmileError, InvalidInputError, ModelError
 from .cases import Case
 from .run import Dispatch, OnRecord
-from .work import RECORD_SCHEMA, RECORD_VERSION, Worker, WorkSpec
+from .work import Worker, WorkSpec, failed_record
 
 RAY_MISSING = "gsmile audit --ray needs the ray extra: pip install 'gsmile[ray]'"
 #: Seconds to wait for a cluster's port to answer before ray.init is tried (ray.init
@@ -238,9 +238,7 @@ def _error_record(case: Case, exc: BaseException) -> dict[str, Any]:
     """The record of a case whose run raised in the actor (Worker.run records a case's own
     errors; this is anything else, e.g. a record Ray could not send back)."""
     message = str(exc) if isinstance(exc, GsmileError) else f"{type(exc).__name__}: {_first_line(exc)}"
-    return {"schema": RECORD_SCHEMA, "version": RECORD_VERSION, "id": case.id, "line": case.line, "status": "failed",
-            "group": case.group, "metadata": case.metadata, "seconds": 0.0, "variants": [], "shifts": None,
-            "error": {"type": type(exc).__name__, "message": message}}
+    return failed_record(case, type(exc).__name__, message)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError, ModelError
 from .cases import Case
-from .work import RECORD_SCHEMA, RECORD_VERSION, Worker, WorkSpec
+from .work import Worker, WorkSpec, failed_record
 
 #: Tries of one case whose worker died under it before it is recorded as failed.
 MAX_ATTEMPTS = 3
@@ -33,10 +33,8 @@ def run_serial(cases: list[Case], spec: WorkSpec, on_record: OnRecord) -> None:
 
 def died_record(case: Case, attempts: int) -> dict[str, Any]:
     """The record of a case whose worker died under it ``attempts`` times."""
-    return {"schema": RECORD_SCHEMA, "version": RECORD_VERSION, "id": case.id, "line": case.line, "status": "failed",
-            "group": case.group, "metadata": case.metadata, "seconds": 0.0, "variants": [], "shifts": None,
-            "error": {"type": "WorkerDied",
-                      "message": f"the worker died while explaining this case ({attempts} times); it may need more memory"}}
+    return failed_record(case, "WorkerDied",
+                         f"the worker died while explaining this case ({attempts} times); it may need more memory")
 
 
 class Dispatch:

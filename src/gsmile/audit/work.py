@@ -5,6 +5,7 @@ to the next, so cases may run in any order, anywhere, and give the same records.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +38,20 @@ class WorkSpec:
     threads: int | None = None
 
 
+def case_record(case_id: str, line: int, *, group: str | None = None, metadata: dict[str, Any] | None = None,
+                error: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A case's record with no explanation yet: ``ok``, or ``failed`` with ``error`` as
+    (type, message). Every record in explanations.jsonl starts from this one."""
+    return {"schema": RECORD_SCHEMA, "version": RECORD_VERSION, "id": case_id, "line": line,
+            "status": "ok" if error is None else "failed", "group": group, "metadata": metadata or {}, "seconds": 0.0,
+            "variants": [], "shifts": None, "error": None if error is None else {"type": error[0], "message": error[1]}}
+
+
+def failed_record(case: Case, error_type: str, message: str) -> dict[str, Any]:
+    """The record of ``case`` that failed with ``error_type`` and ``message``."""
+    return case_record(case.id, case.line, group=case.group, metadata=case.metadata, error=(error_type, message))
+
+
 class Worker:
     """Explains cases with one model, loaded on first use."""
 
@@ -66,8 +81,7 @@ class Worker:
         if isinstance(case, dict):
             case = Case.from_dict(case)
         tic = time.perf_counter()
-        record = {"schema": RECORD_SCHEMA, "version": RECORD_VERSION, "id": case.id, "line": case.line, "status": "ok",
-                  "group": case.group, "metadata": case.metadata, "seconds": 0.0, "variants": [], "shifts": None, "error": None}
+        record = case_record(case.id, case.line, group=case.group, metadata=case.metadata)
         try:
             self.setup()
             from ..explainer import GsmileWarning
@@ -80,7 +94,7 @@ class Worker:
                 record["shifts"] = self._shifts(case.variants, explanations)
         except Exception as exc:  # recorded; the audit goes on with the next case
             message = str(exc) if isinstance(exc, GsmileError) else f"{type(exc).__name__}: {exc}"
-            record.update(status="failed", variants=[], shifts=None, error={"type": type(exc).__name__, "message": message})
+            record = failed_record(case, type(exc).__name__, message)
         record["seconds"] = time.perf_counter() - tic
         return record
 
@@ -113,24 +127,21 @@ def variant_record(variant: Variant, exp) -> dict[str, Any]:
     values, their summed coefficient, their share of all |coefficients| and best rank (None
     when none of them has a nonzero coefficient)."""
     term = None
-    if variant.spans:
-        if exp.explained != "prompt":
-            term = None  # the context is explained; the slot values are in the fixed prompt
-        else:
-            units = [i for i, u in enumerate(exp.units) if any(u.start < e and u.end > s for s, e in variant.spans)]
-            coefficients = np.asarray(exp.coefficients, dtype=float)
-            total = float(np.abs(coefficients).sum())
-            rank_of = {a.index: r for r, a in enumerate(exp.top(len(exp.units)), start=1)}
-            # a unit whose coefficient is zero (to rounding) drives nothing and has no rank
-            drivers = [i for i in units if abs(coefficients[i]) > 1e-9 * np.abs(coefficients).max(initial=0.0)]
-            term = {
-                "slots": list(variant.term_slots),
-                "spans": [list(s) for s in variant.spans],
-                "units": units,
-                "coefficient": float(coefficients[units].sum()) if units else 0.0,
-                "share": float(np.abs(coefficients[units]).sum() / total) if units and total > 0 else 0.0,
-                "rank": min(rank_of[i] for i in drivers) if drivers else None,
-            }
+    if variant.spans and exp.explained == "prompt":  # a context explained: the slots are in the fixed prompt
+        units = [i for i, u in enumerate(exp.units) if any(u.start < e and u.end > s for s, e in variant.spans)]
+        coefficients = np.asarray(exp.coefficients, dtype=float)
+        total = float(np.abs(coefficients).sum())
+        rank_of = {a.index: r for r, a in enumerate(exp.top(len(exp.units)), start=1)}
+        # a unit whose coefficient is zero (to rounding) drives nothing and has no rank
+        drivers = [i for i in units if abs(coefficients[i]) > 1e-9 * np.abs(coefficients).max(initial=0.0)]
+        term = {
+            "slots": list(variant.term_slots),
+            "spans": [list(s) for s in variant.spans],
+            "units": units,
+            "coefficient": float(coefficients[units].sum()) if units else 0.0,
+            "share": float(np.abs(coefficients[units]).sum() / total) if units and total > 0 else 0.0,
+            "rank": min(rank_of[i] for i in drivers) if drivers else None,
+        }
     return {"group": variant.group, "values": dict(variant.values), "prompt": variant.prompt, "term": term,
             "explanation": exp.to_dict()}
 
@@ -144,7 +155,5 @@ def limit_threads(threads: int | None) -> None:
         raise InvalidInputError(f"threads must be at least 1, got {threads}", field="threads")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    import sys
-
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
