@@ -263,7 +263,7 @@ class Explainer:
         if coarse_unit not in UNIT_ORDER:
             return
         if UNIT_ORDER.index(self.refine) >= UNIT_ORDER.index(coarse_unit):
-            finer = [u for u in UNIT_ORDER[: UNIT_ORDER.index(coarse_unit)]]
+            finer = UNIT_ORDER[: UNIT_ORDER.index(coarse_unit)]
             raise InvalidInputError(
                 f"refine {self.refine!r} is not finer than {which} {coarse_unit!r}: refining splits each important "
                 f"{coarse_unit} into smaller units, so refine must be one of: {', '.join(finer) or 'none (token is the finest unit)'}",
@@ -546,7 +546,9 @@ class Explainer:
         last = max(order.index(i) for i in chosen)
         passed = [i for i in order[:last] if len(run.fine[i]) < 2]
         if passed:
-            names = ", ".join(f"{i + 1} ({_short(coarse.units[i].text)})" for i in passed)
+            from .render.terminal import one_line, truncate
+
+            names = ", ".join(f"{i + 1} ({truncate(one_line(coarse.units[i].text), 30)!r})" for i in passed)
             run.notes.append(f"{run.unit} unit(s) {names} ranked among the most important but hold a single "
                              f"{run.refine} unit; kept whole")
         if len(chosen) == len(splittable):
@@ -738,11 +740,6 @@ def _quality_notes(fidelity: float, ess: float, n_rows: int, explained: str, ess
             f"surrogate explains the model poorly; treat these scores with care (try more samples or larger units)"
         )
     return notes
-
-
-def _short(text: str, limit: int = 30) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _round_seed(base_seed: int, round_index: int) -> int:
