@@ -79,11 +79,20 @@ STEMS = [
 ]
 
 
-@pytest.mark.parametrize("tree_nodes", [256, 4])  # one tree; several, one stem longer than the cap
-def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes):
+@pytest.mark.parametrize("tree_nodes, row_chunk", [
+    (256, 512),  # one tree
+    (7, 512),  # several trees (the longest stem fills one)
+    (4, 512),  # stems longer than a tree: rows one after another, each from the start shared with the last
+    (4, 3),  # the same, each row computed three tokens per pass
+])
+def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes, row_chunk):
     from gsmile.backends import local
 
     monkeypatch.setattr(local, "TREE_NODES", tree_nodes)
+    monkeypatch.setattr(local, "ROW_CHUNK", row_chunk)
+    chained = []
+    chain = local.HFCausalLM._chain_hidden
+    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, *a: chained.append(1) or chain(self, *a))
     model = tiny_llama()
     lm = tree_scorer(model, PREFIX)
     rows = [PREFIX + s + TAIL for s in STEMS]
@@ -95,6 +104,7 @@ def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes
         for b, row in enumerate(rows):
             want = model.model(input_ids=torch.tensor([row])).last_hidden_state[0, -n_resp:]
             torch.testing.assert_close(picked[b], want, rtol=0, atol=1e-5)
+    assert bool(chained) == (tree_nodes < max(map(len, STEMS)))
     fast = lm._score_rows(rows, n_resp, fast=True)
     plain = lm._score_rows(rows, n_resp, fast=False)
     np.testing.assert_allclose(fast, plain, atol=1e-5)

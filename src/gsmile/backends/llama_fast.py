@@ -54,7 +54,9 @@ class LlamaBody:
     ``(rows, 1, width, past + width)`` (True where a token may attend) and per-row past
     tensors ``(rows, kv_heads, past, head_dim)``. ``kv_only=True`` returns each layer's
     (keys, values) of ``input_ids`` instead of hidden states, and skips the work only the
-    hidden states need (the last layer's attention and MLP)."""
+    hidden states need (the last layer's attention and MLP). ``keep_kv=True`` returns
+    ``(hidden, kv)``: the hidden states and each layer's (keys, values) of the prefix and
+    ``input_ids`` together, ``(rows, kv_heads, start + width, head_dim)``, to continue from."""
 
     def __init__(self, model):
         import torch
@@ -73,7 +75,8 @@ class LlamaBody:
             self.layers.append((layer.input_layernorm.weight, qkv, attn.o_proj.weight,
                                 layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
 
-    def __call__(self, input_ids, past=None, start: int = 0, positions=None, mask=None, kv_only: bool = False):
+    def __call__(self, input_ids, past=None, start: int = 0, positions=None, mask=None, kv_only: bool = False,
+                 keep_kv: bool = False):
         import torch
         import torch.nn.functional as F
 
@@ -113,6 +116,8 @@ class LlamaBody:
                 pk, pv = past[layer_index]
                 k = torch.cat((pk.expand(n, -1, -1, -1), k), dim=2)
                 v = torch.cat((pv.expand(n, -1, -1, -1), v), dim=2)
+            if keep_kv:
+                kept.append((k, v))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             x.add_(F.linear(out.transpose(1, 2).reshape(n, width, heads * dim), o_w))
             h = _rms_norm(torch, x, norm2, self.eps)
@@ -121,7 +126,8 @@ class LlamaBody:
             act = F.silu(gate_up[..., :inner])
             act.mul_(gate_up[..., inner:])
             x.add_(F.linear(act, down_w))
-        return _rms_norm(torch, x, self.body.norm.weight, self.eps)
+        hidden = _rms_norm(torch, x, self.body.norm.weight, self.eps)
+        return (hidden, kept) if keep_kv else hidden
 
 
 def _rms_norm(torch, x, weight, eps: float):
