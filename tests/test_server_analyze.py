@@ -12,12 +12,8 @@ import pytest
 
 from gsmile.server import Settings, create_app, service  # noqa: E402
 from gsmile.inputs import CONTEXT_TEMPLATE  # noqa: E402
-from gsmile.server.detection import (  # noqa: E402
-    DetectionScore,
-    cut_front_chars,
-    fit_length,
-    halluc_from_pmi,
-)
+from gsmile.length import cut_front_chars, fit_length  # noqa: E402
+from gsmile.server.detection import DetectionScore, halluc_from_pmi  # noqa: E402
 from gsmile.errors import is_out_of_memory  # noqa: E402
 from gsmile.server.schemas import AnalyzeResponse  # noqa: E402
 from server_client import Api, AppFactory  # noqa: E402
@@ -80,11 +76,11 @@ def test_detection_scores_match_their_definitions():
 
 
 def test_characters_are_cut_from_the_beginning():
-    prompt, context, ids, notes = fit_length(ToyLM(), "short question?", "word " * 40 + "last words here.", [1, 2], 40, 512)
+    prompt, context, ids, notes = fit_length(ToyLM(), "short question?", "word " * 40 + "last words here.", [1, 2], 512, src_chars=40)
     assert prompt == "short question?"
     assert context.endswith("last words here.") and len(context) + len(prompt) <= 40
     assert notes and "characters" in notes[0]
-    prompt, context, _, _ = fit_length(ToyLM(), "a " * 30 + "end?", "context text", [1], 20, 512)
+    prompt, context, _, _ = fit_length(ToyLM(), "a " * 30 + "end?", "context text", [1], 512, src_chars=20)
     assert context is None and prompt.endswith("end?") and len(prompt) <= 20
     assert cut_front_chars("alpha bravo charlie", 9) == "charlie"
 
@@ -93,12 +89,12 @@ def test_tokens_are_cut_to_the_max_length():
     lm = ToyLM()
     context = " ".join(f"w{i}" for i in range(60))
     ids = lm.encode_response("one two three four")
-    prompt, cut, kept, notes = fit_length(lm, PROMPT, context, ids, 10_000, 24)
+    prompt, cut, kept, notes = fit_length(lm, PROMPT, context, ids, 24, src_chars=10_000)
     assert kept == ids
     turn = CONTEXT_TEMPLATE.format(context=cut, prompt=prompt)
     assert len(lm.token_spans(turn)) + len(ids) <= 24
     assert context.endswith(cut) and len(cut) < len(context) and prompt == PROMPT
-    _, _, kept, notes = fit_length(lm, PROMPT, None, list(range(30)), 10_000, 40)
+    _, _, kept, notes = fit_length(lm, PROMPT, None, list(range(30)), 40, src_chars=10_000)
     assert kept == list(range(20)) and any("response" in n for n in notes)
 
 

@@ -122,6 +122,9 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until-stable", action="store_true", help="sample in rounds of --samples until the top units stop changing between rounds")
     p.add_argument("--max-rounds", type=int, default=DEFAULT_MAX_ROUNDS, metavar="N", help=f"most rounds of --until-stable (default: {DEFAULT_MAX_ROUNDS})")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the generated response (default: {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="most tokens of one model input (template and response included): a longer input is cut from its beginning, "
+                        "context first, and the cut is recorded (default: refuse an input longer than the model's window)")
     _add_api_flags(p)
 
 
@@ -316,11 +319,12 @@ def _explanation_options(args) -> dict:
     refine = {} if args.refine is None else dict(refine=args.refine, refine_top=args.refine_top, refine_share=args.refine_share)
     sparse = {} if args.surrogate == "least_squares" and args.max_units is None else dict(surrogate=args.surrogate,
                                                                                            max_units=args.max_units)
-    pairs = {name: getattr(args, name) for name in ("interactions", "interaction_budget") if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in ("interactions", "interaction_budget", "max_length")
+             if getattr(args, name) is not None}
     return dict(
         **refine,
         **sparse,
-        **pairs,
+        **given,
         method=args.method,
         unit=args.unit or "word",
         context_unit=args.unit or "sentence",

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backends import Loadable, ReportsExtras, Route, prepare_backend, resolve_model
+from .backends import KnowsWindow, Loadable, ReportsExtras, Route, SizesBatches, prepare_backend, resolve_model
 from .errors import InvalidInputError, check_int, lookup
 from .explanation import FIDELITY_THRESHOLD, Explanation, level_record
 from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template, user_turn
+from .length import fit_length
 from .methods import SurrogateMethod, make_method, method_options, option_specs
 from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .scoring import Scorer
@@ -132,6 +133,12 @@ class Explainer:
     interaction_budget: game evaluations for ``interactions``; None: exact (all 2^k
         coalitions) up to 8 units, else 256 (KernelSHAP-IQ estimate, seeded with
         ``random_state``). A budget of 2^k or more is exact.
+    max_length: the most tokens one model input may have, the chat template and the response
+        included (language models that report their token counts). A longer input is cut from
+        its beginning (the context first, then the prompt; the response to half of it) before
+        it is split into units, and the cut is recorded (``extras["truncated"]`` and a
+        warning). None (default): an input longer than the model's window is refused with
+        its length.
     """
 
     def __init__(
@@ -163,6 +170,7 @@ class Explainer:
         max_units: int | None = None,
         interactions: int = 0,
         interaction_budget: int | None = None,
+        max_length: int | None = None,
     ):
         self.model = model
         self.method = method
@@ -190,6 +198,7 @@ class Explainer:
         self.max_units = max_units
         self.interactions = interactions
         self.interaction_budget = interaction_budget
+        self.max_length = max_length
 
     # ----------------------------------------------------------- checks
     def validate(self) -> SurrogateMethod:
@@ -209,6 +218,8 @@ class Explainer:
                 raise InvalidInputError("max_evals and until_stable cannot be combined; until_stable samples in rounds of n_samples",
                                         field="max_evals")
         check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
+        if self.max_length is not None:
+            check_int("max_length", self.max_length, 16, 10_000_000)
         check_int("runs", self.runs, *RUNS_RANGE)
         check_int("top_k", self.top_k, 1, 100_000)
         check_template(self.context_template)
@@ -336,6 +347,7 @@ class Explainer:
         if dropout is not None and dropout > DROPOUT_WARN:
             run.notes.append(f"dropout {dropout} is above {DROPOUT_WARN}: perturbations far from the prompt make the local surrogate less faithful")
         self._reach_model(run, response)
+        self._fit_length(run, segments)
         self._segment(run, segments)
         self._response(run)
         run.scorer = Scorer(run.route.model, original=run.original, target=run.target, response_ids=run.response_ids,
@@ -367,6 +379,45 @@ class Explainer:
             if isinstance(run.route.model, Loadable):
                 run.route.model.load()
         run.timings["load"] = time.perf_counter() - tic
+
+    def _fit_length(self, run: "_Run", segments: list[str] | None) -> None:
+        """Refuse an input longer than the model's window, or cut it from the beginning to
+        ``max_length`` tokens (see :mod:`gsmile.length`), before it is split into units."""
+        lm = run.route.model
+        if not run.route.is_lm or not isinstance(lm, SizesBatches):
+            return
+        window = lm.max_tokens() if isinstance(lm, KnowsWindow) else None
+        limit = self.max_length if self.max_length is not None else window
+        if limit is None:
+            return
+        response_ids = lm.encode_response(run.response) if run.response is not None else None
+        n_resp = len(response_ids) if response_ids is not None else int(self.max_new_tokens)
+        n = len(lm.prompt_ids(run.original)) + n_resp
+        if n <= limit:
+            return
+        what = "the response" if response_ids is not None else "max_new_tokens"
+        if response_ids is None and n_resp > limit // 2 and self.max_length is not None:
+            raise InvalidInputError(f"max_new_tokens ({n_resp}) must be at most half of max_length ({limit})", field="max_length")
+        if self.max_length is None:
+            raise InvalidInputError(
+                f"the input is {n} tokens with {what} ({n_resp}), more than the model's window of {window}; shorten it, "
+                f"or pass max_length (--max-length N) to cut it from the beginning", field="max_length")
+        if segments is not None:
+            raise InvalidInputError(f"the input is {n} tokens with {what} ({n_resp}), more than max_length {limit}, and "
+                                    f"your own segments cannot be cut; shorten them or raise max_length", field="max_length")
+        prompt, context, kept, notes = fit_length(lm, run.prompt, run.context, response_ids or [0] * n_resp, limit,
+                                                  template=self.context_template)
+        if context is None and run.context is not None:
+            raise InvalidInputError(f"max_length {limit} leaves no room for the context (the prompt and {what} take it all); "
+                                    f"raise max_length", field="max_length")
+        if response_ids is not None and len(kept) < len(response_ids):
+            run.response = lm.decode(kept)
+        cut = {"max_length": limit, "tokens": n, "prompt_chars_cut": len(run.prompt) - len(prompt),
+               "context_chars_cut": len(run.context) - len(context) if run.context is not None else 0,
+               "response_tokens_cut": len(response_ids) - len(kept) if response_ids is not None else 0}
+        run.prompt, run.context, run.truncated = prompt, context, cut
+        run.original = user_turn(prompt, context, self.context_template)
+        run.notes.extend(notes)
 
     def _segment(self, run: "_Run", segments: list[str] | None) -> None:
         """The explained text's units (user segments or ``unit``/``context_unit``)."""
@@ -628,6 +679,8 @@ class Explainer:
             extras["until_stable"] = run.rounds
         if run.interactions is not None:
             extras["interactions"] = run.interactions
+        if run.truncated is not None:
+            extras["truncated"] = run.truncated
         extras.update(run.route.info)  # how the model was reached (path, and why)
         if isinstance(run.route.model, ReportsExtras):
             extras.update(run.route.model.explanation_extras())
@@ -658,6 +711,8 @@ class Explainer:
             params.update(refine=self.refine, refine_top=int(self.refine_top), refine_share=float(self.refine_share))
         if self.interactions:
             params.update(interactions=int(self.interactions), interaction_budget=self.interaction_budget)
+        if self.max_length is not None:
+            params["max_length"] = int(self.max_length)
         return Explanation(
             prompt=run.prompt,
             response=run.response,
@@ -713,6 +768,7 @@ class _Run:
     levels: list[dict] | None = None  # level records (see explanation.level_record)
     drawn: int | None = None  # masks drawn over every level (None: the one level's rows)
     interactions: dict | None = None  # extras["interactions"] (see gsmile.interactions)
+    truncated: dict | None = None  # extras["truncated"]: what max_length cut
 
 
 def _check_texts(prompt, response, context) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from .protocols import (
     FallsBackToText,
+    KnowsWindow,
     LanguageModel,
     Loadable,
     PerExplanation,
@@ -39,7 +40,7 @@ from .protocols import (
 from .text import TextModel
 
 __all__ = [
-    "MODELS", "FallsBackToText", "LanguageModel", "Loadable", "PerExplanation", "ReducesLogprobs", "ReportsExtras",
+    "MODELS", "FallsBackToText", "KnowsWindow", "LanguageModel", "Loadable", "PerExplanation", "ReducesLogprobs", "ReportsExtras",
     "Route", "ScalarModel", "SizesBatches", "TextModel", "for_explanation", "is_language_model", "prepare_backend",
     "reduced_logprobs", "resolve_model",
 ]

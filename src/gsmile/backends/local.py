@@ -131,6 +131,10 @@ class HFCausalLM:
     def token_embeddings(self) -> np.ndarray:
         return self.model.get_input_embeddings().weight.detach().float().numpy()
 
+    def max_tokens(self) -> int | None:
+        """The model's window: the most positions it was built for (None when unknown)."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     # ---------------------------------------------------------- generation
     def generate(self, prompt: str, max_new_tokens: int = 48) -> list[int]:
         import torch

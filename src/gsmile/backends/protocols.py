@@ -70,6 +70,13 @@ class SizesBatches(Protocol):
 
 
 @runtime_checkable
+class KnowsWindow(Protocol):
+    """Knows the most tokens (prompt and response together) one sequence may have."""
+
+    def max_tokens(self) -> int | None: ...
+
+
+@runtime_checkable
 class PerExplanation(Protocol):
     """A backend shared between explanations that needs state of one explanation's own (an
     API's token vocabulary, call counters): :meth:`for_explanation` makes a fresh object

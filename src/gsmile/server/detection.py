@@ -16,7 +16,7 @@ Let ``r = r_1 .. r_T`` be the response tokens and, for a user turn ``x``,
 
 A :class:`DetectionScore` is a scalar black box ``list[str] -> list[float]``: the texts are
 perturbed versions of the explained part (the context, else the prompt); everything else
-is held fixed. :func:`fit_length` applies the length limits before anything is scored.
+is held fixed. :func:`gsmile.length.fit_length` applies the length limits before anything is scored.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends import SizesBatches
-from ..errors import ModelError
 from ..inputs import user_turn  # the same user turn the attribution perturbs
 PMI_SCALE = 0.5
 DETECTION_TYPES = ("halluc_context", "answer_likelihood")
@@ -91,65 +89,3 @@ class DetectionScore:
         return self([self.context if self.explained == "context" else self.prompt])[0]
 
 
-# ------------------------------------------------------------------- length limits
-def _n_tokens(backend, text: str) -> int:
-    """Tokens of the chat-formatted user turn (the template's markup counted when the
-    backend can say so)."""
-    if isinstance(backend, SizesBatches):
-        return len(backend.prompt_ids(text))
-    return len(backend.token_spans(text))
-
-
-def _cut_front_tokens(backend, text: str, n: int) -> str:
-    """``text`` without its first ``n`` tokens (empty when it has no more)."""
-    spans = backend.token_spans(text)
-    if n <= 0:
-        return text
-    if n >= len(spans):
-        return ""
-    return text[spans[n][0]:].lstrip()
-
-
-def cut_front_chars(text: str, keep: int) -> str:
-    """The last ``keep`` characters of ``text``, starting at a word boundary when possible."""
-    if len(text) <= keep:
-        return text
-    tail = text[len(text) - keep:]
-    space = next((i for i, ch in enumerate(tail) if ch.isspace()), None)
-    if space is not None and space < len(tail) - 1 and space < 40:
-        tail = tail[space:]
-    return tail.lstrip()
-
-
-def fit_length(backend, prompt: str, context: str | None, response_ids: list[int], src_chars: int, maxlen: int):
-    """Apply the limits: context + prompt cut from the beginning to ``src_chars`` characters,
-    then the response to at most half of ``maxlen`` tokens and the user turn (context first,
-    then prompt) from the beginning so that turn + response fit in ``maxlen`` tokens.
-    Returns (prompt, context, response_ids, notes)."""
-    notes: list[str] = []
-    ctx_len = len(context) if context else 0
-    if ctx_len + len(prompt) > src_chars:
-        if len(prompt) >= src_chars:
-            prompt, context = cut_front_chars(prompt, src_chars), None
-        else:
-            context = cut_front_chars(context, src_chars - len(prompt))
-        notes.append(f"context and prompt were longer than {src_chars} characters; their beginning was cut")
-    if len(response_ids) > maxlen // 2:
-        response_ids = response_ids[: maxlen // 2]
-        notes.append(f"the response was cut to its first {maxlen // 2} tokens")
-    budget = maxlen - len(response_ids)
-    for _ in range(4):  # re-tokenizing after a cut can shift a token; a few rounds settle it
-        excess = _n_tokens(backend, user_turn(prompt, context)) - budget
-        if excess <= 0:
-            break
-        if context:
-            n_ctx = len(backend.token_spans(context))
-            context = _cut_front_tokens(backend, context, excess) if excess < n_ctx else None
-        else:
-            prompt = _cut_front_tokens(backend, prompt, excess)
-        msg = f"the input was cut from the beginning to fit {maxlen} tokens per scoring pass"
-        if msg not in notes:
-            notes.append(msg)
-    if not prompt.strip():
-        raise ModelError(f"the prompt does not fit in {maxlen} tokens with the response; raise GSMILE_XAI_MAXLEN")
-    return prompt, context or None, response_ids, notes

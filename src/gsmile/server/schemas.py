@@ -83,6 +83,7 @@ class ExplainRequest(BaseModel):
     interactions: Option(int) = Field(None, description="pairwise interactions (k-SII, with shapiq) among this many top units (2-20; 0: off)")
     interaction_budget: Option(int) = Field(None, description="model evaluations for interactions (default: exact, 2^k, up to 8 units, else 256; at most the server's GSMILE_MAX_SAMPLES)")
     context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
+    max_length: Option(int) = Field(None, description="most tokens of one model input: a longer input is cut from its beginning, context first, and the cut recorded (default: refuse inputs longer than the model's window)")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
 
     def options(self) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import numpy as np
 from ..backends import Loadable, ScalarModel, for_explanation, is_language_model, resolve_model
 from ..errors import GsmileError, ModelError, is_out_of_memory, lookup
 from ..explainer import Explainer
+from ..length import fit_length
 from ..methods import METHODS
 from ..methods.mupax import unit_effects
 from ..units import Segmentation
-from .detection import DetectionScore, fit_length
+from .detection import DetectionScore
 from .errors import FieldError, NotSupported
 
 #: analyze method -> (library method, key of its result under "xai")
@@ -136,7 +137,8 @@ def run_analyze(holder: ModelHolder, params: dict[str, Any], settings, progress:
     maxlen = settings.xai_maxlen
     retry_notes: list[str] = []
     while True:
-        p, c, rids, notes = fit_length(backend, prompt, context, response_ids, settings.xai_src_chars, maxlen)
+        p, c, rids, notes = fit_length(backend, prompt, context, response_ids, maxlen, src_chars=settings.xai_src_chars,
+                                       setting="GSMILE_XAI_MAXLEN")
         text = c if explained == "context" else p
         unit = params.get("unit") or ("sentence" if explained == "context" else "word")
         if not params.get("unit") and unit == "sentence" and len(Segmentation.from_text(text, "sentence")) < 2:
