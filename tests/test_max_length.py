@@ -1,15 +1,14 @@
 """Inputs longer than the model takes: refused with their length, or cut from the beginning
 with max_length (recorded), before they are split into units."""
 
-import json
 
 import pytest
+from serve_models import WORD, ToyLM
 
 from gsmile import Explainer, Explanation
 from gsmile.cli import main
 from gsmile.errors import InvalidInputError
 from gsmile.inputs import user_turn
-from serve_models import WORD, ToyLM
 
 CONTEXT = " ".join(f"Room {i} holds box {i}." for i in range(30)) + " The code is 4721."  # 124 words
 QUESTION = "What is the code?"

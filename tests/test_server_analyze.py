@@ -8,16 +8,15 @@ import zlib
 
 import numpy as np
 import pytest
+from serve_models import Additive, ToyLM  # noqa: E402
+from server_client import Api, AppFactory  # noqa: E402
 
-
-from gsmile.server import Settings, create_app, service  # noqa: E402
+from gsmile.errors import is_out_of_memory  # noqa: E402
 from gsmile.inputs import CONTEXT_TEMPLATE  # noqa: E402
 from gsmile.length import cut_front_chars, fit_length  # noqa: E402
+from gsmile.server import Settings, create_app, service  # noqa: E402
 from gsmile.server.detection import DetectionScore, halluc_from_pmi  # noqa: E402
-from gsmile.errors import is_out_of_memory  # noqa: E402
 from gsmile.server.schemas import AnalyzeResponse  # noqa: E402
-from server_client import Api, AppFactory  # noqa: E402
-from serve_models import Additive, ToyLM  # noqa: E402
 
 URL = "/v1/glad/causal-explainability/analyze"
 DATES = "The Eiffel Tower was constructed between 1887 and 1889."

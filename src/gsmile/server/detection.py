@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..inputs import user_turn  # the same user turn the attribution perturbs
+
 PMI_SCALE = 0.5
 DETECTION_TYPES = ("halluc_context", "answer_likelihood")
 
