@@ -153,6 +153,10 @@ def test_bfloat16_explanation_agrees_and_records_its_scorer(lm, bf16):
     assert (extras["device"], extras["dtype"], extras["fast_path"]) == ("cpu", "bfloat16", False)
     assert "float32 on the cpu only" in extras["fast_path_reason"]
     assert gsmile.Explanation.from_json(exps[1].to_json()).extras["dtype"] == "bfloat16"
+    from gsmile.cli import _extra_lines
+
+    assert "Model ran on cpu in bfloat16; scored by transformers' forward" in _extra_lines(exps[1])
+    assert not any(line.startswith("Model ran") for line in _extra_lines(exps[0]))
 
 
 @pytest.mark.model

@@ -550,7 +550,8 @@ def _segments(value: str) -> list[str]:
 
 
 def _extra_lines(exp) -> list[str]:
-    """Lines for what the terminal renderer does not show: stability, MuPAX's summary, API calls."""
+    """Lines for what the terminal renderer does not show: stability, MuPAX's summary, where a
+    local model ran (when not in float32 on the CPU), API calls."""
     from .render.terminal import one_line
 
     lines = []
@@ -575,6 +576,10 @@ def _extra_lines(exp) -> list[str]:
             f"MuPAX: accepted {mupax['n_accepted']} of {mupax['n_total']} samples "
             f"(distance ≤ W = {mupax['threshold_W']:.3g}, percentile {mupax['threshold_percentile']:g})"
         )
+    device, dtype = exp.extras.get("device"), exp.extras.get("dtype")
+    if device not in (None, "cpu") or dtype not in (None, "float32"):  # a local model placed with --device/--dtype
+        scorer = "the lean Llama body" if exp.extras.get("fast_path") else "transformers' forward"
+        lines.append(f"Model ran on {device} in {dtype}; scored by {scorer}")
     calls = exp.extras.get("calls")
     if calls:
         lines.append(
