@@ -49,6 +49,28 @@ def _add_api_flags(parser: argparse.ArgumentParser) -> None:
     api.add_argument("--no-cache", action="store_true", help="neither read nor write the call cache")
 
 
+def _device(text: str) -> str:
+    from .backends.devices import check_device
+
+    try:
+        return check_device(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_device_flags(parser: argparse.ArgumentParser, default: str = "") -> None:
+    """``--device`` and ``--dtype``: where a local model (local, hf:PATH) runs and in which
+    precision (explain, audit, evaluate, serve); see :mod:`gsmile.backends.devices`."""
+    from .backends.devices import DEVICES, DTYPES
+
+    group = parser.add_argument_group("local models (--model local or hf:PATH)")
+    group.add_argument("--device", type=_device, default=None, metavar="DEVICE",
+                       help=f"where the model runs: {', '.join(DEVICES)}; auto is the first CUDA GPU, else mps, else cpu; "
+                            f"auto-map spreads a model too large for one GPU over all of them (accelerate) (default: {default}auto)")
+    group.add_argument("--dtype", default=None, choices=DTYPES,
+                       help=f"precision of the weights; float16 only on a GPU (default: {default}float32)")
+
+
 #: argparse ``dest`` of a method option's flag (kept apart from the other flags' names).
 _OPTION_DEST = "method_option_{}"
 
@@ -125,6 +147,7 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=None, metavar="N",
                    help="most tokens of one model input (template and response included): a longer input is cut from its beginning, "
                         "context first, and the cut is recorded (default: refuse an input longer than the model's window)")
+    _add_device_flags(p)
     _add_api_flags(p)
 
 
@@ -164,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--jobs-db", metavar="PATH", help="SQLite file for jobs (default: GSMILE_JOBS_DB or jobs.sqlite3 in the cache)")
     sv.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="explanations run at once (default: 1)")
     sv.add_argument("--quiet", action="store_true", help="no access log")
+    _add_device_flags(sv, default="GSMILE_DEVICE / GSMILE_DTYPE or ")
     _add_api_flags(sv)
 
     au = sub.add_parser("audit", help="explain every prompt of a JSONL or CSV file and report across them",
@@ -206,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass (default: chosen from the sequence length)")
     ev.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     ev.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
+    _add_device_flags(ev)
     return parser
 
 
@@ -248,6 +273,11 @@ def _evaluate(args) -> int:
     from .explanation import Explanation
     from .faithfulness import evaluate
 
+    placed = args.device is not None or args.dtype is not None
+    if placed:
+        from .backends.devices import resolve_device
+
+        resolve_device(args.device, args.dtype)  # a device that is not here: refused before anything is read
     out = check_writable(args.json, "JSON") if args.json else None
     fractions = _fractions(args.fractions)
     if args.random_orders < 0:
@@ -255,7 +285,13 @@ def _evaluate(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise InvalidInputError(f"--batch-size must be at least 1, got {args.batch_size}")
     exp = Explanation.from_json(_read_text(str(Path(args.explanation).expanduser()), "explanation"))
-    metrics = evaluate(exp, args.model, fractions=fractions, random_state=args.seed, n_random=args.random_orders,
+    model = args.model
+    if placed:
+        from .backends import resolve_model
+        from .scoring import explanation_model
+
+        model = resolve_model(model or explanation_model(exp), device=args.device, dtype=args.dtype)
+    metrics = evaluate(exp, model, fractions=fractions, random_state=args.seed, n_random=args.random_orders,
                        batch_size=args.batch_size, progress=not args.quiet)
     print(format_metrics(metrics))
     if out is not None:
@@ -265,16 +301,20 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _model(args, name: str):
-    """The model ``name``, or an API backend built from the API flags when it is openai:NAME."""
+def _model(args, name: str, device: str | None = None, dtype: str | None = None):
+    """The model ``name``: an API backend built from the API flags when it is openai:NAME, a
+    local model placed on ``device`` in ``dtype`` when either is given, else the name."""
     if not name.startswith("openai:"):
         given = [flag for flag, value in (("--base-url", args.base_url), ("--api-key-env", args.api_key_env), ("--prompt-template", args.prompt_template), ("--cache-dir", args.cache_dir)) if value is not None]
         if given:
             raise InvalidInputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to --model openai:NAME")
-        return args.model
+        if device is None and dtype is None:
+            return args.model
     from .backends import resolve_model
 
-    return resolve_model(name, **_api_options(args))
+    if not name.startswith("openai:"):
+        return resolve_model(name, device=device, dtype=dtype)
+    return resolve_model(name, device=device, dtype=dtype, **_api_options(args))
 
 
 def _explain(args) -> int:
@@ -292,7 +332,7 @@ def _explain(args) -> int:
     options = _explanation_options(args)
     if context is not None:
         options["unit"] = "word"
-    explainer = Explainer(_model(args, args.model), progress=not args.quiet, **options)
+    explainer = Explainer(_model(args, args.model, args.device, args.dtype), progress=not args.quiet, **options)
     explainer.validate()  # fail on bad options before loading the model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GsmileWarning)  # the report below lists them
@@ -364,8 +404,9 @@ def _audit(args) -> int:
 
     slots = _json_object(args.slots, "--slots") if args.slots is not None else None
     options = _explanation_options(args)
-    _model(args, args.model)  # API flags without an API model are refused here
-    model_options = _api_options(args) if args.model.startswith("openai:") else {}
+    _model(args, args.model, args.device, args.dtype)  # API flags without an API model, a device not here: refused here
+    placed = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    model_options = _api_options(args) if args.model.startswith("openai:") else placed
     result = audit(args.input, args.out, model=args.model, model_options=model_options, slots=slots, workers=args.workers,
                    ray=args.ray, fresh=args.fresh, retry_failed=args.retry_failed, progress=not args.quiet, **options)
     for line in result.summary.get("headline", []):
@@ -415,9 +456,10 @@ def _serve(args) -> int:
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be from 1 to 65535, got {args.port}")
     settings = Settings.from_env(
-        cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent
+        cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent,
+        device=args.device, dtype=args.dtype,
     )
-    model = _model(args, settings.model)
+    model = _model(args, settings.model, settings.device, settings.dtype)
     app = create_app(settings, model=None if isinstance(model, str) else model)
     if not args.quiet:
         print(f"gsmile: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
@@ -512,7 +554,8 @@ def _segments(value: str) -> list[str]:
 
 
 def _extra_lines(exp) -> list[str]:
-    """Lines for what the terminal renderer does not show: stability, MuPAX's summary, API calls."""
+    """Lines for what the terminal renderer does not show: stability, MuPAX's summary, where a
+    local model ran (when not in float32 on the CPU), API calls."""
     from .render.terminal import one_line
 
     lines = []
@@ -537,6 +580,10 @@ def _extra_lines(exp) -> list[str]:
             f"MuPAX: accepted {mupax['n_accepted']} of {mupax['n_total']} samples "
             f"(distance ≤ W = {mupax['threshold_W']:.3g}, percentile {mupax['threshold_percentile']:g})"
         )
+    device, dtype = exp.extras.get("device"), exp.extras.get("dtype")
+    if device not in (None, "cpu") or dtype not in (None, "float32"):  # a local model placed with --device/--dtype
+        scorer = "the lean Llama body" if exp.extras.get("fast_path") else "transformers' forward"
+        lines.append(f"Model ran on {device} in {dtype}; scored by {scorer}")
     calls = exp.extras.get("calls")
     if calls:
         lines.append(

@@ -8,6 +8,7 @@ prompt -> units -> masks -> model inputs (:mod:`.inputs`) -> :class:`~.scoring.S
 from __future__ import annotations
 
 import functools
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -363,6 +364,7 @@ class Explainer:
         if self.interactions:
             self._interactions(run, fits)
         run.timings["total"] = time.perf_counter() - t_start
+        run.timings["peak_rss_mb"] = peak_rss_mb()
         return self._assemble(run, method, fits, n_rows)
 
     def _reach_model(self, run: "_Run", response: str | None) -> None:
@@ -769,6 +771,17 @@ class _Run:
     drawn: int | None = None  # masks drawn over every level (None: the one level's rows)
     interactions: dict | None = None  # extras["interactions"] (see gsmile.interactions)
     truncated: dict | None = None  # extras["truncated"]: what max_length cut
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MB (its high-water mark: the model and
+    everything else the process holds included; NaN where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux
 
 
 def _check_texts(prompt, response, context) -> None:

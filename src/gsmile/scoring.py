@@ -160,16 +160,19 @@ class _ShiftFromReference:
         return out
 
 
+def explanation_model(explanation) -> str:
+    """The model name an explanation is scored with by default: its own ``model_id`` when it
+    names a built-in model or hf:PATH, else "local" (the embedded SmolLM2)."""
+    name = explanation.model_id
+    return name if name in MODELS or name.startswith("hf:") else "local"
+
+
 def explanation_scorer(explanation, model=None, *, batch_size: int | None = None, progress: bool = False,
                        on_scored: Callable[[int], None] | None = None) -> Scorer:
     """A scorer for the inputs of ``explanation``: its model (``model``, what the Explainer
     accepts; None: the explanation's own ``model_id`` when it names a built-in model, else
     the embedded SmolLM2), its target and its response."""
-    if model is None:
-        model = exp_model = explanation.model_id
-        if exp_model not in MODELS and not exp_model.startswith("hf:"):
-            model = "local"
-    backend = for_explanation(resolve_model(model))
+    backend = for_explanation(resolve_model(explanation_model(explanation) if model is None else model))
     original = ModelInput.of(explanation).original
     if not is_language_model(backend):
         return Scorer(backend, original=original, batch_size=batch_size, progress=progress, on_scored=on_scored)

@@ -53,7 +53,8 @@ def audit(input: str | os.PathLike, out: str | os.PathLike, *, model=None, model
     ``out/summary.json`` and ``out/report.html``.
 
     model, model_options: the model, as for :class:`~gsmile.Explainer` (``model_options``
-        are an ``openai:NAME`` model's options: base_url, concurrency...). With several
+        are :func:`~gsmile.backends.resolve_model`'s: an ``openai:NAME`` model's base_url,
+        concurrency..., or a local model's device and dtype). With several
         workers each loads its own; a callable must be a module-level function.
     slots: slot values for every template line without its own ``slots``.
     workers: local worker processes (1: this process).
@@ -165,7 +166,8 @@ def _settings(model, model_options: dict[str, Any], options: dict[str, Any], slo
     else:
         name = getattr(model, "model_id", None) or (f"{getattr(model, '__module__', type(model).__module__)}."
                                                     f"{getattr(model, '__qualname__', type(model).__name__)}")
-    kept = {k: v for k, v in model_options.items() if k not in ("concurrency", "cache_dir", "use_cache", "max_retries", "timeout")}
+    # The device changes results by float rounding only: a directory may be resumed on another.
+    kept = {k: v for k, v in model_options.items() if k not in ("concurrency", "cache_dir", "use_cache", "max_retries", "timeout", "device")}
     shaping = {k: v for k, v in options.items() if k != "batch_size"}  # batch_size never changes results
     settings = {"model": name, "model_options": kept, "options": shaping, "slots": slots}
     return json.loads(json.dumps(settings, sort_keys=True, default=str))

@@ -27,7 +27,8 @@ class WorkSpec:
 
     model: what ``Explainer(model=...)`` accepts; a callable must be importable by name
         (a module-level function) to reach worker processes or Ray actors.
-    model_options: options of an ``openai:NAME`` model (base_url, concurrency...).
+    model_options: options of an ``openai:NAME`` model (base_url, concurrency...) or a local
+        model's device and dtype (:func:`~gsmile.backends.resolve_model`'s keywords).
     options: the Explainer's options, the same for every case.
     threads: CPU threads per worker for the model (None: leave as is).
     """

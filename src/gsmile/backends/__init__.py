@@ -47,10 +47,10 @@ __all__ = [
 
 
 #: names accepted by ``model=`` -> factory of a LanguageModel.
-def _embedded():
+def _embedded(device: str | None = None, dtype: str | None = None):
     from .local import HFCausalLM
 
-    return HFCausalLM.embedded()
+    return HFCausalLM.embedded(device=device, dtype=dtype)
 
 
 MODELS: dict[str, Callable[[], LanguageModel]] = {
@@ -58,7 +58,7 @@ MODELS: dict[str, Callable[[], LanguageModel]] = {
     "smollm2": _embedded,
 }
 
-_loaded: dict[str, LanguageModel] = {}  # backends by name, loaded once per process
+_loaded: dict[tuple, LanguageModel] = {}  # backends by (name, device, dtype), loaded once per process
 _loaded_lock = threading.RLock()
 
 
@@ -66,38 +66,56 @@ _loaded_lock = threading.RLock()
 MODEL_PREFIXES = {"hf:": "hf:PATH (a local Hugging Face model directory)", "openai:": "openai:NAME (an OpenAI-compatible API)"}
 
 
-def resolve_model(model, **api_options):
+def resolve_model(model, *, device: str | None = None, dtype: str | None = None, **api_options):
     """Turn ``model=`` into a backend: None/"local" (the embedded SmolLM2), "hf:PATH",
     "openai:NAME" (``api_options`` go to :class:`~gsmile.backends.openai.OpenAIBackend`:
     base_url, api_key_env, concurrency, max_retries, cache_dir, use_cache...), a
     LanguageModel or a backend with per-explanation state (an OpenAIBackend), or a callable
     returning one float (scalar) or one string (text) per input text. The backend is shared:
-    one explanation's state lives in :func:`prepare_backend`'s :class:`Route`."""
+    one explanation's state lives in :func:`prepare_backend`'s :class:`Route`.
+
+    ``device`` and ``dtype`` place a local model ("local", "hf:PATH"; see
+    :mod:`gsmile.backends.devices`): default "auto" (cuda, else mps, else cpu) and "float32".
+    A backend is kept per (name, device, dtype), "auto" counted as the device it chose."""
     if model is None:
         model = "local"
+    placed = device is not None or dtype is not None
+    where = "device and dtype apply only to a local model given by name (local, hf:PATH)"
     if isinstance(model, str) and model.startswith("openai:"):
+        if placed:
+            raise InvalidInputError(f"{where}; the API's server places {model}", field="device" if device is not None else "dtype")
         from .openai import OpenAIBackend
 
         return OpenAIBackend(model[len("openai:") :], **api_options).validate()
     if api_options and any(v is not None for v in api_options.values()):
         raise InvalidInputError(f"API options ({', '.join(sorted(api_options))}) apply only to --model openai:NAME")
     if isinstance(model, str):
+        from .devices import resolve_device
+
         if model.startswith("hf:"):
             from .local import HFCausalLM
 
             path = model[3:]
+            key = (model, *resolve_device(device, dtype))
             with _loaded_lock:
-                if path not in _loaded:
-                    _loaded[path] = HFCausalLM.from_path(path)
-                return _loaded[path]
+                if key not in _loaded:
+                    _loaded[key] = HFCausalLM.from_path(path, device=key[1], dtype=key[2])
+                return _loaded[key]
         from ..errors import lookup
 
         factory = lookup(MODELS, model, "model")
-        key = "local" if factory is _embedded else model
+        if factory is not _embedded:
+            if placed:
+                raise InvalidInputError(f"{where}; {model!r} is not one", field="device" if device is not None else "dtype")
+            key = (model,)
+        else:
+            key = ("local", *resolve_device(device, dtype))
         with _loaded_lock:
             if key not in _loaded:
-                _loaded[key] = resolve_model(factory())
+                _loaded[key] = resolve_model(factory(*key[1:]))
             return _loaded[key]
+    if placed:
+        raise InvalidInputError(f"{where}; place a model object of your own yourself", field="device" if device is not None else "dtype")
     if isinstance(model, (LanguageModel, ScalarModel, PerExplanation)):
         return model
     if callable(model):

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 
 def supports(model) -> bool:
-    """Whether ``model`` is a plain fp32 Llama body this pass reproduces (to float rounding)."""
+    """Whether ``model`` is a plain fp32 Llama body on the CPU this pass reproduces (to float
+    rounding). On a GPU, or in bfloat16/float16, the caller scores with transformers' forward
+    (the lean body's inputs and the caller's token tree are built on the CPU, and its float
+    rounding is checked against fp32 only)."""
     import torch
 
     config = getattr(model, "config", None)
@@ -38,7 +41,7 @@ def supports(model) -> bool:
         and not getattr(config, "mlp_bias", False)
         and getattr(config, "pretraining_tp", 1) == 1
     )
-    return plain and all(p.dtype == torch.float32 for p in body.parameters())
+    return plain and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in body.parameters())
 
 
 class LlamaBody:

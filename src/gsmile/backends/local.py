@@ -49,15 +49,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 class HFCausalLM:
     """A causal LM loaded from a local directory (``save_pretrained`` layout)."""
 
-    def __init__(self, path: str | os.PathLike, model_id: str | None = None, system_prompt: str | None = None):
+    def __init__(self, path: str | os.PathLike, model_id: str | None = None, system_prompt: str | None = None, *,
+                 device: str | None = None, dtype: str | None = None):
+        import torch
+
+        from .devices import resolve_device
+
         self.path = Path(path)
         self.model_id = model_id or f"hf:{self.path}"
         self.system_prompt = system_prompt
+        #: Where the model runs and in which precision (see :mod:`.devices`): ``device`` is
+        #: concrete ("cpu", "cuda:0", "mps") or "auto-map" (layers spread by accelerate).
+        self.device, self.dtype = resolve_device(device, dtype)
+        #: The torch device inputs go to (the input embeddings'): set again by :meth:`load`.
+        self.device_ = torch.device("cpu" if self.device == "auto-map" else self.device)
         self._model = None
         self._tokenizer = None
         #: Score through the fast path: the shared template prefix's key/value cache is reused
-        #: and, for Llama-architecture models, the body runs as :mod:`.llama_fast` (same results,
-        #: less work). False: transformers' own forward over each whole row.
+        #: and, for Llama-architecture models in float32 on the CPU, the body runs as
+        #: :mod:`.llama_fast` (same results, less work). False: transformers' own forward over
+        #: each whole row.
         self.fast_path = True
         self._prefix = None
         self._body = None
@@ -65,17 +76,19 @@ class HFCausalLM:
         self._local = threading.local()  # per-thread scratch: explanations may run in parallel threads
 
     @classmethod
-    def embedded(cls) -> "HFCausalLM":
+    def embedded(cls, device: str | None = None, dtype: str | None = None) -> "HFCausalLM":
+        from .devices import resolve_device
         from .embedded import EMBEDDED_ID, ensure_converted
 
-        return cls(ensure_converted(), model_id=EMBEDDED_ID)
+        resolve_device(device, dtype)  # a device that is not here fails before the conversion
+        return cls(ensure_converted(), model_id=EMBEDDED_ID, device=device, dtype=dtype)
 
     @classmethod
-    def from_path(cls, path: str) -> "HFCausalLM":
+    def from_path(cls, path: str, device: str | None = None, dtype: str | None = None) -> "HFCausalLM":
         p = Path(path).expanduser()
         if not (p / "config.json").is_file():
             raise ModelError(f"hf:{path}: no config.json there; give a directory saved with save_pretrained")
-        return cls(p)
+        return cls(p, device=device, dtype=dtype)
 
     # ------------------------------------------------------------- loading
     def load(self) -> "HFCausalLM":
@@ -89,14 +102,45 @@ class HFCausalLM:
 
             quiet_transformers()
             self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, local_files_only=True)
+            options = {"dtype": getattr(torch, self.dtype), "local_files_only": True}
+            if self.device == "auto-map":
+                options["device_map"] = "auto"  # accelerate spreads the layers over the GPUs (and the CPU)
+            model = AutoModelForCausalLM.from_pretrained(self.path, **options)
+            if self.device != "auto-map":
+                model.to(self.device)
         except Exception as exc:
-            raise ModelError(f"could not load the model from {self.path}: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(f"could not load the model from {self.path} on {self.device} in {self.dtype}: "
+                             f"{type(exc).__name__}: {exc}") from exc
         model.eval()
+        self.device_ = model.get_input_embeddings().weight.device
         self._model = model
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         return self
+
+    def explanation_extras(self) -> dict:
+        """Where the model ran for ``Explanation.extras``: ``device``, ``dtype`` and whether the
+        lean Llama body scored (``fast_path``), with the reason when it did not."""
+        extras = {"device": str(self.load().device_), "dtype": self.dtype}
+        if self.device == "auto-map":  # the devices accelerate spread the layers over
+            extras["device"] = "auto-map: " + ", ".join(sorted({str(d) for d in getattr(self._model, "hf_device_map", {}).values()}))
+        reason = self._no_fast_path_reason()
+        extras["fast_path"] = reason is None
+        if reason is not None:
+            extras["fast_path_reason"] = reason
+        return extras
+
+    def _no_fast_path_reason(self) -> str | None:
+        """Why the lean Llama body does not score with this model (transformers' forward does),
+        or None when it does."""
+        if not self.fast_path:
+            return "fast_path is off: transformers' forward scores every row"
+        if self._fast_body() is not None:
+            return None
+        if self.dtype != "float32" or self.device != "cpu":
+            return (f"the lean Llama body runs in float32 on the cpu only; on {self.device} in {self.dtype} "
+                    "transformers' forward scores (with the shared template cache)")
+        return "not a plain Llama-architecture model: transformers' forward scores (with the shared template cache)"
 
     @property
     def model(self):
@@ -129,7 +173,7 @@ class HFCausalLM:
         return [tuple(span) for span in enc["offset_mapping"]]
 
     def token_embeddings(self) -> np.ndarray:
-        return self.model.get_input_embeddings().weight.detach().float().numpy()
+        return self.model.get_input_embeddings().weight.detach().float().cpu().numpy()
 
     def max_tokens(self) -> int | None:
         """The model's window: the most positions it was built for (None when unknown)."""
@@ -139,9 +183,10 @@ class HFCausalLM:
     def generate(self, prompt: str, max_new_tokens: int = 48) -> list[int]:
         import torch
 
-        ids = torch.tensor([self.prompt_ids(prompt)])
+        model = self.model
+        ids = torch.tensor([self.prompt_ids(prompt)], device=self.device_)
         with torch.inference_mode():
-            out = self.model.generate(
+            out = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,

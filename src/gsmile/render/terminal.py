@@ -112,6 +112,9 @@ def summary_items(exp: Explanation) -> list[tuple[str, str]]:
     total = exp.timings.get("total") if exp.timings else None
     if total is not None and math.isfinite(float(total)):
         items.append(("time", f"{float(total):.1f} s"))
+    peak = exp.timings.get("peak_rss_mb") if exp.timings else None
+    if peak is not None and math.isfinite(float(peak)):
+        items.append(("peak memory", f"{float(peak) / 1024:.2f} GB (the process's)"))
     if exp.model_id:
         items.append(("model", exp.model_id))
     return items

@@ -37,9 +37,10 @@ class ModelHolder:
     backend is shared by every request: it holds no request's state (each explanation
     makes its own scoring objects)."""
 
-    def __init__(self, model=None, name: str = "local"):
+    def __init__(self, model=None, name: str = "local", device: str | None = None, dtype: str | None = None):
         self._given = model
         self.name = name
+        self.placement = {"device": device, "dtype": dtype}  # of a model given by name
         self._backend = None
         self._lock = threading.Lock()
 
@@ -57,7 +58,10 @@ class ModelHolder:
     def get(self):
         with self._lock:
             if self._backend is None:
-                backend = resolve_model(self._given if self._given is not None else self.name)
+                if self._given is not None:
+                    backend = resolve_model(self._given)
+                else:
+                    backend = resolve_model(self.name, **self.placement)
                 if isinstance(backend, Loadable):
                     backend.load()
                 self._backend = backend

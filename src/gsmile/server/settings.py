@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     xai_src_chars: context + prompt longer than this is cut from the beginning.
     analyze_min_maxlen: on out-of-memory the pass is retried with half the length, not below this.
     model: the model name used when no model object is given to create_app ("local": SmolLM2).
+    device: where that model runs when it is a local one (local, hf:PATH): auto (default: cuda, else
+        mps, else cpu), cpu, cuda, cuda:N, mps or auto-map (see :mod:`gsmile.backends.devices`).
+    dtype: its precision: float32 (default), bfloat16 or float16 (float16 on a GPU only).
 
     Each setting's variable is ``GSMILE_`` + its name in capitals unless named above.
     """
@@ -92,6 +95,8 @@ class Settings(BaseSettings):
     xai_src_chars: int = 2400
     analyze_min_maxlen: int = 512
     model: str = "local"
+    device: str | None = None
+    dtype: str | None = None
 
     #: lower bounds checked by :meth:`checked`
     MINIMA: ClassVar[dict[str, int]] = {
@@ -149,6 +154,14 @@ class Settings(BaseSettings):
         if self.jobs_path is None:
             self.jobs_path = default_jobs_path()
         self.jobs_path = Path(self.jobs_path)
+        from ..backends.devices import check_device, check_dtype
+
+        for name, check in (("device", check_device), ("dtype", check_dtype)):
+            if getattr(self, name) is not None:
+                try:
+                    setattr(self, name, check(getattr(self, name)))
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"{self.env_name(name)}: {exc}", field=name) from None
         return self
 
 

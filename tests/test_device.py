@@ -1,0 +1,174 @@
+"""Devices and precision of local models: names checked at the boundary (one-line errors,
+exit status 2), a backend per (name, device, dtype), and bfloat16 on the CPU close to float32
+on the embedded model, with the device, dtype and scorer recorded in the explanation."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gsmile.backends import resolve_model
+from gsmile.backends.devices import DEVICES, DTYPES, check_device, check_dtype, resolve_device
+from gsmile.cli import main
+from gsmile.errors import InvalidInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "What is the capital of France and why?"
+RESPONSE = "The capital of France is Paris."  # 7 tokens
+#: bfloat16 against float32 on the CPU, the 7-token response above. Measured: |Δ summed log p|
+#: 0.15 and 0.16 nats (two prompts), at most 0.17 at one token; occlusion coefficients (logprob
+#: target, in nats) within 0.19 of 4.97, the largest (3.8%), the same top 3 (the 3rd and 4th
+#: are 0.02 apart in float32, so only the top 2 are asserted). The tolerances leave a 3x margin
+#: or more.
+BF16_SUM_LOGP = 0.5
+BF16_TOKEN_LOGP = 0.5
+BF16_COEF = 0.15  # of the largest |coefficient|
+
+
+def _gpu_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------- names and errors
+def test_names_are_checked_without_torch_and_listed():
+    assert check_device(None) == "auto" and check_device(" CUDA:1 ") == "cuda:1" and check_device("auto-map") == "auto-map"
+    assert check_dtype(None) == "float32" and check_dtype("BFloat16") == "bfloat16"
+    for bad in ("tpu", "cuda:x", "cuda:N", 3, ""):
+        with pytest.raises(InvalidInputError, match="unknown device") as info:
+            check_device(bad)
+        assert info.value.field == "device" and all(d in str(info.value) for d in DEVICES)
+    with pytest.raises(InvalidInputError, match="unknown dtype 'fp8'; choose one of: float32, bfloat16, float16"):
+        check_dtype("fp8")
+
+
+@pytest.mark.skipif("_gpu_here()")
+def test_missing_devices_and_cpu_float16_are_refused():
+    assert resolve_device("auto", None) == ("cpu", "float32")
+    assert resolve_device("cpu", "bfloat16") == ("cpu", "bfloat16")
+    for device in ("cuda", "cuda:1", "auto-map"):
+        with pytest.raises(InvalidInputError, match=f"device '{device}'.*available here.*available: auto, cpu"):
+            resolve_device(device)
+    with pytest.raises(InvalidInputError, match="float16 is not supported on the cpu") as info:
+        resolve_device("cpu", "float16")
+    assert info.value.field == "dtype"
+    with pytest.raises(InvalidInputError, match="auto chose it"):
+        resolve_device(None, "float16")
+
+
+@pytest.mark.skipif("_gpu_here()")
+@pytest.mark.parametrize("command", [["explain", PROMPT], ["audit", "cases.jsonl", "--out", "out"], ["evaluate", "exp.json"]])
+def test_cli_device_without_gpu_is_one_line_exit_2(command, capsys):
+    code = main([*command, "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("gsmile: error: device 'cuda' is not available here") and "available: auto, cpu" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain", PROMPT, "--device", "tpu"], "argument --device: unknown device 'tpu'; choose one of: auto, cpu, cuda, cuda:N, mps, auto-map"),
+        (["explain", PROMPT, "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+        (["serve", "--dtype", "half"], "argument --dtype: invalid choice: 'half'"),
+        (["evaluate", "exp.json", "--device", "gpu"], "unknown device 'gpu'"),
+    ],
+)
+def test_cli_unknown_names_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_device_applies_to_local_models_only(capsys):
+    code = main(["explain", PROMPT, "--model", "openai:some-model", "--dtype", "bfloat16", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "device and dtype apply only to a local model given by name" in err
+    with pytest.raises(InvalidInputError, match="apply only to a local model"):
+        resolve_model(lambda texts: [0.0] * len(texts), device="cpu")
+
+
+def test_server_settings_check_device_and_dtype():
+    from gsmile.server.settings import Settings
+
+    settings = Settings.from_env({"GSMILE_DEVICE": "CPU", "GSMILE_DTYPE": "bfloat16"})
+    assert (settings.device, settings.dtype) == ("cpu", "bfloat16")
+    assert Settings.from_env({}).device is None  # unset: the library's default (auto, float32)
+    with pytest.raises(InvalidInputError, match="GSMILE_DTYPE: unknown dtype 'fp4'") as info:
+        Settings.from_env({"GSMILE_DTYPE": "fp4"})
+    assert info.value.field == "dtype"
+
+
+def test_gpu_check_without_gpu_says_so_and_exits_0():
+    if _gpu_here():
+        pytest.skip("a GPU is here: bench/gpu_check.py runs the real check")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("gpu_check: no CUDA GPU here") and len(done.stdout.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- the embedded model
+@pytest.fixture(scope="module")
+def bf16():
+    return resolve_model("local", device="cpu", dtype="bfloat16").load()
+
+
+@pytest.mark.model
+def test_loaded_cache_is_per_device_and_dtype(lm, bf16):
+    import torch
+
+    assert resolve_model("local") is lm and resolve_model("smollm2", dtype="float32") is lm
+    if not _gpu_here():
+        assert resolve_model("local", device="auto") is lm and resolve_model("local", device="cpu") is lm
+    assert bf16 is not lm and resolve_model("local", dtype="bfloat16") is bf16
+    assert (bf16.device, bf16.dtype, bf16.model.dtype) == ("cpu", "bfloat16", torch.bfloat16)
+    assert lm.model.dtype == torch.float32 and bf16.device_ == torch.device("cpu")
+
+
+@pytest.mark.model
+def test_bfloat16_log_probs_agree_with_float32(lm, bf16):
+    prompts = [PROMPT, "What is the capital of Spain?"]
+    ids = lm.encode_response(RESPONSE)
+    picked = [m.logprobs(prompts, ids)[:, np.arange(len(ids)), ids] for m in (lm, bf16)]
+    token_gap = np.abs(picked[0] - picked[1])
+    sum_gap = np.abs(picked[0].sum(axis=1) - picked[1].sum(axis=1))
+    assert sum_gap.max() < BF16_SUM_LOGP and token_gap.max() < BF16_TOKEN_LOGP
+    assert sum_gap.max() > 1e-4  # the bfloat16 weights are really used
+
+
+@pytest.mark.model
+def test_bfloat16_explanation_agrees_and_records_its_scorer(lm, bf16):
+    import gsmile
+
+    exps = [gsmile.Explainer(m, method="occlusion", target="logprob").explain(PROMPT, RESPONSE) for m in (lm, bf16)]
+    coefs = [np.asarray(e.coefficients) for e in exps]
+    assert np.abs(coefs[0] - coefs[1]).max() < BF16_COEF * np.abs(coefs[0]).max()
+    assert [a.index for a in exps[0].top(2)] == [a.index for a in exps[1].top(2)]
+    assert {k: exps[0].extras[k] for k in ("device", "dtype", "fast_path")} == {"device": "cpu", "dtype": "float32", "fast_path": True}
+    extras = exps[1].extras
+    assert (extras["device"], extras["dtype"], extras["fast_path"]) == ("cpu", "bfloat16", False)
+    assert "float32 on the cpu only" in extras["fast_path_reason"]
+    assert gsmile.Explanation.from_json(exps[1].to_json()).extras["dtype"] == "bfloat16"
+    from gsmile.cli import _extra_lines
+
+    assert "Model ran on cpu in bfloat16; scored by transformers' forward" in _extra_lines(exps[1])
+    assert not any(line.startswith("Model ran") for line in _extra_lines(exps[0]))
+
+
+@pytest.mark.model
+def test_server_places_its_model_from_settings(bf16, tmp_path):
+    from gsmile.server import Settings, create_app
+
+    app = create_app(Settings(device="cpu", dtype="bfloat16", jobs_path=tmp_path / "jobs.sqlite3"))
+    assert app.state.holder.get() is bf16
+
+
+def test_audit_resumes_on_another_device_but_not_in_another_dtype():
+    from gsmile.audit import _settings
+
+    a, b, c = (_settings("local", options, {}, None) for options in ({"device": "cpu"}, {"device": "cuda:0"}, {"dtype": "bfloat16"}))
+    assert a == b and a != c
