@@ -276,9 +276,10 @@ class HFCausalLM:
                     kwargs["past_key_values"] = DynamicCache(
                         ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in past]
                     )
-                    kwargs["position_ids"] = torch.arange(prefix_len, prefix_len + width)[None].expand(n, -1)
-                hidden = self.model.model(input_ids=input_ids, attention_mask=attention,
+                    kwargs["position_ids"] = torch.arange(prefix_len, prefix_len + width, device=self.device_)[None].expand(n, -1)
+                hidden = self.model.model(input_ids=input_ids.to(self.device_), attention_mask=attention.to(self.device_),
                                           use_cache=past is not None, **kwargs).last_hidden_state
+            gather = gather.to(hidden.device)  # (built on the CPU; the model may run elsewhere)
             picked = torch.gather(hidden, 1, gather[:, :, None].expand(-1, -1, hidden.shape[-1]))
             return self._head_log_softmax(picked, reduce)
 
@@ -308,7 +309,9 @@ class HFCausalLM:
             out = torch.from_numpy(np.empty((n, positions, vocab), dtype=np.float32))
         elif scratch is None or scratch.shape[1:] != (positions, vocab) or len(scratch) < step:
             scratch = self._local.scratch = torch.empty((step, positions, vocab))  # kept for the next batches
-        plain = head.weight.dtype == torch.float32 and head.bias is None
+        # A float32 head on the CPU writes its product straight into the result; elsewhere (a GPU,
+        # half precision) the logits are computed where the head is and copied to the CPU as float32.
+        plain = head.weight.dtype == torch.float32 and head.bias is None and head.weight.device.type == "cpu"
         results = []
         for lo in range(0, n, step):
             hi = min(n, lo + step)
@@ -316,7 +319,7 @@ class HFCausalLM:
             if plain:
                 torch.matmul(picked[lo:hi].reshape(-1, hidden), head.weight.t(), out=logits.view(-1, vocab))
             else:
-                logits.copy_(head(picked[lo:hi]))
+                logits.copy_(head(picked[lo:hi].to(head.weight.device)))
             torch.log_softmax(logits, dim=-1, out=logits)  # in place: each row is read before it is written
             if reduce is not None:
                 results.append(np.asarray(reduce(logits.numpy())))
@@ -456,7 +459,7 @@ class HFCausalLM:
             past = None
             if ids:
                 with torch.inference_mode():
-                    cache = self.model.model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+                    cache = self.model.model(input_ids=torch.tensor([ids], device=self.device_), use_cache=True).past_key_values
                 past = [(layer.keys, layer.values) for layer in cache.layers]
             self._prefix = (ids, past)
         return self._prefix
@@ -483,9 +486,9 @@ class HFCausalLM:
 
             with torch.inference_mode():
                 cache = self.model.model(
-                    input_ids=torch.tensor([first[length:extra]]),
+                    input_ids=torch.tensor([first[length:extra]], device=self.device_),
                     past_key_values=DynamicCache(ddp_cache_data=list(past)),
-                    position_ids=torch.arange(length, extra)[None],
+                    position_ids=torch.arange(length, extra, device=self.device_)[None],
                     use_cache=True,
                 ).past_key_values
             return extra, [(layer.keys, layer.values) for layer in cache.layers]
