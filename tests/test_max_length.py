@@ -61,6 +61,9 @@ def test_max_length_cuts_the_context_from_its_beginning_and_records_it():
 def test_an_input_that_fits_is_not_touched():
     exp = Explainer(WindowedLM(window=10_000), method="occlusion", max_length=1000).explain(QUESTION, "4721", context=CONTEXT)
     assert exp.context == CONTEXT and "truncated" not in exp.extras
+    import resource
+
+    assert 10 < exp.timings["peak_rss_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak so far
 
 
 @pytest.mark.parametrize("options, message", [

@@ -72,6 +72,33 @@ def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
     np.testing.assert_allclose(fast, single, atol=1e-4)
 
 
+def test_long_rows_scored_one_after_another_match_the_plain_path(lm, monkeypatch):
+    """Contexts of ~330 tokens (more than a token tree holds): each row reuses the start it
+    shares with the row before it, in pieces of ROW_CHUNK tokens; the log-probs are those of
+    transformers' forward over each whole row, and do not depend on the batch."""
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "ROW_CHUNK", 128)  # three pieces per row
+    sentences = [f"Room {i} on floor {i % 7} holds {i * 3} boxes of spare parts." for i in range(24)]
+    contexts = [" ".join(sentences)] + [" ".join(sentences[:k] + sentences[k + 1:]) for k in (23, 20, 3, 0)]
+    prompts = [gsmile.inputs.user_turn("How many boxes are in room 12?", c) for c in contexts]
+    assert len(lm.prompt_ids(prompts[0])) > local.TREE_NODES + 30
+    ids = lm.encode_response("Room 12 holds 36 boxes.")
+    chained = []
+    chain = local.HFCausalLM._chain_hidden
+    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, *a: chained.append(1) or chain(self, *a))
+    fast = lm.logprobs(prompts, ids)
+    assert chained
+    lm.fast_path = False
+    try:
+        plain = lm.logprobs(prompts, ids)
+    finally:
+        lm.fast_path = True
+    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    one_by_one = np.concatenate([lm.logprobs([p], ids) for p in prompts[::-1]])[::-1]
+    np.testing.assert_allclose(fast, one_by_one, atol=1e-4)
+
+
 def test_prefix_is_not_used_when_a_row_does_not_start_with_it(lm):
     ids = lm.encode_response(RESPONSE)
     rows = [[1, 2, 3] + lm.prompt_ids("Hi")[3:] + ids[:-1]]  # a different start: no cache
