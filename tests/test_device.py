@@ -87,8 +87,8 @@ def test_cli_unknown_names_are_refused(argv, message, capsys):
 def test_device_applies_to_local_models_only(capsys):
     code = main(["explain", PROMPT, "--model", "openai:some-model", "--dtype", "bfloat16", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "device and dtype apply only to a local model given by name" in err
-    with pytest.raises(InvalidInputError, match="apply only to a local model"):
+    assert code == 2 and "dtype applies only to a local model given by name" in err
+    with pytest.raises(InvalidInputError, match="appl(y|ies) only to a local model"):
         resolve_model(lambda texts: [0.0] * len(texts), device="cpu")
 
 
@@ -172,3 +172,54 @@ def test_audit_resumes_on_another_device_but_not_in_another_dtype():
 
     a, b, c = (_settings("local", options, {}, None) for options in ({"device": "cpu"}, {"device": "cuda:0"}, {"dtype": "bfloat16"}))
     assert a == b and a != c
+
+
+def test_max_batch_tokens_bounds_the_batch_and_the_pieces_never_the_results(monkeypatch):
+    """max_batch_tokens reaches the backend from the library and the CLI; it sets the batch size
+    picked for short rows and the pieces long rows are computed in; bad values are refused."""
+    from gsmile import backends
+    from gsmile.backends import local
+    from gsmile.cli import _model, build_parser
+
+    monkeypatch.setattr(backends, "_loaded", dict(backends._loaded))  # the extra backend goes when the test ends
+    small = resolve_model("local", max_batch_tokens=64)
+    assert small is resolve_model("local", max_batch_tokens=64) and small is not resolve_model("local")
+    assert small.max_batch_tokens == 64 and resolve_model("local").max_batch_tokens == local.TOKENS_PER_BATCH
+    assert small.suggest_batch_size(64) == 1 and resolve_model("local").suggest_batch_size(64) == 32
+    args = build_parser().parse_args(["explain", "a prompt here", "--max-batch-tokens", "64"])
+    assert _model(args, "local", max_batch_tokens=args.max_batch_tokens) is small
+    with pytest.raises(InvalidInputError, match="max_batch_tokens must be an integer from 64"):
+        resolve_model("local", max_batch_tokens=8)
+    with pytest.raises(InvalidInputError, match="appl(y|ies) only to a local model") as err:
+        resolve_model(lambda texts: [0.0] * len(texts), max_batch_tokens=512)
+    assert err.value.field == "max_batch_tokens"
+    # Long rows are computed in pieces of at most max_batch_tokens: the same log-probs.
+    pieces = []
+    chain = local.HFCausalLM._chain_hidden
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.body = inner, inner.body
+
+        def __call__(self, ids, *a, **k):
+            pieces.append(ids.shape[1])
+            return self.inner(ids, *a, **k)
+
+    monkeypatch.setattr(local, "TREE_NODES", 16)
+    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, body, *rest: chain(self, Counting(body), *rest))
+    prompts = ["The library opens at nine in the morning and closes at six in the evening, every day of the week "
+               "but Sunday, when it opens at noon and closes at five in the afternoon. " * 2,
+               "The library opens at nine in the morning and closes at six every day."]
+    ids = small.encode_response("At nine.")
+    got = small.logprobs(prompts, ids)
+    assert pieces and max(pieces) == 64
+    np.testing.assert_allclose(got, resolve_model("local").logprobs(prompts, ids), atol=1e-4)
+
+
+def test_server_setting_max_batch_tokens():
+    from gsmile.server.settings import Settings
+
+    assert Settings.from_env({"GSMILE_MAX_BATCH_TOKENS": "512"}).max_batch_tokens == 512
+    assert Settings.from_env({}).max_batch_tokens is None  # unset: the library's default
+    with pytest.raises(InvalidInputError, match=r"GSMILE_MAX_BATCH_TOKENS\) must be an integer from 64"):
+        Settings.from_env({"GSMILE_MAX_BATCH_TOKENS": "32"})

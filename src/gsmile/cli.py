@@ -69,6 +69,9 @@ def _add_device_flags(parser: argparse.ArgumentParser, default: str = "") -> Non
                             f"auto-map spreads a model too large for one GPU over all of them (accelerate) (default: {default}auto)")
     group.add_argument("--dtype", default=None, choices=DTYPES,
                        help=f"precision of the weights; float16 only on a GPU (default: {default}float32)")
+    group.add_argument("--max-batch-tokens", type=int, default=None, metavar="N",
+                       help=f"most tokens one scoring pass computes, which bounds its memory; never changes results "
+                            f"(default: {default.replace('GSMILE_DEVICE / GSMILE_DTYPE', 'GSMILE_MAX_BATCH_TOKENS')}2048)")
 
 
 #: argparse ``dest`` of a method option's flag (kept apart from the other flags' names).
@@ -273,11 +276,14 @@ def _evaluate(args) -> int:
     from .explanation import Explanation
     from .faithfulness import evaluate
 
-    placed = args.device is not None or args.dtype is not None
+    placed = _placement(args)
     if placed:
         from .backends.devices import resolve_device
+        from .backends.local import check_batch_tokens
 
         resolve_device(args.device, args.dtype)  # a device that is not here: refused before anything is read
+        if args.max_batch_tokens is not None:
+            check_batch_tokens(args.max_batch_tokens)
     out = check_writable(args.json, "JSON") if args.json else None
     fractions = _fractions(args.fractions)
     if args.random_orders < 0:
@@ -290,7 +296,7 @@ def _evaluate(args) -> int:
         from .backends import resolve_model
         from .scoring import explanation_model
 
-        model = resolve_model(model or explanation_model(exp), device=args.device, dtype=args.dtype)
+        model = resolve_model(model or explanation_model(exp), **placed)
     metrics = evaluate(exp, model, fractions=fractions, random_state=args.seed, n_random=args.random_orders,
                        batch_size=args.batch_size, progress=not args.quiet)
     print(format_metrics(metrics))
@@ -301,20 +307,26 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _model(args, name: str, device: str | None = None, dtype: str | None = None):
+def _placement(args) -> dict:
+    """The local-model flags given (--device, --dtype, --max-batch-tokens)."""
+    return {name: getattr(args, name) for name in ("device", "dtype", "max_batch_tokens") if getattr(args, name) is not None}
+
+
+def _model(args, name: str, **placement):
     """The model ``name``: an API backend built from the API flags when it is openai:NAME, a
-    local model placed on ``device`` in ``dtype`` when either is given, else the name."""
+    local model placed as ``placement`` says (device, dtype, max_batch_tokens) when any is
+    given, else the name."""
     if not name.startswith("openai:"):
         given = [flag for flag, value in (("--base-url", args.base_url), ("--api-key-env", args.api_key_env), ("--prompt-template", args.prompt_template), ("--cache-dir", args.cache_dir)) if value is not None]
         if given:
             raise InvalidInputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to --model openai:NAME")
-        if device is None and dtype is None:
+        if not any(v is not None for v in placement.values()):
             return args.model
     from .backends import resolve_model
 
     if not name.startswith("openai:"):
-        return resolve_model(name, device=device, dtype=dtype)
-    return resolve_model(name, device=device, dtype=dtype, **_api_options(args))
+        return resolve_model(name, **placement)
+    return resolve_model(name, **placement, **_api_options(args))
 
 
 def _explain(args) -> int:
@@ -332,7 +344,7 @@ def _explain(args) -> int:
     options = _explanation_options(args)
     if context is not None:
         options["unit"] = "word"
-    explainer = Explainer(_model(args, args.model, args.device, args.dtype), progress=not args.quiet, **options)
+    explainer = Explainer(_model(args, args.model, **_placement(args)), progress=not args.quiet, **options)
     explainer.validate()  # fail on bad options before loading the model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GsmileWarning)  # the report below lists them
@@ -404,8 +416,8 @@ def _audit(args) -> int:
 
     slots = _json_object(args.slots, "--slots") if args.slots is not None else None
     options = _explanation_options(args)
-    _model(args, args.model, args.device, args.dtype)  # API flags without an API model, a device not here: refused here
-    placed = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    placed = _placement(args)
+    _model(args, args.model, **placed)  # API flags without an API model, a device not here: refused here
     model_options = _api_options(args) if args.model.startswith("openai:") else placed
     result = audit(args.input, args.out, model=args.model, model_options=model_options, slots=slots, workers=args.workers,
                    ray=args.ray, fresh=args.fresh, retry_failed=args.retry_failed, progress=not args.quiet, **options)
@@ -457,9 +469,9 @@ def _serve(args) -> int:
         raise InvalidInputError(f"--port must be from 1 to 65535, got {args.port}")
     settings = Settings.from_env(
         cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens,
     )
-    model = _model(args, settings.model, settings.device, settings.dtype)
+    model = _model(args, settings.model, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens)
     app = create_app(settings, model=None if isinstance(model, str) else model)
     if not args.quiet:
         print(f"gsmile: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)

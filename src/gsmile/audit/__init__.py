@@ -166,8 +166,10 @@ def _settings(model, model_options: dict[str, Any], options: dict[str, Any], slo
     else:
         name = getattr(model, "model_id", None) or (f"{getattr(model, '__module__', type(model).__module__)}."
                                                     f"{getattr(model, '__qualname__', type(model).__name__)}")
-    # The device changes results by float rounding only: a directory may be resumed on another.
-    kept = {k: v for k, v in model_options.items() if k not in ("concurrency", "cache_dir", "use_cache", "max_retries", "timeout", "device")}
+    # The device changes results by float rounding only, max_batch_tokens not at all: a directory
+    # may be resumed with others.
+    kept = {k: v for k, v in model_options.items()
+            if k not in ("concurrency", "cache_dir", "use_cache", "max_retries", "timeout", "device", "max_batch_tokens")}
     shaping = {k: v for k, v in options.items() if k != "batch_size"}  # batch_size never changes results
     settings = {"model": name, "model_options": kept, "options": shaping, "slots": slots}
     return json.loads(json.dumps(settings, sort_keys=True, default=str))

@@ -47,10 +47,10 @@ __all__ = [
 
 
 #: names accepted by ``model=`` -> factory of a LanguageModel.
-def _embedded(device: str | None = None, dtype: str | None = None):
+def _embedded(device: str | None = None, dtype: str | None = None, max_batch_tokens: int | None = None):
     from .local import HFCausalLM
 
-    return HFCausalLM.embedded(device=device, dtype=dtype)
+    return HFCausalLM.embedded(device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
 
 
 MODELS: dict[str, Callable[[], LanguageModel]] = {
@@ -58,7 +58,7 @@ MODELS: dict[str, Callable[[], LanguageModel]] = {
     "smollm2": _embedded,
 }
 
-_loaded: dict[tuple, LanguageModel] = {}  # backends by (name, device, dtype), loaded once per process
+_loaded: dict[tuple, LanguageModel] = {}  # backends by (name, device, dtype, max_batch_tokens), loaded once per process
 _loaded_lock = threading.RLock()
 
 
@@ -66,7 +66,8 @@ _loaded_lock = threading.RLock()
 MODEL_PREFIXES = {"hf:": "hf:PATH (a local Hugging Face model directory)", "openai:": "openai:NAME (an OpenAI-compatible API)"}
 
 
-def resolve_model(model, *, device: str | None = None, dtype: str | None = None, **api_options):
+def resolve_model(model, *, device: str | None = None, dtype: str | None = None, max_batch_tokens: int | None = None,
+                  **api_options):
     """Turn ``model=`` into a backend: None/"local" (the embedded SmolLM2), "hf:PATH",
     "openai:NAME" (``api_options`` go to :class:`~gsmile.backends.openai.OpenAIBackend`:
     base_url, api_key_env, concurrency, max_retries, cache_dir, use_cache...), a
@@ -76,14 +77,18 @@ def resolve_model(model, *, device: str | None = None, dtype: str | None = None,
 
     ``device`` and ``dtype`` place a local model ("local", "hf:PATH"; see
     :mod:`gsmile.backends.devices`): default "auto" (cuda, else mps, else cpu) and "float32".
-    A backend is kept per (name, device, dtype), "auto" counted as the device it chose."""
+    ``max_batch_tokens`` bounds the tokens of one scoring pass of a local model (its memory;
+    see :class:`~gsmile.backends.local.HFCausalLM`). A backend is kept per (name, device, dtype,
+    max_batch_tokens), "auto" counted as the device it chose."""
     if model is None:
         model = "local"
-    placed = device is not None or dtype is not None
-    where = "device and dtype apply only to a local model given by name (local, hf:PATH)"
+    given = {"device": device, "dtype": dtype, "max_batch_tokens": max_batch_tokens}
+    names = [name for name, value in given.items() if value is not None]
+    placed = names[0] if names else None
+    where = f"{' and '.join(names)} appl{'ies' if len(names) == 1 else 'y'} only to a local model given by name (local, hf:PATH)"
     if isinstance(model, str) and model.startswith("openai:"):
         if placed:
-            raise InvalidInputError(f"{where}; the API's server places {model}", field="device" if device is not None else "dtype")
+            raise InvalidInputError(f"{where}; the API's server places {model}", field=placed)
         from .openai import OpenAIBackend
 
         return OpenAIBackend(model[len("openai:") :], **api_options).validate()
@@ -91,31 +96,34 @@ def resolve_model(model, *, device: str | None = None, dtype: str | None = None,
         raise InvalidInputError(f"API options ({', '.join(sorted(api_options))}) apply only to --model openai:NAME")
     if isinstance(model, str):
         from .devices import resolve_device
+        from .local import check_batch_tokens
 
+        if max_batch_tokens is not None:
+            check_batch_tokens(max_batch_tokens)
         if model.startswith("hf:"):
             from .local import HFCausalLM
 
             path = model[3:]
-            key = (model, *resolve_device(device, dtype))
+            key = (model, *resolve_device(device, dtype), max_batch_tokens)
             with _loaded_lock:
                 if key not in _loaded:
-                    _loaded[key] = HFCausalLM.from_path(path, device=key[1], dtype=key[2])
+                    _loaded[key] = HFCausalLM.from_path(path, device=key[1], dtype=key[2], max_batch_tokens=key[3])
                 return _loaded[key]
         from ..errors import lookup
 
         factory = lookup(MODELS, model, "model")
         if factory is not _embedded:
             if placed:
-                raise InvalidInputError(f"{where}; {model!r} is not one", field="device" if device is not None else "dtype")
+                raise InvalidInputError(f"{where}; {model!r} is not one", field=placed)
             key = (model,)
         else:
-            key = ("local", *resolve_device(device, dtype))
+            key = ("local", *resolve_device(device, dtype), max_batch_tokens)
         with _loaded_lock:
             if key not in _loaded:
                 _loaded[key] = resolve_model(factory(*key[1:]))
             return _loaded[key]
     if placed:
-        raise InvalidInputError(f"{where}; place a model object of your own yourself", field="device" if device is not None else "dtype")
+        raise InvalidInputError(f"{where}; place a model object of your own yourself", field=placed)
     if isinstance(model, (LanguageModel, ScalarModel, PerExplanation)):
         return model
     if callable(model):

@@ -46,11 +46,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def check_batch_tokens(value) -> int:
+    """``max_batch_tokens`` checked: an integer from 64."""
+    from ..errors import check_int
+
+    check_int("max_batch_tokens", value, 64, 10_000_000)
+    return int(value)
+
+
 class HFCausalLM:
-    """A causal LM loaded from a local directory (``save_pretrained`` layout)."""
+    """A causal LM loaded from a local directory (``save_pretrained`` layout).
+
+    max_batch_tokens: the most tokens one scoring pass computes (None: ``TOKENS_PER_BATCH``),
+        which bounds its memory: the batch size picked for short rows is about this many
+        tokens over the row length, and long rows are computed in pieces of at most
+        ``min(ROW_CHUNK, max_batch_tokens)`` tokens. It never changes the results."""
 
     def __init__(self, path: str | os.PathLike, model_id: str | None = None, system_prompt: str | None = None, *,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, max_batch_tokens: int | None = None):
         import torch
 
         from .devices import resolve_device
@@ -61,6 +74,7 @@ class HFCausalLM:
         #: Where the model runs and in which precision (see :mod:`.devices`): ``device`` is
         #: concrete ("cpu", "cuda:0", "mps") or "auto-map" (layers spread by accelerate).
         self.device, self.dtype = resolve_device(device, dtype)
+        self.max_batch_tokens = TOKENS_PER_BATCH if max_batch_tokens is None else check_batch_tokens(max_batch_tokens)
         #: The torch device inputs go to (the input embeddings'): set again by :meth:`load`.
         self.device_ = torch.device("cpu" if self.device == "auto-map" else self.device)
         self._model = None
@@ -76,19 +90,20 @@ class HFCausalLM:
         self._local = threading.local()  # per-thread scratch: explanations may run in parallel threads
 
     @classmethod
-    def embedded(cls, device: str | None = None, dtype: str | None = None) -> "HFCausalLM":
+    def embedded(cls, device: str | None = None, dtype: str | None = None, max_batch_tokens: int | None = None) -> "HFCausalLM":
         from .devices import resolve_device
         from .embedded import EMBEDDED_ID, ensure_converted
 
         resolve_device(device, dtype)  # a device that is not here fails before the conversion
-        return cls(ensure_converted(), model_id=EMBEDDED_ID, device=device, dtype=dtype)
+        return cls(ensure_converted(), model_id=EMBEDDED_ID, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
 
     @classmethod
-    def from_path(cls, path: str, device: str | None = None, dtype: str | None = None) -> "HFCausalLM":
+    def from_path(cls, path: str, device: str | None = None, dtype: str | None = None,
+                  max_batch_tokens: int | None = None) -> "HFCausalLM":
         p = Path(path).expanduser()
         if not (p / "config.json").is_file():
             raise ModelError(f"hf:{path}: no config.json there; give a directory saved with save_pretrained")
-        return cls(p, device=device, dtype=dtype)
+        return cls(p, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
 
     # ------------------------------------------------------------- loading
     def load(self) -> "HFCausalLM":
@@ -203,12 +218,12 @@ class HFCausalLM:
     # ------------------------------------------------------------- scoring
     def suggest_batch_size(self, n_tokens: int) -> int:
         """Prompts per forward pass for sequences of ``n_tokens`` tokens: about
-        ``TOKENS_PER_BATCH`` tokens per pass, at most 64. Measured on a 2-core CPU for the
+        ``max_batch_tokens`` tokens per pass, at most 64. Measured on a 2-core CPU for the
         example prompt (91 tokens, 200 samples): 13.8 s at batch 8, 12.3 s at 16, 11.9 s at
         24, 12.2 s at 32, 13.7 s at 48."""
         if n_tokens > TREE_NODES:  # scored one row after another (_chain_hidden): memory is per row
             return CHAIN_BATCH
-        return int(min(64, max(1, round(TOKENS_PER_BATCH / max(1, n_tokens)))))
+        return int(min(64, max(1, round(self.max_batch_tokens / max(1, n_tokens)))))
 
     def logprobs(self, prompts: Sequence[str], response_ids: Sequence[int]) -> np.ndarray:
         """Log-probs at the response positions (see the protocol). The key/value cache of the
@@ -437,8 +452,9 @@ class HFCausalLM:
             kv = [(k[:, :, :known], v[:, :, :known]) for k, v in kv]
             todo = stem[shared:] + tail
             outputs = []
-            for lo in range(0, len(todo), ROW_CHUNK):
-                piece = torch.tensor([todo[lo : lo + ROW_CHUNK]], dtype=torch.long)
+            chunk = min(ROW_CHUNK, self.max_batch_tokens)
+            for lo in range(0, len(todo), chunk):
+                piece = torch.tensor([todo[lo : lo + chunk]], dtype=torch.long)
                 hidden, kv = body(piece, kv, known + lo, keep_kv=True)
                 if lo + piece.shape[1] > len(todo) - n_resp:  # holds predicting positions
                     outputs.append(hidden[0])

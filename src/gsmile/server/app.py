@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, model=None):
     ``settings.model`` (tests inject small ones). The routes get both from ``app.state``
     through dependencies (:mod:`gsmile.server.routes`)."""
     settings = (settings or Settings.from_env()).checked()
-    holder = ModelHolder(model, settings.model, settings.device, settings.dtype)
+    holder = ModelHolder(model, settings.model, settings.device, settings.dtype, settings.max_batch_tokens)
     store = JobStore(settings.jobs_path, keep=settings.jobs_keep)
     manager = JobManager(store, settings.max_concurrent, settings.max_queue)
 

@@ -37,10 +37,11 @@ class ModelHolder:
     backend is shared by every request: it holds no request's state (each explanation
     makes its own scoring objects)."""
 
-    def __init__(self, model=None, name: str = "local", device: str | None = None, dtype: str | None = None):
+    def __init__(self, model=None, name: str = "local", device: str | None = None, dtype: str | None = None,
+                 max_batch_tokens: int | None = None):
         self._given = model
         self.name = name
-        self.placement = {"device": device, "dtype": dtype}  # of a model given by name
+        self.placement = {"device": device, "dtype": dtype, "max_batch_tokens": max_batch_tokens}  # of a model given by name
         self._backend = None
         self._lock = threading.Lock()
 

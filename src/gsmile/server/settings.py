@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     device: where that model runs when it is a local one (local, hf:PATH): auto (default: cuda, else
         mps, else cpu), cpu, cuda, cuda:N, mps or auto-map (see :mod:`gsmile.backends.devices`).
     dtype: its precision: float32 (default), bfloat16 or float16 (float16 on a GPU only).
+    max_batch_tokens: the most tokens one scoring pass of that model computes (its memory bound;
+        default 2048); never changes results.
 
     Each setting's variable is ``GSMILE_`` + its name in capitals unless named above.
     """
@@ -97,11 +99,12 @@ class Settings(BaseSettings):
     model: str = "local"
     device: str | None = None
     dtype: str | None = None
+    max_batch_tokens: int | None = None
 
     #: lower bounds checked by :meth:`checked`
     MINIMA: ClassVar[dict[str, int]] = {
         "max_body_bytes": 1024, "max_concurrent": 1, "max_queue": 0, "retry_after_s": 1, "max_samples": 10,
-        "jobs_keep": 1, "xai_maxlen": 16, "xai_src_chars": 16, "analyze_min_maxlen": 16,
+        "jobs_keep": 1, "xai_maxlen": 16, "xai_src_chars": 16, "analyze_min_maxlen": 16, "max_batch_tokens": 64,
     }
 
     @classmethod
@@ -145,7 +148,8 @@ class Settings(BaseSettings):
     def checked(self) -> "Settings":
         """Check every value; raises InvalidInputError naming the setting."""
         for name, lo in self.MINIMA.items():
-            check_int(f"{name} ({self.env_name(name)})", getattr(self, name), lo, field=name)
+            if getattr(self, name) is not None:  # None: the library's default (max_batch_tokens)
+                check_int(f"{name} ({self.env_name(name)})", getattr(self, name), lo, field=name)
         if self.analyze_min_maxlen > self.xai_maxlen:
             self.analyze_min_maxlen = self.xai_maxlen
         if self.api_key is not None and not self.api_key.strip():
