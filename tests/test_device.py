@@ -221,5 +221,5 @@ def test_server_setting_max_batch_tokens():
 
     assert Settings.from_env({"GSMILE_MAX_BATCH_TOKENS": "512"}).max_batch_tokens == 512
     assert Settings.from_env({}).max_batch_tokens is None  # unset: the library's default
-    with pytest.raises(InvalidInputError, match=r"GSMILE_MAX_BATCH_TOKENS\) must be an integer from 64"):
+    with pytest.raises(InvalidInputError, match=r"GSMILE_MAX_BATCH_TOKENS\) must be an integer of at least 64, got 32"):
         Settings.from_env({"GSMILE_MAX_BATCH_TOKENS": "32"})
