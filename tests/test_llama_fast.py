@@ -79,13 +79,14 @@ STEMS = [
 ]
 
 
-@pytest.mark.parametrize("tree_nodes, row_chunk", [
-    (256, 512),  # one tree
-    (7, 512),  # several trees (the longest stem fills one)
-    (4, 512),  # stems longer than a tree: rows one after another, each from the start shared with the last
-    (4, 3),  # the same, each row computed three tokens per pass
+@pytest.mark.parametrize("tree_nodes, row_chunk, batch_tokens", [
+    (256, 512, 2048),  # one tree
+    (7, 512, 2048),  # several trees (the longest stem fills one)
+    (256, 512, 40),  # more rows than max_batch_tokens holds: the batch in three parts
+    (4, 512, 2048),  # stems longer than a tree: rows one after another, each from the start shared with the last
+    (4, 3, 2048),  # the same, each row computed three tokens per pass
 ])
-def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes, row_chunk):
+def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes, row_chunk, batch_tokens):
     from gsmile.backends import local
 
     monkeypatch.setattr(local, "TREE_NODES", tree_nodes)
@@ -95,6 +96,10 @@ def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes
     monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, *a: chained.append(1) or chain(self, *a))
     model = tiny_llama()
     lm = tree_scorer(model, PREFIX)
+    lm.max_batch_tokens = batch_tokens
+    passes = []
+    tree = local.HFCausalLM._tree_hidden
+    monkeypatch.setattr(local.HFCausalLM, "_tree_hidden", lambda self, body, rows, n: passes.append(len(rows)) or tree(self, body, rows, n))
     rows = [PREFIX + s + TAIL for s in STEMS]
     n_resp = 3
     body = lm._fast_body()
@@ -105,6 +110,7 @@ def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes
             want = model.model(input_ids=torch.tensor([row])).last_hidden_state[0, -n_resp:]
             torch.testing.assert_close(picked[b], want, rtol=0, atol=1e-5)
     assert bool(chained) == (tree_nodes < max(map(len, STEMS)))
+    assert passes[1:] == ([2, 2, 2, 1] if batch_tokens == 40 else [])  # 7 rows of at most 16 tokens: 2 per 40 tokens
     fast = lm._score_rows(rows, n_resp, fast=True)
     plain = lm._score_rows(rows, n_resp, fast=False)
     np.testing.assert_allclose(fast, plain, atol=1e-5)

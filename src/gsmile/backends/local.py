@@ -377,6 +377,13 @@ class HFCausalLM:
         stems = [row[: len(row) - tail] for row in rest]
         if max(map(len, stems)) > TREE_NODES:
             return self._chain_hidden(body, past, start, stems, first[len(first) - tail :], n_resp)
+        # At most about max_batch_tokens per pass: a larger batch (given, or long rows with a
+        # long response) is scored in balanced parts.
+        fits = max(1, round(self.max_batch_tokens / max(map(len, rows))))
+        if len(rows) > fits:
+            parts = -(-len(rows) // fits)
+            size = -(-len(rows) // parts)
+            return torch.cat([self._tree_hidden(body, rows[lo : lo + size], n_resp) for lo in range(0, len(rows), size)])
         groups, paths = _stem_trees(stems)
         n, width = len(rows), max(len(g["tokens"]) for g in groups)
         depth = max(len(p) for _, p in paths)
