@@ -3,6 +3,7 @@
     python bench/long_context.py --sizes 20,50,100,200 --cases 4 --out bench/results/long_context.json
     python bench/long_context.py --quick                  # 1 case of 20 sentences, every method
     python bench/long_context.py --methods gsmile,contextcite-64 --sizes 50 --cases 2
+    python bench/long_context.py --report --out bench/results/long_context.json   # the table only
 
 Cases (deterministic from ``--seed``): a context of N sentences (N in ``--sizes``, about 40
 characters each) made of distractor sentences (templates × vocabulary: hundreds of distinct,
@@ -31,7 +32,9 @@ the same user turn (gsmile's ``CONTEXT_TEMPLATE``, in the model's chat template)
 * ``contextcite-64`` / ``contextcite-128``: context-cite 0.0.4's ``ContextCiter`` (Lasso on
   64 or 128 random ablations, keep probability 0.5), with a partitioner that renders masks
   through gsmile's sentence split, the same template and the response forced into its cache;
-  its ``nltk.download`` at import is made a no-op (no network). Calls = rows through the model;
+  its ``nltk.download`` at import is made a no-op (no network); batches of up to 8 rows, left
+  padded as in its ``from_pretrained`` (1 row for contexts of 1,000+ tokens: it keeps the
+  logits at every position). Calls = rows through the model;
 * ``captum-fa`` / ``captum-kshap``: Captum ``LLMAttribution`` with ``FeatureAblation`` (N+1)
   and ``KernelShap`` (``n_samples = B/2``, gsmile's budget), ``TextTemplateInput`` over the
   sentences in the chat template (an ablated sentence becomes "", so its surrounding spaces
@@ -336,8 +339,11 @@ def contextcite_runner(ablations: int):
         side = tok.padding_side
         tok.padding_side = "left"  # ContextCite batches with left padding (as in its from_pretrained)
         template = b.template.replace("{prompt}", "{query}")
+        # Its forward keeps the logits at every position (and a copy): about 8 rows of 200
+        # tokens, but 1 row of 1,000+ tokens (200 sentences: ~2,200 tokens, 0.4 GB per row).
+        batch = max(1, min(8, 2048 // len(b.lm.prompt_ids(b.inp.original))))
         cc = context_cite.ContextCiter(b.lm.model, tok, b.case["context"], b.case["question"],
-                                       num_ablations=ablations, batch_size=8, prompt_template=template,
+                                       num_ablations=ablations, batch_size=batch, prompt_template=template,
                                        partitioner=GsmilePartitioner(b.case["context"], b.seg))
         _, chat_prompt = cc._get_prompt_ids(return_prompt=True)
         cc._cache["output"] = chat_prompt + b.response  # the forced response: no generation
@@ -351,7 +357,9 @@ def contextcite_runner(ablations: int):
             torch.cuda.amp.autocast = autocast
             counter.close()
             tok.padding_side = side
-        note = f"{ablations} ablations, batch 8, {len(cc._response_ids)} response tokens"
+        same = list(cc._response_ids) == list(b.response_ids)
+        note = (f"{ablations} ablations, batch {batch}, {len(cc._response_ids)} response tokens"
+                + ("" if same else " (tokenized unlike gsmile's)"))
         return np.asarray(scores, dtype=float), counter.rows, note
 
     return run
@@ -482,6 +490,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="1 case of 20 sentences (single variant)")
+    parser.add_argument("--report", action="store_true", help="only write the table from --out's records, running nothing")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.cases, args.variants = "20", 1, "single"
@@ -492,6 +501,10 @@ def main(argv=None):
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = [v.strip() for v in args.variants.split(",")]
 
+    data = load(args.out)
+    if args.report:
+        return report(data, methods, args)
+
     import torch
 
     torch.manual_seed(args.seed)
@@ -499,7 +512,6 @@ def main(argv=None):
 
     lm = HFCausalLM.embedded().load()
     bench = Bench(lm, args.budget, args.seed)
-    data = load(args.out)
     data.setdefault("settings", {}).update({"budget": args.budget, "max_new_tokens": args.max_new_tokens,
                                            "seed": args.seed, "template": bench.template, "model": lm.model_id,
                                            "budgets": BUDGET_NOTE})
@@ -559,14 +571,20 @@ def main(argv=None):
                     data["records"][key] = rec
                     save(args.out, data)
 
+    return report(data, methods, args)
+
+
+def report(data: dict, methods: list[str], args) -> int:
+    """Print the table of ``data``'s records and write it next to ``args.out`` (.md)."""
+    settings = data.get("settings", {})
     md = table(data, methods)
     dropped = {}
     for c in data["cases"].values():
         dropped.setdefault(f"{c['variant']} {c['size']}", [0, 0])
         dropped[f"{c['variant']} {c['size']}"][0] += not c["kept"]
         dropped[f"{c['variant']} {c['size']}"][1] += 1
-    header = (f"Context attribution on long retrieval contexts (bench/long_context.py), {lm.model_id}; "
-              f"budget B = {args.budget} (ContextCite's ablations); calls: "
+    header = (f"Context attribution on long retrieval contexts (bench/long_context.py), {settings.get('model')}; "
+              f"budget B = {settings.get('budget')} (ContextCite's ablations); calls: "
               + ", ".join(f"{k} {v}" for k, v in BUDGET_NOTE.items() if k in methods)
               + ".\nDropped cases (the model did not copy the answer), per variant and size: "
               + ", ".join(f"{k}: {d}/{n}" for k, (d, n) in sorted(dropped.items())) + "\n")
