@@ -116,6 +116,34 @@ def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes
     np.testing.assert_allclose(fast, plain, atol=1e-5)
 
 
+def test_a_lone_long_row_is_computed_in_pieces(monkeypatch):
+    """One row shares everything with itself: its "tail" is capped at a piece, so the rest goes
+    through pieces too, and the values are a plain pass's."""
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "ROW_CHUNK", 6)
+    monkeypatch.setattr(local, "TREE_NODES", 4)
+    model = tiny_llama()
+    lm = tree_scorer(model, PREFIX)
+    body = lm._fast_body()
+    row = PREFIX + list(range(10, 30)) + TAIL
+    with torch.inference_mode():
+        calls = []
+
+        class Spy:
+            def __init__(self, inner):
+                self.inner, self.body = inner, inner.body
+
+            def __call__(self, ids, *a, **k):
+                calls.append(ids.shape[1])
+                return self.inner(ids, *a, **k)
+
+        picked = lm._tree_hidden(Spy(body), [row], 3)
+        want = model.model(input_ids=torch.tensor([row])).last_hidden_state[0, -3:]
+    torch.testing.assert_close(picked[0], want, rtol=0, atol=1e-5)
+    assert calls and max(calls) <= 6 and sum(calls) == len(row) - len(PREFIX)
+
+
 def test_token_tree_is_skipped_when_a_row_lacks_the_prefix():
     model = tiny_llama()
     lm = tree_scorer(model, PREFIX)

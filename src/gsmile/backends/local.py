@@ -374,6 +374,9 @@ class HFCausalLM:
             tail += 1
         if tail < max(n_resp, 1):
             return None
+        # The tail runs in one pass per row: at most a piece long (a lone row, or rows sharing a
+        # long end, leave the rest to the stems and so to pieces), unless the response is longer.
+        tail = min(tail, max(n_resp, min(ROW_CHUNK, self.max_batch_tokens)))
         stems = [row[: len(row) - tail] for row in rest]
         if max(map(len, stems)) > TREE_NODES:
             return self._chain_hidden(body, past, start, stems, first[len(first) - tail :], n_resp)
