@@ -38,7 +38,7 @@ equal the floor if both sides' products ran equally fast and nothing else took t
 is how far it is from that (below 1: gsmile's products ran faster per FLOP than Captum's batch-1
 rows, or the runs were disturbed). Each side's last run is also split into time in the model's
 body, in the output layer (gsmile: with log-softmax and the target's reduction) and the rest,
-with the GFLOP/s achieved inside the model: far below ~150 on 2 idle cores means other processes
+with the GFLOP/s achieved inside the model: far below ~75 per thread (2 idle cores: ~150) means other processes
 shared the CPUs (the load average is printed at the start and the end). The counting hooks are on
 during the timed runs of both sides (their cost is small: a mask sum per lean-body call).
 
@@ -57,6 +57,11 @@ took 1.8-4.2 s instead of 0.3 s with 1 thread (every small op waits for a desche
 which hurts Captum's many small batch-1 forwards far more than gsmile's batched products.
 
 Writes bench/results/vs_captum.txt (the printed report) and bench/results/vs_captum.json.
+
+Cost: ``--quick --threads 1`` took 1 min 44 s on 2 shared cores. The full run is dominated by
+ctx-100: Captum's 101 rows are ~97,000 row tokens with logits at every position (~28 TFLOP per
+run, about 7 minutes at one thread's ~65 GFLOP/s), gsmile's two arms ~45,000 stem tokens each
+through the chain scorer; with 3 repeats expect 30-45 minutes at one thread.
 """
 
 from __future__ import annotations
@@ -76,7 +81,6 @@ import numpy as np
 PROMPT = "What is the capital of France and why is it historically significant?"
 QUESTION = "What is the secret code for the storage room?"
 SUPPORT = "The secret code for the storage room is 4721."
-RESPONSE_LENGTHS = (8, 48, 128)
 ALL_SETTINGS = ("prompt-8", "prompt-48", "prompt-128", "ctx-20", "ctx-100")
 QUICK_SETTINGS = ("prompt-8", "ctx-20")
 GSMILE_TARGETS = ("wasserstein", "logprob")
@@ -449,7 +453,8 @@ def main(argv=None):
 
     load_end = os.getloadavg()
     say(f"load average at the end (1, 5, 15 min): {load_end[0]:.1f}, {load_end[1]:.1f}, {load_end[2]:.1f} on "
-        f"{os.cpu_count()} CPUs; GFLOP/s inside the model far below ~150 (2 idle cores) means other processes shared the CPUs")
+        f"{os.cpu_count()} CPUs; GFLOP/s inside the model far below ~75 per thread ({torch.get_num_threads()} here) means "
+        f"other processes shared the CPUs")
     say(f"process peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (now {peak:.0f} MiB)")
 
     out_dir = os.path.dirname(args.out)
