@@ -205,7 +205,7 @@ def test_max_batch_tokens_bounds_the_batch_and_the_pieces_never_the_results(monk
             pieces.append(ids.shape[1])
             return self.inner(ids, *a, **k)
 
-    monkeypatch.setattr(local, "TREE_NODES", 16)
+    monkeypatch.setattr(local, "CHAIN_STEMS", 16)
     monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, body, *rest: chain(self, Counting(body), *rest))
     prompts = ["The library opens at nine in the morning and closes at six in the evening, every day of the week "
                "but Sunday, when it opens at noon and closes at five in the afternoon. " * 2,

@@ -90,6 +90,7 @@ def test_token_tree_scoring_matches_a_plain_pass_per_row(monkeypatch, tree_nodes
     from gsmile.backends import local
 
     monkeypatch.setattr(local, "TREE_NODES", tree_nodes)
+    monkeypatch.setattr(local, "CHAIN_STEMS", tree_nodes)
     monkeypatch.setattr(local, "ROW_CHUNK", row_chunk)
     chained = []
     chain = local.HFCausalLM._chain_hidden
@@ -123,6 +124,7 @@ def test_a_lone_long_row_is_computed_in_pieces(monkeypatch):
 
     monkeypatch.setattr(local, "ROW_CHUNK", 6)
     monkeypatch.setattr(local, "TREE_NODES", 4)
+    monkeypatch.setattr(local, "CHAIN_STEMS", 4)
     model = tiny_llama()
     lm = tree_scorer(model, PREFIX)
     body = lm._fast_body()
