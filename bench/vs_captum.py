@@ -72,11 +72,14 @@ import os
 import random
 import statistics
 import sys
-import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from long_context import PeakRSS  # noqa: E402  (the same memory sampler as the long-context benchmark)
 
 PROMPT = "What is the capital of France and why is it historically significant?"
 QUESTION = "What is the secret code for the storage room?"
@@ -113,34 +116,6 @@ def make_context(n_sentences: int) -> str:
 
 
 # --------------------------------------------------------------------------- counting
-class RSSPeak:
-    """The resident memory's peak while ``with`` is active, sampled every 20 ms (MiB)."""
-
-    def __init__(self):
-        self.peak = 0.0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def now() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _poll(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.now())
-
-    def __enter__(self):
-        self.peak = self.now()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
-
-
 class Counts:
     """Matrix-product work recorded while the hooks are on (see :func:`install_counters`)."""
 
@@ -448,7 +423,7 @@ def main(argv=None):
             say(f"{r['setting']:<12}{r['method']:<12}{arm['target']:<15}{arm['median_s']:>9.2f}{r['captum']['median_s']:>9.2f}"
                 f"{arm['ratio']:>7.2f}{arm['floor']:>7.2f}{arm['ratio_over_floor']:>12.2f}"
                 f"{arm['n_unique']:>6}/{r['captum']['forward_rows']:<4}")
-    peak = RSSPeak.now()
+    peak = PeakRSS.rss_kb() / 1024
     import resource
 
     load_end = os.getloadavg()
@@ -501,7 +476,7 @@ def compare(lm, case: Setting, method: str, repeats: int, counts: Counts, gflop,
     for _ in range(repeats):
         for arm in arms:
             counts.reset()
-            with RSSPeak() as peak:
+            with PeakRSS() as peak:
                 if arm[0] == "gsmile":
                     t, exp = run_gsmile(lm, case, method, arm[1], n_samples)
                     out[arm] = (exp.coefficients, exp.n_unique)
@@ -511,7 +486,7 @@ def compare(lm, case: Setting, method: str, repeats: int, counts: Counts, gflop,
                     t, attr = run_captum(lm, inp, method, case.response_ids, n_samples)
                     out[arm] = (attr, counts.model_rows, len(set(counts.row_ids)))
             times[arm].append(t)
-            rss[arm] = max(rss.get(arm, 0.0), peak.peak)
+            rss[arm] = max(rss.get(arm, 0.0), peak.peak_mb)
             work[arm] = (gflop(counts), {**{k: v for k, v in vars(counts).items() if k != "row_ids"}, "total_s": t})
 
     cap = ("captum", None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gsmile.backends import resolve_model
-from gsmile.backends.devices import DEVICES, DTYPES, check_device, check_dtype, resolve_device
+from gsmile.backends.devices import DEVICES, check_device, check_dtype, resolve_device
 from gsmile.cli import main
 from gsmile.errors import InvalidInputError
 

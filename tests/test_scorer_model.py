@@ -21,13 +21,18 @@ PROMPTS = [
 RESPONSE = "The capital of France is Paris."
 
 
-def test_fast_path_gives_the_plain_log_probs(lm):
-    ids = lm.encode_response(RESPONSE)
+def plain_logprobs(lm, prompts, ids):
+    """Log-probs through transformers' own forward (the fast path off)."""
     lm.fast_path = False
     try:
-        plain = lm.logprobs(PROMPTS, ids)
+        return lm.logprobs(prompts, ids)
     finally:
         lm.fast_path = True
+
+
+def test_fast_path_gives_the_plain_log_probs(lm):
+    ids = lm.encode_response(RESPONSE)
+    plain = plain_logprobs(lm, PROMPTS, ids)
     fast = lm.logprobs(PROMPTS, ids)
     assert lm._prefix is not None and len(lm._prefix[0]) > 10  # the template prefix was cached
     np.testing.assert_allclose(fast, plain, atol=1e-4)
@@ -62,12 +67,7 @@ def test_a_batch_sharing_its_first_words_matches_the_plain_path(lm):
     length, _ = lm._shared_prefix(rows, len(ids))
     assert length >= len(lm._prefix[0]) + 3  # the batch's own common start was cached too
     fast = lm.logprobs(same_start, ids)
-    lm.fast_path = False
-    try:
-        plain = lm.logprobs(same_start, ids)
-    finally:
-        lm.fast_path = True
-    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    np.testing.assert_allclose(fast, plain_logprobs(lm, same_start, ids), atol=1e-4)
     single = np.concatenate([lm.logprobs([p], ids) for p in same_start])
     np.testing.assert_allclose(fast, single, atol=1e-4)
 
@@ -89,12 +89,7 @@ def test_long_rows_scored_one_after_another_match_the_plain_path(lm, monkeypatch
     monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, *a: chained.append(1) or chain(self, *a))
     fast = lm.logprobs(prompts, ids)
     assert chained
-    lm.fast_path = False
-    try:
-        plain = lm.logprobs(prompts, ids)
-    finally:
-        lm.fast_path = True
-    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    np.testing.assert_allclose(fast, plain_logprobs(lm, prompts, ids), atol=1e-4)
     one_by_one = np.concatenate([lm.logprobs([p], ids) for p in prompts[::-1]])[::-1]
     np.testing.assert_allclose(fast, one_by_one, atol=1e-4)
 
