@@ -444,10 +444,15 @@ def load(path: Path) -> dict:
 
 
 def save(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file beside it, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -590,7 +595,7 @@ def report(data: dict, methods: list[str], args) -> int:
               + ", ".join(f"{k}: {d}/{n}" for k, (d, n) in sorted(dropped.items())) + "\n")
     print(header)
     print(md)
-    args.out.with_suffix(".md").write_text(header + "\n" + md + "\n")
+    write_text(args.out.with_suffix(".md"), header + "\n" + md + "\n")
     return 0
 
 

@@ -15,16 +15,14 @@ which should be the code's sentence and, inside it, the code. The report is writ
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from long_context import all_distractors  # noqa: E402
+from long_context import all_distractors, write_text  # noqa: E402
 
 
 def make_prompt(words: int, seed: int) -> tuple[str, str]:
@@ -86,11 +84,7 @@ def main(argv=None) -> int:
                  f"top unit lies in it: {exp.units[order[0]].text in support}")
     report = "\n".join(lines) + "\n"
     print(report, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".long_prompt.")
-    with os.fdopen(fd, "w") as f:
-        f.write(report)
-    os.replace(tmp, args.out)
+    write_text(args.out, report)
     return 0
 
 
