@@ -52,14 +52,17 @@ def test_level_1_finds_the_sentence_and_level_2_the_word_with_fewer_calls_than_w
     assert exp.top(1)[0].text == KEY and exp.unit_type == "sentence>word"
     assert model.calls <= 120 and exp.n_unique == model.calls == coarse["n_evals"] + fine["n_evals"]
     assert exp.held_out_r2 is not None and exp.held_out_r2 > 0.9 and coarse["held_out_r2"] > 0.9
-    # The whole text at word level (200 units) reaches no such held-out fidelity with the same
-    # calls, nor with twice as many: it needs more evaluations than it has units.
+    # The whole text at word level (200 units) with least squares reaches no such held-out
+    # fidelity with the same calls, nor with twice as many: it needs more evaluations than it
+    # has units. Left to choose, gsmile fits lasso there (120 < 201) and finds the word.
     assert len(Segmentation.from_text(TEXT, "word")) == 200
     for budget, reached in ((120, False), (240, False), (360, True)):
         words = Counting()
-        plain = gsmile.explain(TEXT, model=words, unit="word", max_evals=budget, random_state=0)
+        plain = gsmile.explain(TEXT, model=words, unit="word", max_evals=budget, random_state=0, surrogate="least_squares")
         assert words.calls == budget
         assert (plain.held_out_r2 is not None and plain.held_out_r2 > 0.9) == reached, (budget, plain.held_out_r2)
+    chosen = gsmile.explain(TEXT, model=Counting(), unit="word", max_evals=120, random_state=0)
+    assert chosen.params["surrogate"] == "lasso" and chosen.top(1)[0].text == KEY and chosen.held_out_r2 > 0.9
 
 
 def test_the_budget_is_split_and_never_exceeded():

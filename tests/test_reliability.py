@@ -79,7 +79,7 @@ def test_too_few_effective_samples_for_the_units_is_unreliable_whatever_the_r2()
 @pytest.mark.parametrize("n_units", [5, 12, 20, 60, 150, 500])
 def test_default_kernel_keeps_the_effective_sample_size_at_any_size(n_units):
     prompt = " ".join(f"w{i}" for i in range(n_units))
-    exp = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200)
+    exp = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200, surrogate="least_squares")
     assert exp.effective_sample_size >= 0.3 * exp.n_unique
     assert exp.params["sigma_rule"] == "max(0.5·sqrt(N), 0.7·dropout·N)"
     assert exp.sigma == pytest.approx(max(0.5 * n_units**0.5, 0.7 * 0.2 * n_units))
@@ -87,6 +87,8 @@ def test_default_kernel_keeps_the_effective_sample_size_at_any_size(n_units):
         assert exp.sigma == pytest.approx(0.5 * n_units**0.5)  # gSMILE's own width where it was published
     if n_units >= 200:
         assert not exp.reliable  # 200 samples cannot fit more parameters than that, however they are weighted
+        chosen = explain(prompt, lambda ts: [float("w3" in t.split()) for t in ts], n_samples=200)  # no surrogate asked for
+        assert chosen.params["surrogate"] == "lasso" and chosen.top(1)[0].text == "w3" and chosen.reliable
 
 
 def test_held_out_figure_and_issues_round_trip_through_json():
@@ -173,3 +175,19 @@ def test_cli_lasso_prints_the_kept_units(capsys, monkeypatch):
     prompt = " ".join(f"w{i}" for i in range(50))
     assert cli.main(["explain", prompt, "--surrogate", "lasso", "--max-units", "2", "--samples", "80", "--quiet", "--color", "never"]) == 0
     assert "Sparse surrogate (lasso): kept 2 of 50 units: w3, w40" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["gsmile", "banzhaf"])
+def test_lasso_is_chosen_when_the_budget_cannot_pin_down_least_squares(method):
+    """No surrogate asked for: 40 evaluations for 80 units (81 least-squares parameters) get
+    lasso, recorded with the reason, and find the two units; 100 evaluations keep least squares."""
+    prompt = " ".join(f"w{i}" for i in range(80))
+    exp = explain(prompt, _two_words, method=method, max_evals=40)
+    assert exp.params["surrogate"] == "lasso"
+    assert exp.params["surrogate_reason"] == "lasso chosen: 40 evaluations for 80 units, fewer than the 81 parameters of a least-squares fit"
+    assert [a.text for a in exp.top(2)] == ["w3", "w40"] and "selected_units" in exp.extras
+    plenty = explain(prompt, _two_words, method=method, max_evals=100)
+    assert "surrogate" not in plenty.params and "selected_units" not in plenty.extras
+    asked = explain(prompt, _two_words, method=method, max_evals=40, surrogate="least_squares")  # the user's choice stands
+    assert "surrogate_reason" not in asked.params and "selected_units" not in asked.extras and not asked.reliable
+    assert "surrogate" not in explain(prompt, _two_words, method="kernelshap", max_evals=40).params  # its own estimator

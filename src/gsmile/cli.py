@@ -129,8 +129,9 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
                    help="coarse-to-fine: explain --unit units first, then split the most important ones into these finer units (e.g. --unit sentence --refine word); see docs/long-inputs.md")
     p.add_argument("--refine-top", type=int, default=3, metavar="N", help="coarse units refined with --refine (default: 3)")
     p.add_argument("--refine-share", type=float, default=0.5, metavar="F", help="share of the budget spent on the coarse level with --refine (default: 0.5)")
-    p.add_argument("--surrogate", default="least_squares", choices=list(SURROGATES),
-                   help="lasso: a sparse fit that keeps few units (penalty by cross-validation), for more units than the samples pin down (default: the method's least squares)")
+    p.add_argument("--surrogate", default=None, choices=list(SURROGATES),
+                   help="lasso: a sparse fit that keeps few units (penalty by cross-validation), for more units than the samples pin down "
+                        "(default: the method's least squares, or lasso when the budget is smaller than the units + 1)")
     p.add_argument("--max-units", type=int, default=None, metavar="N", help="with --surrogate lasso: keep at most N units (ContextCite's choice)")
     p.add_argument("--interactions", type=int, default=None, metavar="K",
                    help="pairwise interactions (k-SII, with shapiq) among the K most important units (2-20); exact up to 8 (2^K evaluations)")
@@ -369,7 +370,7 @@ def _explanation_options(args) -> dict:
     if args.refine is None and (args.refine_top != 3 or args.refine_share != 0.5):
         raise InvalidInputError("--refine-top and --refine-share apply to coarse-to-fine attribution; add --refine UNIT")
     refine = {} if args.refine is None else dict(refine=args.refine, refine_top=args.refine_top, refine_share=args.refine_share)
-    sparse = {} if args.surrogate == "least_squares" and args.max_units is None else dict(surrogate=args.surrogate,
+    sparse = {} if args.surrogate is None and args.max_units is None else dict(surrogate=args.surrogate,
                                                                                            max_units=args.max_units)
     given = {name: getattr(args, name) for name in ("interactions", "interaction_budget", "max_length")
              if getattr(args, name) is not None}

@@ -119,7 +119,11 @@ class Explainer:
         smallest that keeps ``max_units``), for inputs with more units than the samples can
         pin down. The kept units are in ``extras["selected_units"]``; the reliability checks
         count them as the surrogate's parameters. For gsmile, lime, banzhaf and mupax (the
-        others' values are defined by their own estimator).
+        others' values are defined by their own estimator). None (default): least squares,
+        unless the budget (``max_evals``, else ``n_samples`` and the original) is smaller than
+        the units plus one, where a least-squares fit is underdetermined: then lasso, recorded
+        with the reason in ``params["surrogate"]`` and ``params["surrogate_reason"]`` (one
+        level only; coarse-to-fine levels keep least squares unless asked).
     max_units: with ``surrogate="lasso"``, keep at most this many units (ContextCite's
         choice); None: the penalty with the best cross-validated error.
     interactions: after the fit, how many of the most important units (by |coefficient|) to
@@ -167,7 +171,7 @@ class Explainer:
         refine: str | None = None,
         refine_top: int = 3,
         refine_share: float = 0.5,
-        surrogate: str = "least_squares",
+        surrogate: str | None = None,
         max_units: int | None = None,
         interactions: int = 0,
         interaction_budget: int | None = None,
@@ -282,7 +286,23 @@ class Explainer:
                 field="refine",
             )
 
-    def _make_method(self, seed) -> SurrogateMethod:
+    def _choose_surrogate(self, run: "_Run", method: SurrogateMethod) -> SurrogateMethod:
+        """With no surrogate asked for, lasso where the budget cannot pin down a least-squares
+        fit of every unit (fewer evaluations than units plus one); the method as it is otherwise."""
+        if self.surrogate is not None or run.refine is not None or isinstance(self.method, SurrogateMethod) \
+                or method.name not in SURROGATE_METHODS:
+            return method
+        budget = int(self.max_evals) if self.max_evals is not None else int(self.n_samples) + 1
+        n_units = len(run.inputs.segmentation)
+        if budget >= n_units + 1:
+            return method
+        run.surrogate = "lasso"
+        method = self._make_method(self.random_state, run.surrogate)
+        method.params["surrogate_reason"] = (f"lasso chosen: {budget} evaluations for {n_units} units, fewer than the "
+                                             f"{n_units + 1} parameters of a least-squares fit")
+        return method
+
+    def _make_method(self, seed, surrogate: str | None = None) -> SurrogateMethod:
         """The method with random_state ``seed``: a user-built SurrogateMethod reseeded, or
         the named method built from its options."""
         if isinstance(self.method, SurrogateMethod):
@@ -290,27 +310,28 @@ class Explainer:
             if self.method_options or given:
                 raise InvalidInputError("options apply to a method given by name; set them on your SurrogateMethod's parts instead",
                                         field="method_options")
-            if self.surrogate != "least_squares" or self.max_units is not None:
+            if self.surrogate not in (None, "least_squares") or self.max_units is not None:
                 raise InvalidInputError("surrogate and max_units apply to a method given by name; give your SurrogateMethod "
                                         "its own surrogate_factory instead", field="surrogate")
             return self.method.with_random_state(seed)
-        return self._with_surrogate(make_method(self.method, **self._method_options(), random_state=seed))
+        return self._with_surrogate(make_method(self.method, **self._method_options(), random_state=seed),
+                                    surrogate or self.surrogate or "least_squares")
 
-    def _with_surrogate(self, method: SurrogateMethod) -> SurrogateMethod:
-        """``method`` fitted with the ``surrogate`` asked for (its own by default)."""
-        factory = lookup(SURROGATES, self.surrogate, "surrogate")
+    def _with_surrogate(self, method: SurrogateMethod, surrogate: str) -> SurrogateMethod:
+        """``method`` fitted with ``surrogate`` (its own fit for least_squares)."""
+        factory = lookup(SURROGATES, surrogate, "surrogate")
         if self.max_units is not None:
-            if self.surrogate != "lasso":
+            if surrogate != "lasso":
                 raise InvalidInputError("max_units applies to surrogate='lasso' (the units a sparse fit keeps)", field="max_units")
             check_int("max_units", self.max_units, 1, 100_000)
         if factory is None:
             return method
         if method.name not in SURROGATE_METHODS:
             raise InvalidInputError(f"method {method.name!r} estimates values defined by its own estimator, which another "
-                                    f"surrogate would change; surrogate={self.surrogate!r} applies to "
+                                    f"surrogate would change; surrogate={surrogate!r} applies to "
                                     f"{', '.join(SURROGATE_METHODS)}", field="surrogate")
         method.surrogate_factory = functools.partial(factory, max_units=self.max_units)
-        method.params.update(surrogate=self.surrogate, max_units=self.max_units)
+        method.params.update(surrogate=surrogate, max_units=self.max_units)
         return method
 
     def _method_options(self) -> dict[str, Any]:
@@ -350,6 +371,7 @@ class Explainer:
         self._reach_model(run, response)
         self._fit_length(run, segments)
         self._segment(run, segments)
+        method = self._choose_surrogate(run, method)
         self._response(run)
         run.scorer = Scorer(run.route.model, original=run.original, target=run.target, response_ids=run.response_ids,
                             batch_size=self.batch_size, known=run.route.known, progress=self.progress is True,
@@ -508,8 +530,8 @@ class Explainer:
             return [base] + [_round_seed(base, r) for r in range(1, int(self.max_rounds))]
         return [base] if self.runs == 1 else [base + r for r in range(int(self.runs))]
 
-    def _method_for(self, method: SurrogateMethod, seed) -> SurrogateMethod:
-        return method if seed == self.random_state else self._make_method(seed)
+    def _method_for(self, run: "_Run", method: SurrogateMethod, seed) -> SurrogateMethod:
+        return method if seed == self.random_state else self._make_method(seed, run.surrogate)
 
     def _fit(self, run: "_Run", method: SurrogateMethod, masks: np.ndarray):
         """Score the masks' inputs (each distinct one once per explanation) and fit the method."""
@@ -534,7 +556,7 @@ class Explainer:
         fits, n_rows = [], 0
         for r, seed in enumerate(self._seeds()):
             run.seeds.append(seed)
-            run_method = self._method_for(method, seed)
+            run_method = self._method_for(run, method, seed)
             if max_evals is None:
                 drawn = run_method.sample(n_units, int(n_samples))
             else:
@@ -553,7 +575,7 @@ class Explainer:
         run.seeds.append(seeds[0])
         previous, history, stable = None, [], False
         for seed in seeds:
-            run_method = self._method_for(method, seed)
+            run_method = self._method_for(run, method, seed)
             masks = np.vstack([masks, run_method.sample(n_units, int(self.n_samples))])
             fitted = self._fit(run, run_method, masks)
             top = top_k_units(fitted.coefficients, self.top_k)
@@ -771,6 +793,7 @@ class _Run:
     drawn: int | None = None  # masks drawn over every level (None: the one level's rows)
     interactions: dict | None = None  # extras["interactions"] (see gsmile.interactions)
     truncated: dict | None = None  # extras["truncated"]: what max_length cut
+    surrogate: str | None = None  # the surrogate chosen when none was asked for (None: the asked one)
 
 
 def peak_rss_mb() -> float:
