@@ -228,8 +228,9 @@ class HFCausalLM:
         ``max_batch_tokens`` tokens per pass, at most 64. Measured on a 2-core CPU for the
         example prompt (91 tokens, 200 samples): 13.8 s at batch 8, 12.3 s at 16, 11.9 s at
         24, 12.2 s at 32, 13.7 s at 48."""
-        if n_tokens - len(self._template_prefix()[0]) > CHAIN_STEMS:
-            return CHAIN_BATCH  # long stems: scored row after row (_chain_hidden), memory is per row
+        chained = self.fast_path and self._fast_body() is not None  # the lean body scores long stems row after row
+        if chained and n_tokens - len(self._template_prefix()[0]) > CHAIN_STEMS:
+            return CHAIN_BATCH  # memory is per row there
         return int(min(64, max(1, round(self.max_batch_tokens / max(1, n_tokens)))))
 
     def logprobs(self, prompts: Sequence[str], response_ids: Sequence[int]) -> np.ndarray:
