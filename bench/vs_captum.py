@@ -412,6 +412,9 @@ def main(argv=None):
                 if case.context is not None and method != "occlusion":
                     continue
                 results.append(compare(lm, case, method, args.repeats, counts, gflop, say))
+                # What has finished so far, kept if the run is stopped (the summary comes at the end).
+                os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+                write_atomic(args.out + ".txt", "\n".join(lines) + "\n")
     finally:
         remove()
 
