@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from body_spy import BodySpy
 from gsmile.backends import resolve_model
 from gsmile.backends.devices import DEVICES, check_device, check_dtype, resolve_device
 from gsmile.cli import main
@@ -194,24 +195,17 @@ def test_max_batch_tokens_bounds_the_batch_and_the_pieces_never_the_results(monk
         resolve_model(lambda texts: [0.0] * len(texts), max_batch_tokens=512)
     assert err.value.field == "max_batch_tokens"
     # Long rows are computed in pieces of at most max_batch_tokens: the same log-probs.
-    pieces = []
+    spies = []
     chain = local.HFCausalLM._chain_hidden
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner, self.body = inner, inner.body
-
-        def __call__(self, ids, *a, **k):
-            pieces.append(ids.shape[1])
-            return self.inner(ids, *a, **k)
-
     monkeypatch.setattr(local, "CHAIN_STEMS", 16)
-    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, body, *rest: chain(self, Counting(body), *rest))
+    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden",
+                        lambda self, body, *rest: chain(self, spies.append(BodySpy(body)) or spies[-1], *rest))
     prompts = ["The library opens at nine in the morning and closes at six in the evening, every day of the week "
                "but Sunday, when it opens at noon and closes at five in the afternoon. " * 2,
                "The library opens at nine in the morning and closes at six every day."]
     ids = small.encode_response("At nine.")
     got = small.logprobs(prompts, ids)
+    pieces = [w for spy in spies for w in spy.widths]
     assert pieces and max(pieces) == 64
     np.testing.assert_allclose(got, resolve_model("local").logprobs(prompts, ids), atol=1e-4)
 

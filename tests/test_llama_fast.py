@@ -7,6 +7,7 @@ import pytest
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from body_spy import BodySpy  # noqa: E402
 from gsmile.backends import llama_fast  # noqa: E402
 
 
@@ -129,21 +130,12 @@ def test_a_lone_long_row_is_computed_in_pieces(monkeypatch):
     lm = tree_scorer(model, PREFIX)
     body = lm._fast_body()
     row = PREFIX + list(range(10, 30)) + TAIL
+    spy = BodySpy(body)
     with torch.inference_mode():
-        calls = []
-
-        class Spy:
-            def __init__(self, inner):
-                self.inner, self.body = inner, inner.body
-
-            def __call__(self, ids, *a, **k):
-                calls.append(ids.shape[1])
-                return self.inner(ids, *a, **k)
-
-        picked = lm._tree_hidden(Spy(body), [row], 3)
+        picked = lm._tree_hidden(spy, [row], 3)
         want = model.model(input_ids=torch.tensor([row])).last_hidden_state[0, -3:]
     torch.testing.assert_close(picked[0], want, rtol=0, atol=1e-5)
-    assert calls and max(calls) <= 6 and sum(calls) == len(row) - len(PREFIX)
+    assert spy.widths and max(spy.widths) <= 6 and sum(spy.widths) == len(row) - len(PREFIX)
 
 
 def test_token_tree_is_skipped_when_a_row_lacks_the_prefix():
