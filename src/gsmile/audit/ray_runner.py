@@ -133,11 +133,7 @@ class RayWorkers:
             if not actor["ready"]:
                 lost_while_loading.append(_first_line(exc))
                 return  # died while loading the model: not replaced
-            book.died_under(actor["case"])
-            for idle in [i for i, a in actors.items() if a["ready"] and a["case"] is None]:
-                give(idle)
-            if book.pending:
-                start()
+            book.reassign(actor["case"], [i for i, a in actors.items() if a["ready"] and a["case"] is None], give, start)
 
         for _ in range(min(self.n, len(cases))):
             start()

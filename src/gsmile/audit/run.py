@@ -81,6 +81,15 @@ class Dispatch:
         else:
             self.pending.append(case)
 
+    def reassign(self, case: Case | None, idle: list, give: Callable[[Any], None], start: Callable[[], None]) -> None:
+        """After a worker died holding ``case`` (see :meth:`died_under`): every ``idle``
+        worker is given a case, and a new worker is started while cases remain."""
+        self.died_under(case)
+        for worker in idle:
+            give(worker)
+        if self.pending:
+            start()
+
 
 def _worker_main(spec: WorkSpec, tasks, results) -> None:  # pragma: no cover - runs in a child process
     """A worker process: load the model once, then explain the cases sent to it. It talks
@@ -149,14 +158,13 @@ class LocalWorkers:
                     raise ModelError("the worker processes died while loading the model (out of memory?); "
                                      "try fewer --workers")
                 return
-            book.died_under(w.case)
-            for idle in [x for x in workers if x.ready and x.case is None]:
-                try:
-                    give(idle)
-                except EOFError:  # that one is gone too; its sentinel says so next
-                    pass
-            if book.pending:
-                start()
+            book.reassign(w.case, [x for x in workers if x.ready and x.case is None], give_if_alive, start)
+
+        def give_if_alive(w: "_Proc") -> None:
+            try:
+                give(w)
+            except EOFError:  # that one is gone too; its sentinel says so next
+                pass
 
         for _ in range(min(self.n, len(cases))):
             start()
