@@ -145,3 +145,32 @@ def test_token_tree_is_skipped_when_a_row_lacks_the_prefix():
     with torch.inference_mode():
         assert lm._tree_hidden(lm._fast_body(), rows, 3) is None
     np.testing.assert_allclose(lm._score_rows(rows, 3, fast=True), lm._score_rows(rows, 3, fast=False), atol=1e-5)
+
+
+def test_rows_scored_row_after_row_from_several_threads_at_once_match_one_by_one(monkeypatch):
+    """The shared backend keeps nothing of a batch between rows: threads scoring different long
+    stems at the same moment get what each gets alone."""
+    import threading
+
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "CHAIN_STEMS", 4)
+    monkeypatch.setattr(local, "ROW_CHUNK", 5)
+    lm = tree_scorer(tiny_llama(), PREFIX)
+    batches = [[PREFIX + [10 + (i * 7 + j) % 80 for j in range(12 + k)] + TAIL for k in range(4)] for i in range(4)]
+    alone = [lm._score_rows(rows, 3) for rows in batches]
+    together = [None] * len(batches)
+    start = threading.Barrier(len(batches))
+
+    def score(i):
+        start.wait()
+        for _ in range(3):
+            together[i] = lm._score_rows(batches[i], 3)
+
+    threads = [threading.Thread(target=score, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(together, alone):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
