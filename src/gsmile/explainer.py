@@ -18,7 +18,8 @@ import numpy as np
 
 from .backends import KnowsWindow, Loadable, ReportsExtras, Route, SizesBatches, prepare_backend, resolve_model
 from .errors import InvalidInputError, check_int, lookup
-from .explanation import FIDELITY_THRESHOLD, Explanation, level_record
+from .backends.images import check_image_seeds
+from .explanation import FIDELITY_THRESHOLD, Explanation, image_record, level_record
 from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template, user_turn
 from .length import fit_length
 from .methods import SurrogateMethod, make_method, method_options, option_specs
@@ -27,6 +28,7 @@ from .scoring import Scorer
 from .stability import DEFAULT_TOP_K, mean_of_runs, runs_report, top_k_units
 from .surrogates import SURROGATES
 from .targets import make_target
+from .targets.images import make_image_distance
 from .units import SEGMENTERS, Segmentation, Unit
 
 #: Default number of perturbed prompts. Chosen from measurements (see README, "Speed").
@@ -176,6 +178,8 @@ class Explainer:
         interactions: int = 0,
         interaction_budget: int | None = None,
         max_length: int | None = None,
+        image_seeds: int | None = None,
+        embedder=None,
     ):
         self.model = model
         self.method = method
@@ -204,6 +208,8 @@ class Explainer:
         self.interactions = interactions
         self.interaction_budget = interaction_budget
         self.max_length = max_length
+        self.image_seeds = image_seeds
+        self.embedder = embedder
 
     # ----------------------------------------------------------- checks
     def validate(self) -> SurrogateMethod:
@@ -225,6 +231,10 @@ class Explainer:
         check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
         if self.max_length is not None:
             check_int("max_length", self.max_length, 16, 10_000_000)
+        if self.image_seeds is not None:
+            check_image_seeds(self.image_seeds)
+        if self.embedder is not None:
+            make_image_distance(self.embedder)  # the name's check (a CLIP model loads on first use)
         check_int("runs", self.runs, *RUNS_RANGE)
         check_int("top_k", self.top_k, 1, 100_000)
         check_template(self.context_template)
@@ -394,7 +404,7 @@ class Explainer:
         tic = time.perf_counter()
         run.original = user_turn(run.prompt, run.context, self.context_template)
         run.route = prepare_backend(resolve_model(self.model), prompt=run.original, response=response, target=self.target,
-                                    max_new_tokens=int(self.max_new_tokens))
+                                    max_new_tokens=int(self.max_new_tokens), image_seeds=self.image_seeds, embedder=self.embedder)
         run.response = run.route.response
         if "note" in run.route.info:
             run.notes.append(run.route.info["note"])
@@ -737,6 +747,10 @@ class Explainer:
             params.update(interactions=int(self.interactions), interaction_budget=self.interaction_budget)
         if self.max_length is not None:
             params["max_length"] = int(self.max_length)
+        images, n_unique = None, run.scorer.n_calls  # (the images below are not among the evaluations)
+        if run.route.info["path"] == "image":
+            params.update(image_seeds=len(run.route.model.seeds), embedder=run.route.model.target.describe(), max_new_tokens=None)
+            images = _image_record(run, coefficients)
         return Explanation(
             prompt=run.prompt,
             response=run.response,
@@ -750,7 +764,7 @@ class Explainer:
             target=run.target.name if is_lm else run.route.model.target_name,
             unit_type=run.unit,
             n_samples=n_rows - 1 if run.drawn is None else run.drawn,
-            n_unique=run.scorer.n_calls,
+            n_unique=n_unique,
             sigma=result.sigma,
             effective_sample_size=ess,
             model_id=run.route.model.model_id,
@@ -764,6 +778,7 @@ class Explainer:
             token_coefficients=token_coefficients,
             extras=extras,
             levels=run.levels,
+            images=images,
         )
 
 
@@ -794,6 +809,35 @@ class _Run:
     interactions: dict | None = None  # extras["interactions"] (see gsmile.interactions)
     truncated: dict | None = None  # extras["truncated"]: what max_length cut
     surrogate: str | None = None  # the surrogate chosen when none was asked for (None: the asked one)
+
+
+#: Units whose removal is shown as images (the top ones by |coefficient|).
+IMAGE_TOP_UNITS = 3
+#: Longest side of the images kept in an explanation (base64 PNG in its JSON).
+IMAGE_THUMBNAIL = 256
+
+
+def _image_record(run: "_Run", coefficients) -> dict:
+    """The images of an image explanation: the original prompt's, and the prompt's without
+    each of the top units (generated again: from the backend's disk cache when it has one)."""
+    from .backends.images import encode_png
+
+    model = run.route.model
+    top = [int(i) for i in np.argsort(-np.abs(np.asarray(coefficients)), kind="stable")[:IMAGE_TOP_UNITS]]
+    units = run.inputs.segmentation.units
+    prompts = []
+    for i in top:
+        mask = np.ones(len(units), dtype=bool)
+        mask[i] = False
+        prompts.append(run.inputs.render(mask))
+    sets = model.images(prompts) if prompts else []
+    distances = model.target.shift(sets) if prompts else []
+    without = [{"unit": i, "text": units[i].text, "prompt": p, "distance": float(d), "images": [encode_png(im, IMAGE_THUMBNAIL) for im in ims]}
+               for i, p, d, ims in zip(top, prompts, distances, sets)]
+    extras = model.explanation_extras()
+    return image_record(seeds=model.seeds, distance=model.target.describe(),
+                        original=[encode_png(im, IMAGE_THUMBNAIL) for im in model.reference_images_],
+                        without=without, generation=extras.get("generation"))
 
 
 def peak_rss_mb() -> float:

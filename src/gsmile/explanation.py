@@ -89,6 +89,9 @@ class Explanation:
     #: plain dicts (see :func:`level_record`); the last level is this explanation's own units
     #: and coefficients. None for a one-level explanation.
     levels: list[dict[str, Any]] | None = None
+    #: text-to-image explanations: the images, as plain data (see :func:`image_record`);
+    #: None for text models.
+    images: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.coefficients = np.asarray(self.coefficients, dtype=float)
@@ -127,6 +130,15 @@ class Explanation:
             issues.append(f"effective sample size {ess:.1f} is below the {n_params} parameters of the surrogate "
                           f"({n_params - 1} units and the intercept): the fit can match any output")
         return issues
+
+    @property
+    def insights(self) -> str:
+        """A short plain-language reading of the numbers: the units that dominate, the ones the
+        model largely ignores, and a recommendation where one follows (none when the
+        explanation is unreliable; see :mod:`gsmile.insights`)."""
+        from .insights import insights
+
+        return insights(self)
 
     @property
     def reliable(self) -> bool:
@@ -203,6 +215,8 @@ class Explanation:
             else [_floats(row) for row in self.token_coefficients],
             "extras": _plain(self.extras),
             "levels": None if self.levels is None else [_plain(level) for level in self.levels],
+            "images": None if self.images is None else _plain(self.images),
+            "insights": self.insights,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -248,6 +262,7 @@ class Explanation:
                 else np.array([_unfloats(r) for r in token_coefficients], dtype=float),
                 extras=dict(data.get("extras") or {}),
                 levels=_read_levels(data.get("levels")),  # absent in files written before levels existed
+                images=_read_images(data.get("images")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"malformed explanation: {exc!s}") from None
@@ -310,6 +325,24 @@ def _read_levels(levels: Any) -> list[dict[str, Any]] | None:
 
 
 # JSON has no NaN/inf: they are written as null and read back as NaN.
+def image_record(*, seeds: list[int], distance: str, original: list[str], without: list[dict[str, Any]],
+                 generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``images`` field of an image explanation: the seeds, the distance's name, the
+    original prompt's images (base64 PNG, one per seed), and for the top units the prompt
+    without that unit, its images and its distance from the original
+    (``{"unit": index, "text": unit text, "prompt": ..., "images": [...], "distance": d}``)."""
+    return {"seeds": [int(s) for s in seeds], "distance": distance, "original": list(original),
+            "without": [dict(w) for w in without], "generation": generation}
+
+
+def _read_images(images: Any) -> dict[str, Any] | None:
+    if images is None:
+        return None
+    if not isinstance(images, dict) or not isinstance(images.get("original"), list) or not isinstance(images.get("without", []), list):
+        raise SchemaError("malformed explanation: images must hold a list of original images and a list of images without units")
+    return dict(images)
+
+
 def _float(x: Any) -> float | None:
     if x is None:
         return None

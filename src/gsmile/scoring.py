@@ -25,8 +25,6 @@ from .targets import make_target
 
 #: Prompts per forward pass of a language model that cannot suggest a batch size.
 DEFAULT_BATCH_SIZE = 8
-#: Texts per call to a scalar black box when batch_size is left to gsmile.
-SCALAR_BATCH_SIZE = 64
 
 
 class Scorer:
@@ -74,7 +72,7 @@ class Scorer:
 
     def _auto_batch_size(self) -> int:
         if not self.is_lm:
-            return SCALAR_BATCH_SIZE
+            return int(self.model.default_batch_size)  # ScalarModel: 64 texts; an image model: 4 prompts
         if isinstance(self.model, SizesBatches):
             n_tokens = len(self.model.prompt_ids(self.original)) + len(self.response_ids)
             return int(self.model.suggest_batch_size(n_tokens))
@@ -99,8 +97,10 @@ class Scorer:
         pending = sorted(t for t in dict.fromkeys(texts) if t not in cache and not (needs_reference and t == self.original))
         from tqdm import tqdm
 
-        with tqdm(total=len(pending), desc="scoring perturbations", unit="prompt", file=sys.stderr, leave=False,
-                  disable=not self.progress) as bar:
+        per = 1 if self.is_lm else int(self.model.outputs_per_input)  # images generated per prompt
+        unit = "prompt" if self.is_lm else self.model.progress_unit
+        with tqdm(total=len(pending) * per, desc="generating images" if unit == "image" else "scoring perturbations", unit=unit,
+                  file=sys.stderr, leave=False, disable=not self.progress) as bar:
             lo = 0
             while lo < len(pending) or needs_reference:
                 batch = pending[lo : lo + self.batch_size_ - needs_reference]
@@ -119,7 +119,7 @@ class Scorer:
                     cache[text] = (float(value), row)
                 lo += len(batch)
                 self.n_calls += scored
-                bar.update(len(batch))
+                bar.update(len(batch) * per)
                 if self.on_scored is not None:
                     self.on_scored(scored)
         y = np.array([cache[t][0] for t in texts], dtype=float)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from .protocols import (
     FallsBackToText,
+    ImageModel,
     KnowsWindow,
     LanguageModel,
     Loadable,
@@ -40,7 +41,7 @@ from .protocols import (
 from .text import TextModel
 
 __all__ = [
-    "MODELS", "FallsBackToText", "KnowsWindow", "LanguageModel", "Loadable", "PerExplanation", "ReducesLogprobs", "ReportsExtras",
+    "MODELS", "FallsBackToText", "ImageModel", "KnowsWindow", "LanguageModel", "Loadable", "PerExplanation", "ReducesLogprobs", "ReportsExtras",
     "Route", "ScalarModel", "SizesBatches", "TextModel", "for_explanation", "is_language_model", "prepare_backend",
     "reduced_logprobs", "resolve_model",
 ]
@@ -63,11 +64,13 @@ _loaded_lock = threading.RLock()
 
 
 #: prefixes of model names that take an argument -> description (CLI help, errors).
-MODEL_PREFIXES = {"hf:": "hf:PATH (a local Hugging Face model directory)", "openai:": "openai:NAME (an OpenAI-compatible API)"}
+MODEL_PREFIXES = {"hf:": "hf:PATH (a local Hugging Face model directory)", "openai:": "openai:NAME (an OpenAI-compatible API)",
+                  "diffusers:": "diffusers:PATH (a local diffusers text-to-image pipeline)",
+                  "openai-images:": "openai-images:NAME (an OpenAI-compatible images API)"}
 
 
 def resolve_model(model, *, device: str | None = None, dtype: str | None = None, max_batch_tokens: int | None = None,
-                  **api_options):
+                  image_options: dict[str, Any] | None = None, **api_options):
     """Turn ``model=`` into a backend: None/"local" (the embedded SmolLM2), "hf:PATH",
     "openai:NAME" (``api_options`` go to :class:`~gsmile.backends.openai.OpenAIBackend`:
     base_url, api_key_env, concurrency, max_retries, cache_dir, use_cache...), a
@@ -79,9 +82,38 @@ def resolve_model(model, *, device: str | None = None, dtype: str | None = None,
     :mod:`gsmile.backends.devices`): default "auto" (cuda, else mps, else cpu) and "float32".
     ``max_batch_tokens`` bounds the tokens of one scoring pass of a local model (its memory;
     see :class:`~gsmile.backends.local.HFCausalLM`). A backend is kept per (name, device, dtype,
-    max_batch_tokens), "auto" counted as the device it chose."""
+    max_batch_tokens), "auto" counted as the device it chose.
+
+    Text-to-image models: "diffusers:PATH" (``device``, ``dtype``, and ``image_options``:
+    steps, guidance_scale, size, cache_dir, use_cache; see
+    :class:`~gsmile.backends.diffusion.DiffusersModel`), "openai-images:NAME"
+    (``api_options`` and ``image_options``; see
+    :class:`~gsmile.backends.images_api.ImagesAPIBackend`), or an ImageModel object."""
     if model is None:
         model = "local"
+    image_options = {k: v for k, v in (image_options or {}).items() if v is not None}
+    if isinstance(model, str) and model.startswith("diffusers:"):
+        if max_batch_tokens is not None:
+            raise InvalidInputError("max_batch_tokens applies only to a local language model", field="max_batch_tokens")
+        if api_options and any(v is not None for v in api_options.values()):
+            raise InvalidInputError(f"API options ({', '.join(sorted(api_options))}) apply only to --model openai:NAME or openai-images:NAME")
+        from .devices import resolve_device
+        from .diffusion import DiffusersModel
+
+        dev, dt = resolve_device(device, dtype)
+        key = (model, dev, dt, tuple(sorted((k, str(v)) for k, v in image_options.items())))
+        with _loaded_lock:
+            if key not in _loaded:
+                _loaded[key] = DiffusersModel(model[len("diffusers:") :], device=dev, dtype=dt, **image_options).validate()
+            return _loaded[key]
+    if isinstance(model, str) and model.startswith("openai-images:"):
+        if device is not None or dtype is not None or max_batch_tokens is not None:
+            raise InvalidInputError(f"device, dtype and max_batch_tokens apply only to local models; the API's server places {model}", field="device")
+        from .images_api import ImagesAPIBackend
+
+        return ImagesAPIBackend(model[len("openai-images:") :], **api_options, **image_options).validate()
+    if image_options:
+        raise InvalidInputError(f"image options ({', '.join(sorted(image_options))}) apply only to text-to-image models (diffusers:PATH, openai-images:NAME)")
     given = {"device": device, "dtype": dtype, "max_batch_tokens": max_batch_tokens}
     names = [name for name, value in given.items() if value is not None]
     placed = names[0] if names else None
@@ -124,13 +156,13 @@ def resolve_model(model, *, device: str | None = None, dtype: str | None = None,
             return _loaded[key]
     if placed:
         raise InvalidInputError(f"{where}; place a model object of your own yourself", field=placed)
-    if isinstance(model, (LanguageModel, ScalarModel, PerExplanation)):
+    if isinstance(model, (LanguageModel, ScalarModel, PerExplanation, ImageModel)):
         return model
     if callable(model):
         return ScalarModel(model, model_id=getattr(model, "model_id", None))
     raise InvalidInputError(
-        f"model must be a name ({', '.join(MODELS)}, hf:PATH, openai:NAME), a language-model backend or a "
-        f"callable list[str] -> list[float] or list[str]; got {type(model).__name__}"
+        f"model must be a name ({', '.join(MODELS)}, hf:PATH, openai:NAME, diffusers:PATH, openai-images:NAME), a language-model "
+        f"or image-model backend or a callable list[str] -> list[float], list[str] or list[PIL.Image]; got {type(model).__name__}"
     )
 
 
@@ -156,7 +188,8 @@ class Route:
         return is_language_model(self.model)
 
 
-def prepare_backend(backend, *, prompt: str, response: str | None, target: str, max_new_tokens: int) -> Route:
+def prepare_backend(backend, *, prompt: str, response: str | None, target: str, max_new_tokens: int,
+                    image_seeds: int | None = None, embedder=None) -> Route:
     """Pick how one explanation reaches the shared ``backend`` and make the objects that hold
     that explanation's state (the backend is never changed).
 
@@ -166,12 +199,27 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
       answer is the original response), numbers -> scalar model (that value is reused).
     * A language model with ``target="embedding"``: text-only path over its own greedy
       generations.
+    * A text-to-image model (an ImageModel, or a function returning PIL images or taking a
+      ``seed``): the image path, ``image_seeds`` images per prompt compared by ``embedder``
+      (see :mod:`.images`).
     """
+    from .images import ImageFunction, takes_seed
+
+    if type(backend) is ScalarModel and takes_seed(backend.func):
+        backend = ImageFunction(backend.func, model_id=backend.model_id)
+    if isinstance(backend, ImageModel):
+        return _image_route(backend, prompt, response, image_seeds, embedder)
+    if image_seeds is not None or embedder is not None:
+        which = "image_seeds" if image_seeds is not None else "embedder"
+        raise InvalidInputError(f"{which} applies only to text-to-image models (diffusers:PATH, openai-images:NAME, a function returning images)",
+                                field=which)
     if isinstance(backend, TextModel):
         text = backend.with_reference(prompt, response)
         return Route(text, text.response_, {"path": "text", "path_reason": "a text model"})
     if type(backend) is ScalarModel:
         raw = backend.raw([prompt])
+        if _is_image_list(raw):
+            return _image_route(ImageFunction(backend.func, model_id=backend.model_id), prompt, response, image_seeds, embedder)
         if isinstance(raw, (list, tuple)) and len(raw) == 1 and isinstance(raw[0], str):
             text = TextModel(backend.func, model_id=backend.model_id).with_reference(prompt, response if response is not None else raw[0])
             return Route(text, text.response_, {"path": "text", "path_reason": "the model function returns text: its answers are compared by embedding distance"})
@@ -206,3 +254,26 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
         text = TextModel(generate, model_id=model.model_id, source=model).with_reference(prompt, response)
         return Route(text, text.response_, {"path": "text", "path_reason": "the embedding target was chosen: greedy regenerations are compared"})
     return Route(model, response, {"path": "logprobs", "path_reason": "a local model: full next-token distributions"})
+
+
+def _is_image_list(raw) -> bool:
+    """Whether a function's answer is a list of PIL images (PIL imported only if loaded)."""
+    import sys
+
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(raw, (list, tuple)) and len(raw) >= 1 and isinstance(raw[0], image.Image)
+
+
+def _image_route(backend, prompt: str, response: str | None, image_seeds, embedder) -> Route:
+    from .images import image_route_model
+
+    if response is not None:
+        raise InvalidInputError("a text-to-image model has no text response; leave response unset", field="response")
+    model = image_route_model(backend, prompt, image_seeds=1 if image_seeds is None else image_seeds, embedder=embedder)
+    k, distance = len(model.seeds), model.target.describe()
+    how = f"the {distance} distance between the two images" if k == 1 else \
+        f"the Wasserstein-1 distance between the two sets of {k} images ({distance} cost, exact optimal transport)"
+    info = {"path": "image", "path_reason": f"a text-to-image model: each prompt's images (seeds {model.seeds[0]}..{model.seeds[-1]}) "
+                                            f"are compared with the original prompt's by {how}"}
+    # The original prompt's images are the reference: its own distance is 0.
+    return Route(model, None, info, known={prompt: 0.0})

@@ -43,6 +43,20 @@ class LanguageModel(Protocol):
         """Character spans of the tokenizer's tokens of ``text``."""
 
 
+@runtime_checkable
+class ImageModel(Protocol):
+    """A text-to-image model treated as a black box (a diffusers pipeline, an images API, a
+    function). gsmile explains a prompt by how far the images move when words are removed."""
+
+    model_id: str
+
+    def generate_images(self, prompts: Sequence[str], seed: int) -> list[Any]:
+        """One PIL image per prompt, every one generated from ``seed``: the same seed gives
+        the same starting noise, so two prompts' images differ by the prompts alone
+        (common random numbers). A prompt's image must not depend on the other prompts of
+        the call (batch size never changes results)."""
+
+
 # Capabilities: what a backend may offer beyond the protocol above, each declared as a
 # protocol of its own and checked with isinstance (never by probing names).
 @runtime_checkable
@@ -127,6 +141,11 @@ class ScalarModel:
 
     #: What an explanation of this model explains (``Explanation.target``).
     target_name = "model_output"
+    #: Texts per call when batch_size is left to gsmile.
+    default_batch_size = 64
+    #: What one scored input produces, for progress bars: ("prompt", 1), or ("image", K).
+    progress_unit = "prompt"
+    outputs_per_input = 1
 
     def __init__(self, func: Callable[[list[str]], Sequence[float]], model_id: str | None = None):
         self.func = func

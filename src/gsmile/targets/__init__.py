@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ComputationError, InvalidInputError, lookup
+from ..errors import ComputationError, InvalidInputError, lookup
 
 
 class Target:
@@ -311,7 +311,7 @@ class EmbeddingTarget(Target):
         if self.embedder is not None:
             emb = np.asarray(self.embedder(list(texts)), dtype=np.float64)
         else:
-            from .backends.minilm import embed_texts
+            from ..backends.minilm import embed_texts
 
             emb = embed_texts(texts)
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
