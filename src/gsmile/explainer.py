@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .backends import KnowsWindow, Loadable, ReportsExtras, Route, SizesBatches, prepare_backend, resolve_model
-from .errors import InvalidInputError, check_int, lookup
 from .backends.images import check_image_seeds
+from .errors import InvalidInputError, check_int, lookup
 from .explanation import FIDELITY_THRESHOLD, Explanation, image_record, level_record
 from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template, user_turn
 from .length import fit_length

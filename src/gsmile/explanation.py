@@ -178,6 +178,12 @@ class Explanation:
                 children[unit["parent"]].append(attribution)
         return [(a, children.get(a.index, [])) for a in tops]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the HTML report's bars, insight and images (the same renderer)."""
+        from .render.html import render_html_fragment
+
+        return render_html_fragment(self)
+
     # ---------------------------------------------------------- serialization
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data, tagged with ``schema`` and ``version``."""

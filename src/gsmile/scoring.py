@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends import MODELS, Loadable, SizesBatches, for_explanation, is_language_model, reduced_logprobs, resolve_model
+from .backends import MODELS, ImageModel, Loadable, ScalarModel, SizesBatches, for_explanation, is_language_model, reduced_logprobs, resolve_model
 from .errors import InvalidInputError, is_out_of_memory
 from .inputs import ModelInput
 from .targets import make_target
@@ -139,6 +139,20 @@ class Scorer:
         return values, -shift
 
 
+def _image_scorer(explanation, backend, original: str, **options) -> Scorer:
+    """A scorer of an image explanation's prompts: the same seeds and distance as it was made with."""
+    from .backends.images import ImageFunction, image_route_model
+
+    if type(backend) is ScalarModel:  # a plain function: it must return images
+        backend = ImageFunction(backend.func, model_id=backend.model_id)
+    if not isinstance(backend, ImageModel):
+        raise InvalidInputError("this explanation was made for a text-to-image model; pass that model (diffusers:PATH, "
+                                "openai-images:NAME or your image function) to evaluate it")
+    params = explanation.params
+    model = image_route_model(backend, original, image_seeds=int(params.get("image_seeds") or 1), embedder=params.get("embedder"))
+    return Scorer(model, original=original, known={original: 0.0}, **options)
+
+
 class _ShiftFromReference:
     """Per-position output shifts ``target.per_position`` of log-prob rows, given to the
     backend as its ``reduce``. With ``first_is_reference``, the first row seen is the original
@@ -164,7 +178,7 @@ def explanation_model(explanation) -> str:
     """The model name an explanation is scored with by default: its own ``model_id`` when it
     names a built-in model or hf:PATH, else "local" (the embedded SmolLM2)."""
     name = explanation.model_id
-    return name if name in MODELS or name.startswith("hf:") else "local"
+    return name if name in MODELS or name.startswith(("hf:", "diffusers:")) else "local"
 
 
 def explanation_scorer(explanation, model=None, *, batch_size: int | None = None, progress: bool = False,
@@ -174,6 +188,10 @@ def explanation_scorer(explanation, model=None, *, batch_size: int | None = None
     the embedded SmolLM2), its target and its response."""
     backend = for_explanation(resolve_model(explanation_model(explanation) if model is None else model))
     original = ModelInput.of(explanation).original
+    if explanation.images is not None or str(explanation.target).startswith("image-"):
+        return _image_scorer(explanation, backend, original, batch_size=batch_size, progress=progress, on_scored=on_scored)
+    if isinstance(backend, ImageModel):
+        raise InvalidInputError("this explanation was made for a text model; a text-to-image model cannot score it")
     if not is_language_model(backend):
         return Scorer(backend, original=original, batch_size=batch_size, progress=progress, on_scored=on_scored)
     if explanation.target == "model_output":

@@ -209,10 +209,8 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
         backend = ImageFunction(backend.func, model_id=backend.model_id)
     if isinstance(backend, ImageModel):
         return _image_route(backend, prompt, response, image_seeds, embedder)
-    if image_seeds is not None or embedder is not None:
-        which = "image_seeds" if image_seeds is not None else "embedder"
-        raise InvalidInputError(f"{which} applies only to text-to-image models (diffusers:PATH, openai-images:NAME, a function returning images)",
-                                field=which)
+    if type(backend) is not ScalarModel:  # (a plain function says what it returns when called, below)
+        _no_image_options(image_seeds, embedder)
     if isinstance(backend, TextModel):
         text = backend.with_reference(prompt, response)
         return Route(text, text.response_, {"path": "text", "path_reason": "a text model"})
@@ -220,6 +218,7 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
         raw = backend.raw([prompt])
         if _is_image_list(raw):
             return _image_route(ImageFunction(backend.func, model_id=backend.model_id), prompt, response, image_seeds, embedder)
+        _no_image_options(image_seeds, embedder)
         if isinstance(raw, (list, tuple)) and len(raw) == 1 and isinstance(raw[0], str):
             text = TextModel(backend.func, model_id=backend.model_id).with_reference(prompt, response if response is not None else raw[0])
             return Route(text, text.response_, {"path": "text", "path_reason": "the model function returns text: its answers are compared by embedding distance"})
@@ -254,6 +253,13 @@ def prepare_backend(backend, *, prompt: str, response: str | None, target: str, 
         text = TextModel(generate, model_id=model.model_id, source=model).with_reference(prompt, response)
         return Route(text, text.response_, {"path": "text", "path_reason": "the embedding target was chosen: greedy regenerations are compared"})
     return Route(model, response, {"path": "logprobs", "path_reason": "a local model: full next-token distributions"})
+
+
+def _no_image_options(image_seeds, embedder) -> None:
+    if image_seeds is not None or embedder is not None:
+        which = "image_seeds" if image_seeds is not None else "embedder"
+        raise InvalidInputError(f"{which} applies only to text-to-image models (diffusers:PATH, openai-images:NAME, a function returning images)",
+                                field=which)
 
 
 def _is_image_list(raw) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .html import render_html
+from .html import render_html, render_html_fragment
 from .png import render_png
 from .terminal import render_terminal
 
@@ -19,4 +19,4 @@ RENDERERS: dict[str, Callable] = {
     "png": render_png,
 }
 
-__all__ = ["RENDERERS", "render_html", "render_png", "render_terminal"]
+__all__ = ["RENDERERS", "render_html", "render_html_fragment", "render_png", "render_terminal"]

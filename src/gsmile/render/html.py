@@ -7,15 +7,19 @@ external resources, so it can be saved and opened anywhere. Every piece of user 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (types only: Explanation renders itself in notebooks through render.html)
+    from ..explanation import Explanation
+
 import html
 import math
+import re
 
 import numpy as np
 
-from ..explanation import Explanation
 from .palette import ink, mix
-from .terminal import (INTERACTION_PAIRS, extra_warnings, fidelity_warning, format_coefficient, format_r2,
-                       interaction_caption, summary_items)
+from .terminal import INTERACTION_PAIRS, extra_warnings, fidelity_warning, format_coefficient, format_r2, interaction_caption, summary_items
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.5}
@@ -36,6 +40,10 @@ dl.summary{display:grid;grid-template-columns:max-content auto;gap:.1rem 1rem}
 dl.summary dt{color:#666}dl.summary dd{margin:0}
 .hierarchy tr.fine td.label{padding-left:2rem;color:#444}
 .hierarchy tr.refined td.label{font-weight:bold}
+.insight{background:#eef5ff;border-left:4px solid #3b7dd8;padding:.5rem .8rem}
+.images{display:flex;flex-wrap:wrap;gap:1rem}
+.images figure{margin:0;text-align:center;font-size:.9rem}
+.images img{width:12rem;height:auto;image-rendering:auto;border:1px solid #ddd}
 """
 
 
@@ -167,13 +175,67 @@ def _heatmap(exp: Explanation) -> str:
     )
 
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def _image(data: object, alt: str) -> str:
+    """An <img> of base64 PNG data (nothing when the data is not plain base64)."""
+    if not isinstance(data, str) or not _BASE64.fullmatch(data):
+        return ""
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _images(exp: Explanation) -> str:
+    """The original prompt's images, and the images without each top unit, side by side."""
+    images = exp.images or {}
+    seeds = images.get("seeds") or []
+    figures = [f"<figure>{_image(data, f'original, seed {seed}')}<figcaption>original (seed {_e(seed)})</figcaption></figure>"
+               for data, seed in zip(images.get("original") or [], seeds)]
+    for w in images.get("without") or []:
+        first = (w.get("images") or [None])[0]
+        distance = w.get("distance")
+        d = f"{float(distance):.3f}" if isinstance(distance, (int, float)) else "n/a"
+        figures.append(f"<figure>{_image(first, 'without ' + str(w.get('text', '')))}<figcaption>without "
+                       f"<strong>{_e(w.get('text', ''))}</strong>: distance {_e(d)}</figcaption></figure>")
+    how = f"{len(seeds)} image{'s' if len(seeds) != 1 else ''} per prompt, compared by {images.get('distance')}"
+    if len(seeds) > 1:
+        how += " (Wasserstein distance between the sets; the first seed's image is shown)"
+    return f"<h2>Images</h2>\n<p>{_e(how)}</p>\n<div class=\"images\">{''.join(figures)}</div>"
+
+
 def render_html(exp: Explanation) -> str:
     """A standalone HTML5 report: highlighted text, response, bars, fidelity, drivers, summary."""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>gsmile explanation: {_e(exp.method)}</title>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n{_body(exp)}\n</body>\n</html>\n"
+    )
+
+
+def _scoped_css(scope: str) -> str:
+    """The report's CSS with every selector inside ``scope`` (a notebook page keeps its own look)."""
+    rules = []
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", _CSS):
+        scoped = ",".join(scope if sel.strip() == "body" else f"{scope} {sel.strip()}" for sel in selectors.split(","))
+        rules.append(f"{scoped}{{{body}}}")
+    return "\n".join(rules)
+
+
+def render_html_fragment(exp: Explanation) -> str:
+    """The report as one <div> with its own scoped style, for a notebook (``_repr_html_``)."""
+    return f'<div class="gsmile-report"><style>{_scoped_css(".gsmile-report")}</style>\n{_body(exp)}\n</div>'
+
+
+def _body(exp: Explanation) -> str:
     is_context = exp.explained == "context"
     parts: list[str] = []
     parts.append(f"<h1>gsmile explanation <small>({_e(exp.method)})</small></h1>")
     if exp.target == "model_output":  # a scalar model: y is the model's output itself
         plus, minus = "positive: raises the output", "negative: lowers it"
+    elif exp.images is not None:  # y = -distance between images
+        plus, minus = "positive: holds the images in place", "negative: pulls them away"
     else:  # a language model: y = -Δ, so a positive unit holds the output in place
         plus, minus = "positive: supports this output", "negative: works against it"
     parts.append(
@@ -191,6 +253,8 @@ def render_html(exp: Explanation) -> str:
     if exp.response is not None:
         parts.append("<h2>Response</h2>")
         parts.append(f'<div class="response">{_e(exp.response)}</div>')
+    if exp.images is not None:
+        parts.append(_images(exp))
 
     parts.append("<h2>Attributions</h2>")
     if exp.units:
@@ -222,6 +286,8 @@ def render_html(exp: Explanation) -> str:
         parts.append(f"<ol>{items}</ol>")
     else:
         parts.append("<p>None: every coefficient is zero.</p>")
+    parts.append("<h2>Insight</h2>")
+    parts.append(f'<p class="insight">{_e(exp.insights)}</p>')
 
     parts.append("<h2>Method</h2>")
     summary = "".join(f"<dt>{_e(label)}</dt><dd>{_e(value)}</dd>" for label, value in summary_items(exp))
@@ -235,11 +301,4 @@ def render_html(exp: Explanation) -> str:
     if exp.token_coefficients is not None:
         parts.append(_heatmap(exp))
 
-    body = "\n".join(parts)
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>gsmile explanation: {_e(exp.method)}</title>\n"
-        f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+    return "\n".join(parts)

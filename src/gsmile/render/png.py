@@ -6,11 +6,15 @@ canvas: no pyplot, no global figure state, so it is safe in servers and threads.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (types only: Explanation renders itself in notebooks through render.html)
+    from ..explanation import Explanation
+
 import io
 
 import numpy as np
 
-from ..explanation import Explanation
 from .palette import NEGATIVE_RGB, POSITIVE_RGB, hex_colour
 from .terminal import format_r2, one_line, truncate
 

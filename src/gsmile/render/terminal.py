@@ -7,11 +7,14 @@ and PNG renderers so that every output says the same thing the same way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (types only: Explanation renders itself in notebooks through render.html)
+    from ..explanation import Explanation
+
 import math
 import re
 import unicodedata
-
-from ..explanation import Explanation
 
 FILLED = "█"
 EMPTY = "░"
@@ -118,6 +121,17 @@ def summary_items(exp: Explanation) -> list[tuple[str, str]]:
     if exp.model_id:
         items.append(("model", exp.model_id))
     return items
+
+
+def image_line(exp: Explanation) -> str:
+    """What an image explanation compared, and how far removing each top unit moved the images."""
+    images = exp.images or {}
+    seeds = images.get("seeds") or []
+    how = (f"{len(seeds)} image{'s' if len(seeds) != 1 else ''} per prompt (seed{'s' if len(seeds) != 1 else ''} "
+           f"{', '.join(str(s) for s in seeds)}), compared by {images.get('distance')}"
+           + (" (Wasserstein between the sets)" if len(seeds) > 1 else ""))
+    moved = "; ".join(f"without {one_line(str(w.get('text', '')))}: {float(w.get('distance', float('nan'))):.3f}" for w in images.get("without") or [])
+    return f"Images: {how}" + (f"; distance {moved}" if moved else "") + " (--html shows them)"
 
 
 def one_line(text: str) -> str:
@@ -237,6 +251,9 @@ def render_terminal(exp: Explanation, *, color: bool = False, bar_width: int = 1
     else:
         lines.append("Top drivers: none (every coefficient is zero)")
 
+    if exp.images is not None:
+        lines.append(image_line(exp))
+    lines.append(f"Insight: {one_line(exp.insights)}")
     lines.append(" | ".join(f"{label}: {one_line(str(value))}" for label, value in summary_items(exp)))
 
     for note in extra_warnings(exp):
