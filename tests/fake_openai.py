@@ -7,6 +7,11 @@ built from the prompt's words. Faults can be injected: a queue of actions consum
 request ("429" with Retry-After, "500", "stall", "drop"), and a gate that holds every
 request after the first ``gate_after`` until released. ``max_in_flight`` counts the most
 requests answered at once (``delay_s`` makes each answer take that long).
+
+``/images/generations`` draws the prompt with the procedural model of
+tests/image_models.py (``draw(prompt, seed)``) and answers with base64 PNG; ``generations``
+counts the images sent per (prompt, seed), and ``image_answer`` makes it answer without an
+image ("none"), with a URL instead ("url") or with bytes that are no image ("corrupt").
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOKEN = re.compile(r"<\|[a-z_]+\|>|\n| ?[^\s<]+|\s|<")
@@ -69,6 +75,8 @@ class FakeOpenAI:
         self.faulted = 0
         self.bodies: list[dict] = []
         self.delay_s = 0.0  # each answer takes this long (to make concurrent requests overlap)
+        self.generations: Counter = Counter()  # images sent, by (prompt, seed)
+        self.image_answer = "b64"  # or "none", "url", "corrupt"
         self.in_flight = 0  # requests being answered now
         self.max_in_flight = 0  # the most at once
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -133,6 +141,31 @@ class FakeOpenAI:
         reply = chat_reply(message)
         return 200, {"choices": [{"message": {"role": "assistant", "content": reply}, "index": 0}], "usage": {"prompt_tokens": len(tokenize(message)), "completion_tokens": len(tokenize(reply))}}
 
+    def images_generations(self, body: dict) -> tuple[int, dict]:
+        import base64
+        import io
+
+        from image_models import draw
+
+        prompt, seed = body.get("prompt"), body.get("seed", 0)
+        if not isinstance(prompt, str) or body.get("n", 1) != 1:
+            return 400, {"error": {"message": "prompt must be a string and n must be 1"}}
+        if self.image_answer == "none":
+            return 200, {"created": 0, "data": []}
+        if self.image_answer == "url":
+            return 200, {"created": 0, "data": [{"url": "https://example.invalid/image.png"}]}
+        if self.image_answer == "corrupt":
+            return 200, {"created": 0, "data": [{"b64_json": base64.b64encode(b"not an image").decode()}]}
+        width, height = (int(v) for v in body["size"].split("x")) if body.get("size") else (64, 64)
+        image = draw(prompt, int(seed), size=width)
+        if height != width:
+            image = image.resize((width, height))
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        with self.lock:
+            self.generations[(prompt, seed)] += 1
+        return 200, {"created": 0, "data": [{"b64_json": base64.b64encode(buf.getvalue()).decode("ascii"), "revised_prompt": prompt}]}
+
     def _handler(self):
         fake = self
 
@@ -185,7 +218,9 @@ class FakeOpenAI:
                 time.sleep(fake.delay_s)
                 with fake.lock:
                     fake.in_flight -= 1
-                if self.path.endswith("/chat/completions"):
+                if self.path.endswith("/images/generations"):
+                    status, payload = fake.images_generations(body)
+                elif self.path.endswith("/chat/completions"):
                     status, payload = fake.chat_completions(body)
                 elif self.path.endswith("/completions"):
                     status, payload = fake.completions(body)

@@ -144,9 +144,12 @@ class JSONClient:
         if stats is not None:
             stats.add(**counts)
 
-    def post(self, path: str, body: dict[str, Any], *, use_cache: bool = True, stats: CallStats | None = None) -> dict[str, Any]:
+    def post(self, path: str, body: dict[str, Any], *, use_cache: bool = True, stats: CallStats | None = None,
+             check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """The JSON answer to one request: from the cache, else from the server (then cached).
-        ``stats``: the caller's own counters, besides the client's totals."""
+        ``stats``: the caller's own counters, besides the client's totals. ``check(answer,
+        body)``: called on a new answer before it is cached; when it raises (the answer is
+        unusable), nothing is cached, so a rerun asks the server again."""
         key = self.request_key(path, body)
         if use_cache:
             hit = self.cache.get(key) if self.cache is not None else self._memo.get(key)
@@ -156,6 +159,8 @@ class JSONClient:
         answer = self._post_with_retries(path, body, stats)
         usage = answer.get("usage") or {}
         self._count(stats, calls=1, prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
+        if check is not None:
+            check(answer, body)
         if self.cache is not None:
             self.cache.put(key, answer)
         else:  # no persistent cache: still never repeat a request within this process
@@ -163,13 +168,15 @@ class JSONClient:
                 self._memo[key] = answer
         return answer
 
-    def post_many(self, path: str, bodies: Sequence[dict[str, Any]], stats: CallStats | None = None) -> list[dict[str, Any]]:
+    def post_many(self, path: str, bodies: Sequence[dict[str, Any]], stats: CallStats | None = None,
+                  check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Answers to several requests, up to ``concurrency`` in flight; order kept. The first
-        failure is raised after the other requests finish (their answers are cached)."""
+        failure is raised after the other requests finish (their answers are cached).
+        ``check``: as in :meth:`post`."""
         if len(bodies) <= 1 or self.concurrency <= 1:
-            return [self.post(path, b, stats=stats) for b in bodies]
+            return [self.post(path, b, stats=stats, check=check) for b in bodies]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
-            futures = [pool.submit(self.post, path, b, stats=stats) for b in bodies]
+            futures = [pool.submit(self.post, path, b, stats=stats, check=check) for b in bodies]
             errors = [f.exception() for f in futures]
         for err in errors:
             if err is not None:
