@@ -280,11 +280,19 @@ def test_cli_api_flags_reach_an_images_model(server, tmp_path):
     env = {"GSMILE_CACHE_DIR": str(tmp_path)}
     server.image_answer = "none"
     r = _cli(PROMPT, "--model", "openai-images:fake", "--base-url", server.base_url, "--method", "occlusion", "--quiet", env=env)
-    if r.returncode == 2 and "applies only to --model openai:NAME" in r.stderr:
-        pytest.xfail("gsmile/cli.py _model() passes the API flags only to names starting with 'openai:' (see the images-api report)")
     assert r.returncode == 1 and "returned no image for prompt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli(PROMPT, "--model", "openai-images:fake", "--base-url", "localhost:9/v1", "--quiet", env=env)
     assert r.returncode == 2 and "must start with http:// or https://" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    server.image_answer = "b64"
+    out, page = tmp_path / "exp.json", tmp_path / "exp.html"
+    r = _cli(PROMPT, "--model", "openai-images:fake", "--base-url", server.base_url, "--cache-dir", str(tmp_path / "calls"),
+             "--image-seeds", "2", "--image-size", "48x48", "--method", "occlusion", "--json", str(out), "--html", str(page), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Insight: " in r.stdout and "Images: 2 images per prompt (seeds 0, 1)" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["params"]["image_seeds"] == 2 and data["extras"]["generation"]["size"] == "48x48"
+    assert page.read_text().count("data:image/png;base64,") == 2 + 3
+    assert (tmp_path / "calls" / "calls.sqlite3").is_file()
 
 
 # ------------------------------------------------------- sharing and batching

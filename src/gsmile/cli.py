@@ -366,6 +366,8 @@ def _model(args, name: str, **placement):
 
         options = {"steps": image.get("image_steps"), "size": image.get("image_size"), "guidance_scale": image.get("guidance_scale")}
         if name.startswith("openai-images:"):
+            if args.prompt_template is not None:
+                raise InvalidInputError("--prompt-template applies only to text models behind an API (openai:NAME)")
             return resolve_model(name, **placement, image_options=options, **_api_options(args))
         given = [flag for flag, value in (("--base-url", args.base_url), ("--api-key-env", args.api_key_env)) if value is not None]
         if given:
@@ -477,7 +479,7 @@ def _audit(args) -> int:
         raise InvalidInputError("--image-steps, --image-size and --guidance-scale are not taken by audit yet: audit a text-to-image "
                                 "model with its own generation defaults, or explain its prompts one by one with gsmile explain")
     _model(args, args.model, **placed)  # API flags without an API model, a device not here: refused here
-    model_options = _api_options(args) if args.model.startswith("openai:") else placed
+    model_options = _api_options(args) if args.model.startswith(("openai:", "openai-images:")) else placed
     result = audit(args.input, args.out, model=args.model, model_options=model_options, slots=slots, workers=args.workers,
                    ray=args.ray, fresh=args.fresh, retry_failed=args.retry_failed, progress=not args.quiet, **options)
     for line in result.summary.get("headline", []):

@@ -111,7 +111,7 @@ def resolve_model(model, *, device: str | None = None, dtype: str | None = None,
             raise InvalidInputError(f"device, dtype and max_batch_tokens apply only to local models; the API's server places {model}", field="device")
         from .images_api import ImagesAPIBackend
 
-        return ImagesAPIBackend(model[len("openai-images:") :], **api_options, **image_options).validate()
+        return ImagesAPIBackend(model[len("openai-images:") :], **{**api_options, **image_options}).validate()
     if image_options:
         raise InvalidInputError(f"image options ({', '.join(sorted(image_options))}) apply only to text-to-image models (diffusers:PATH, openai-images:NAME)")
     given = {"device": device, "dtype": dtype, "max_batch_tokens": max_batch_tokens}
