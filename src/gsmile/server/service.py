@@ -70,7 +70,9 @@ class ModelHolder:
 
     image_options: generation settings of a text-to-image model given by name (steps, size).
     embedder: the image distance (a name, resolved once here and shared: a CLIP model is
-    loaded once per process), passed to every explanation of a text-to-image model.
+    loaded once per process), passed to every explanation of a text-to-image model. A plain
+    function without a ``seed`` parameter is known to return images only when called, so it
+    gets the library's default distance (pixel); give it as ``ImageFunction(f)`` to use this one.
     """
 
     def __init__(self, model=None, name: str = "local", device: str | None = None, dtype: str | None = None,
