@@ -204,3 +204,59 @@ def test_api_key_entered_on_the_page(browser, tmp_path):
         context.close()
         app.state.manager.shutdown()
         app.state.store.close()
+
+
+IMAGE_PROMPT = "a red circle above a blue square on green grass with a <b>stone</b> bridge"
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    from image_models import shapes
+
+    app = create_app(Settings(jobs_path=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3"), model=shapes)
+    with running_server(app) as url:
+        yield url
+    app.state.manager.shutdown()
+    app.state.store.close()
+
+
+def test_an_image_explanation_shows_its_images_and_insights(page, image_server):
+    page.goto(image_server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    # a text-to-image service: images per prompt instead of a target and a response
+    assert page.is_visible("#image-seeds") and page.is_hidden("#target") and page.is_hidden("#response")
+    assert page.get_attribute("#image-seeds", "max") == "4"
+    page.fill("#prompt", IMAGE_PROMPT)
+    page.select_option("#method", "occlusion")
+    page.fill("#image-seeds", "2")
+    page.click("#compute")
+    page.wait_for_selector("#result:not([hidden]), #error:not([hidden])", timeout=30_000)
+    assert page.is_hidden("#error"), page.text_content("#error")
+    # the original prompt's images (one per seed), as data URLs of the PNGs
+    originals = page.locator("#original-images img")
+    assert originals.count() == 2
+    for n in range(2):
+        assert originals.nth(n).get_attribute("src").startswith("data:image/png;base64,")
+        assert originals.nth(n).evaluate("img => img.complete && img.naturalWidth") == 64  # it decoded
+    # the top units' images without them, with their distances
+    without = page.locator("#without-images figure")
+    assert without.count() >= 1
+    captions = page.locator("#without-images figcaption").all_text_contents()
+    assert all(c.startswith("without ") and "distance" in c for c in captions)
+    assert page.locator("#without-images img").first.get_attribute("src").startswith("data:image/png;base64,")
+    # the per-word bars, as for text; the words as text, never markup
+    assert page.locator("#bars tr").count() == len(Segmentation.from_text(IMAGE_PROMPT, "word").units)
+    assert "<b>stone</b>" in page.text_content("#text") and page.locator("#text b").count() == 0
+    # the insight paragraph, in its own box
+    assert page.is_visible("#insights-box")
+    insight = page.text_content("#insights")
+    assert "ignores" in insight and "bridge" in insight
+    assert page.is_hidden("#response-box")
+    page.screenshot(path=str(ARTIFACTS / "image-explanation.png"), full_page=True)
+
+
+def test_a_text_explanation_shows_its_insights(page, server):
+    _compute(page, server, prompt=PROMPT, response=RESPONSE, samples="40", target="logprob")
+    assert page.is_visible("#insights-box") and page.text_content("#insights").strip()
+    assert page.is_hidden("#images-box") and page.is_visible("#response-box")
+    assert page.is_visible("#target") and page.is_hidden("#image-seeds")

@@ -129,11 +129,16 @@ async def _refused(request: Request, exc: Exception):
 
 def create_app(settings: Settings | None = None, model=None):
     """The service as an ASGI app. ``settings``: a :class:`Settings` (default: from the
-    environment); ``model``: a LanguageModel or a scalar callable used instead of
+    environment); ``model``: a LanguageModel, a scalar callable, or a text-to-image model (an
+    ImageModel, or a function ``f(prompts, seed) -> PIL images``) used instead of
     ``settings.model`` (tests inject small ones). The routes get both from ``app.state``
     through dependencies (:mod:`gsmile.server.routes`)."""
     settings = (settings or Settings.from_env()).checked()
-    holder = ModelHolder(model, settings.model, settings.device, settings.dtype, settings.max_batch_tokens)
+    holder = ModelHolder(model, settings.model, settings.device, settings.dtype, settings.max_batch_tokens,
+                         image_options=settings.image_options(), embedder=settings.embedder)
+    if settings.image_options() and not (model is None and holder.is_image):
+        log.warning("GSMILE_IMAGE_STEPS and GSMILE_IMAGE_SIZE apply only to a text-to-image model given by name "
+                    "(diffusers:PATH, openai-images:NAME); ignored for %s", holder.model_id)
     store = JobStore(settings.jobs_path, keep=settings.jobs_keep)
     manager = JobManager(store, settings.max_concurrent, settings.max_queue)
 

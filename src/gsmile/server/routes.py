@@ -88,28 +88,38 @@ async def execute(request: Request, manager: JobManager, settings: Settings, kin
     return problem(request, dict(done.error))
 
 
-def check_budget(params: dict[str, Any], settings: Settings) -> None:
+def check_budget(params: dict[str, Any], settings: Settings, images_per_prompt: int = 1) -> None:
     """The server's own cap (after the library accepted the values): the perturbed prompts a
     request may draw in all, ``n_samples`` (or ``max_evals``) times ``runs`` (or
-    ``max_rounds`` with ``until_stable``), at most GSMILE_MAX_SAMPLES."""
+    ``max_rounds`` with ``until_stable``), at most GSMILE_MAX_SAMPLES. A text-to-image model
+    evaluates a prompt by generating ``images_per_prompt`` (``image_seeds``) images, each
+    counted as one evaluation."""
     name = "max_evals" if params.get("max_evals") is not None else "n_samples"
     per_run = params.get(name) or DEFAULT_SAMPLES
     if params.get("until_stable"):
         repeats, times = params.get("max_rounds") or DEFAULT_MAX_ROUNDS, "max_rounds"
     else:
         repeats, times = params.get("runs") or 1, "runs"
-    if per_run * repeats > settings.max_samples:
-        field = name if per_run > settings.max_samples or repeats == 1 else times
+    k = max(int(images_per_prompt), 1)
+    if per_run * repeats * k > settings.max_samples:
+        if per_run * repeats <= settings.max_samples:
+            field = "image_seeds"
+        else:
+            field = name if per_run > settings.max_samples or repeats == 1 else times
+        asks = f"{name} {per_run} × {times} {repeats}" + (f" × image_seeds {k}" if k > 1 else "")
         raise FieldError(field, f"this server draws at most {settings.max_samples} perturbed prompts per request "
-                                f"(GSMILE_MAX_SAMPLES); {name} {per_run} × {times} {repeats} asks for {per_run * repeats}")
+                                f"(GSMILE_MAX_SAMPLES{', each image counted' if k > 1 else ''}); {asks} asks for {per_run * repeats * k}")
     if params.get("interactions"):
         from ..interactions import plan
 
         _, evaluations = plan(int(params["interactions"]), params.get("interaction_budget"))
-        if evaluations > settings.max_samples:
+        if evaluations * k > settings.max_samples:
             field = "interaction_budget" if params.get("interaction_budget") is not None else "interactions"
+            if evaluations <= settings.max_samples:
+                field = "image_seeds"
             raise FieldError(field, f"this server scores at most {settings.max_samples} inputs for interactions per request "
-                                    f"(GSMILE_MAX_SAMPLES); interactions {params['interactions']} asks for {evaluations}")
+                                    f"(GSMILE_MAX_SAMPLES); interactions {params['interactions']} asks for {evaluations * k}"
+                                    + (f" ({evaluations} prompts × image_seeds {k})" if k > 1 else ""))
 
 
 # --------------------------------------------------------------------------- explain
@@ -126,8 +136,9 @@ async def explain(request: Request, body: ExplainRequest, holder: HolderDep, man
     params = body.options()
     if not params["prompt"].strip():
         raise FieldError("prompt", "the prompt is empty")
-    validate_explain(params)
-    check_budget(params, settings)
+    validate_explain(params, holder, settings.max_image_seeds)
+    images = (params.get("image_seeds") or 1) if holder.kind not in ("language", "scalar") else 1
+    check_budget(params, settings, images)
     fn = lambda job: run_explain(holder, params, job.set_progress)  # noqa: E731
     return await execute(request, manager, settings, "explain", params, fn, body.async_)
 
@@ -169,8 +180,10 @@ health_router = APIRouter(tags=["health"])
 async def healthz(holder: HolderDep, manager: ManagerDep, settings: SettingsDep):
     running, queued = manager.counts
     return {"status": "ok", "version": __version__, "model": holder.model_id, "model_loaded": holder.loaded,
-            "running": running, "queued": queued, "max_concurrent": settings.max_concurrent,
-            "max_queue": settings.max_queue, "methods": sorted(METHODS)}
+            "model_kind": holder.kind, "running": running, "queued": queued, "max_concurrent": settings.max_concurrent,
+            "max_queue": settings.max_queue, "methods": sorted(METHODS),
+            "max_image_seeds": settings.max_image_seeds if holder.is_image else None,
+            "embedder": settings.embedder if holder.is_image else None}
 
 
 # --------------------------------------------------------------------------- page

@@ -27,8 +27,9 @@ MAX_TEMPLATE = 10_000
 #: Request fields that are not Explainer options (the text and how the reply is sent).
 REQUEST_FIELDS = ("prompt", "response", "context", "segments", "async_")
 #: Explainer options the API does not offer: the progress bar goes to the server's stderr
-#: (a job reports its progress instead).
-SERVER_ONLY_OPTIONS = ("progress",)
+#: (a job reports its progress instead); the image distance is the server's GSMILE_EMBEDDER
+#: (a request must not make the server load a model from a path).
+SERVER_ONLY_OPTIONS = ("progress", "embedder")
 
 
 def _at_most(limit: int):
@@ -83,6 +84,8 @@ class ExplainRequest(BaseModel):
     interactions: Option(int) = Field(None, description="pairwise interactions (k-SII, with shapiq) among this many top units (2-20; 0: off)")
     interaction_budget: Option(int) = Field(None, description="model evaluations for interactions (default: exact, 2^k, up to 8 units, else 256; at most the server's GSMILE_MAX_SAMPLES)")
     context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
+    image_seeds: Option(int) = Field(None, description="text-to-image models only: images generated per prompt, from seeds 0..K-1 "
+                                                      "(default 1; at most the server's GSMILE_MAX_IMAGE_SEEDS); each counts against GSMILE_MAX_SAMPLES")
     max_length: Option(int) = Field(None, description="most tokens of one model input: a longer input is cut from its beginning, context first, and the cut recorded (default: refuse inputs longer than the model's window)")
     async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
 
@@ -196,9 +199,13 @@ class Health(BaseModel):
     status: Literal["ok"]
     version: str
     model: str
+    model_kind: Literal["image", "language", "scalar", "function", "unknown"] = Field(
+        ..., description="image: a text-to-image model (explanations carry images); function: a callable, known when first called")
     model_loaded: bool
     running: int
     queued: int
     max_concurrent: int
     max_queue: int
     methods: list[str]
+    max_image_seeds: int | None = Field(None, description="text-to-image models: the most image_seeds a request may ask for")
+    embedder: str | None = Field(None, description="text-to-image models: how images are compared (GSMILE_EMBEDDER)")

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import Loadable, ScalarModel, for_explanation, is_language_model, resolve_model
+from ..backends import (ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model,
+                        resolve_model)
 from ..errors import GsmileError, ModelError, is_out_of_memory, lookup
 from ..explainer import Explainer
 from ..length import fit_length
@@ -32,18 +33,71 @@ NEUTRAL_SHARE = 0.05
 Progress = Callable[[float], None]
 
 
+#: model names (prefixes) of text-to-image models
+IMAGE_MODEL_PREFIXES = ("diffusers:", "openai-images:")
+
+
+def model_kind(model, name: str | None = None) -> str:
+    """What kind of model a server runs, known without loading it: "image" (a text-to-image
+    model: ``diffusers:PATH``, ``openai-images:NAME``, an ImageModel, or a function taking a
+    ``seed``), "language" (a model given by another name, or a LanguageModel object),
+    "scalar" (a ScalarModel object) or "function" (a plain callable: numbers, text or
+    images, known when it is first called)."""
+    from ..backends.images import takes_seed
+
+    if model is None:
+        return "image" if str(name or "").startswith(IMAGE_MODEL_PREFIXES) else "language"
+    if isinstance(model, str):
+        return model_kind(None, model)
+    if isinstance(model, ImageModel):
+        return "image"
+    if type(model) is ScalarModel:
+        return "image" if takes_seed(model.func) else "function"
+    if isinstance(model, ScalarModel):
+        return "scalar"
+    if isinstance(model, (LanguageModel, PerExplanation)):
+        return "language"
+    if callable(model):
+        return "image" if takes_seed(model) else "function"
+    return "unknown"
+
+
 class ModelHolder:
     """The service's model, resolved (and loaded) once, on first use, under a lock. The
     backend is shared by every request: it holds no request's state (each explanation
-    makes its own scoring objects)."""
+    makes its own scoring objects; for a text-to-image model, its own
+    :class:`~gsmile.backends.images.ImageDistanceModel` around the shared generator).
+
+    image_options: generation settings of a text-to-image model given by name (steps, size).
+    embedder: the image distance (a name, resolved once here and shared: a CLIP model is
+    loaded once per process), passed to every explanation of a text-to-image model. A plain
+    function without a ``seed`` parameter is known to return images only when called, so it
+    gets the library's default distance (pixel); give it as ``ImageFunction(f)`` to use this one.
+    """
 
     def __init__(self, model=None, name: str = "local", device: str | None = None, dtype: str | None = None,
-                 max_batch_tokens: int | None = None):
+                 max_batch_tokens: int | None = None, image_options: dict[str, Any] | None = None,
+                 embedder: str | None = None):
+        from ..backends.images import ImageFunction, takes_seed
+
+        if callable(model) and not isinstance(model, (LanguageModel, ScalarModel, PerExplanation, ImageModel)) \
+                and takes_seed(model):
+            # a function f(prompts, seed) -> images: one shared, stateless ImageFunction
+            model = ImageFunction(model, model_id=getattr(model, "model_id", None))
         self._given = model
         self.name = name
+        self.kind = model_kind(model, name)
         self.placement = {"device": device, "dtype": dtype, "max_batch_tokens": max_batch_tokens}  # of a model given by name
+        if model is None and self.kind == "image" and image_options:
+            self.placement["image_options"] = dict(image_options)
+        self.embedder = embedder
+        self._distance = None
         self._backend = None
         self._lock = threading.Lock()
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
 
     @property
     def loaded(self) -> bool:
@@ -68,6 +122,15 @@ class ModelHolder:
                 self._backend = backend
             return self._backend
 
+    def image_distance(self):
+        """The shared image distance (``embedder``), made once."""
+        from ..targets.images import make_image_distance
+
+        with self._lock:
+            if self._distance is None:
+                self._distance = make_image_distance(self.embedder)
+            return self._distance
+
 
 def _fraction(progress: Progress, expected: int | None = None) -> Callable[[int, int], None]:
     """An Explainer ``progress(done, expected)`` callback reporting a fraction to a job."""
@@ -87,17 +150,32 @@ def explain_options(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_explain(holder: ModelHolder, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Explain ``params["prompt"]`` with the service's model; returns ``Explanation.to_dict()``."""
-    explainer = Explainer(holder.get(), **explain_options(params), progress=_fraction(progress))
+    """Explain ``params["prompt"]`` with the service's model; returns ``Explanation.to_dict()``
+    (for a text-to-image model with ``images``: base64 PNG, and ``insights``)."""
+    options = explain_options(params)
+    if holder.is_image:
+        options["embedder"] = holder.image_distance()  # the server's setting, never the request's
+    explainer = Explainer(holder.get(), **options, progress=_fraction(progress))
     texts = {name: params[name] for name in TEXT_FIELDS if params.get(name) is not None}
     return explainer.explain(params["prompt"], params.get("response"), **texts).to_dict()
 
 
-def validate_explain(params: dict[str, Any]) -> None:
+def validate_explain(params: dict[str, Any], holder: ModelHolder | None = None, max_image_seeds: int | None = None) -> None:
     """Check an explain request's options with the library's own validation (no model is
-    loaded): raises InvalidInputError naming the field, or UnknownNameError."""
+    loaded): raises InvalidInputError naming the field, or UnknownNameError; then what
+    applies to the server's model: ``image_seeds`` only to a text-to-image model, at most
+    ``max_image_seeds`` (GSMILE_MAX_IMAGE_SEEDS)."""
     lookup(METHODS, params.get("method", "gsmile"), "method")  # an unknown method first, as a 400
     Explainer(None, **explain_options(params)).validate()
+    seeds = params.get("image_seeds")
+    if seeds is None or holder is None:
+        return
+    if holder.kind in ("language", "scalar"):
+        raise FieldError("image_seeds", f"image_seeds applies only to a text-to-image model; this service runs a {holder.kind} "
+                                        f"model ({holder.model_id})")
+    if max_image_seeds is not None and int(seeds) > max_image_seeds:
+        raise FieldError("image_seeds", f"this server generates at most {max_image_seeds} images per prompt "
+                                        f"(GSMILE_MAX_IMAGE_SEEDS); image_seeds {seeds} asks for more")
 
 
 # --------------------------------------------------------------------------- analyze

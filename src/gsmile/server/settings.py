@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     dtype: its precision: float32 (default), bfloat16 or float16 (float16 on a GPU only).
     max_batch_tokens: the most tokens one scoring pass of that model computes (its memory bound;
         default 2048); never changes results.
+    max_image_seeds: the most images per prompt (``image_seeds``) one request of a text-to-image
+        model may ask for (default 4); each is a generation for every perturbed prompt.
+    embedder: how a text-to-image model's images are compared: pixel (default), lpips or
+        clip:PATH (a local CLIP directory). A server setting, never a request field, so no
+        request makes the server load files from a path of its choosing.
+    image_steps: denoising steps of a diffusers:PATH model (default: the pipeline's own).
+    image_size (``WxH``, e.g. 512x512): the size of the images of a diffusers:PATH or
+        openai-images:NAME model (default: the model's own).
 
     Each setting's variable is ``GSMILE_`` + its name in capitals unless named above.
     """
@@ -100,11 +108,16 @@ class Settings(BaseSettings):
     device: str | None = None
     dtype: str | None = None
     max_batch_tokens: int | None = None
+    max_image_seeds: int = 4
+    embedder: str = "pixel"
+    image_steps: int | None = None
+    image_size: str | None = None
 
     #: lower bounds checked by :meth:`checked`
     MINIMA: ClassVar[dict[str, int]] = {
         "max_body_bytes": 1024, "max_concurrent": 1, "max_queue": 0, "retry_after_s": 1, "max_samples": 10,
         "jobs_keep": 1, "xai_maxlen": 16, "xai_src_chars": 16, "analyze_min_maxlen": 16, "max_batch_tokens": 64,
+        "max_image_seeds": 1, "image_steps": 1,
     }
 
     @classmethod
@@ -166,7 +179,43 @@ class Settings(BaseSettings):
                     setattr(self, name, check(getattr(self, name)))
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"{self.env_name(name)}: {exc}", field=name) from None
+        from ..backends.images import MAX_IMAGE_SEEDS
+        from ..targets.images import make_image_distance
+
+        if self.max_image_seeds > MAX_IMAGE_SEEDS:
+            raise InvalidInputError(f"max_image_seeds ({self.env_name('max_image_seeds')}) must be at most {MAX_IMAGE_SEEDS}, "
+                                    f"got {self.max_image_seeds}", field="max_image_seeds")
+        self.embedder = str(self.embedder).strip() or "pixel"
+        try:
+            make_image_distance(self.embedder)  # the name's check; a CLIP model loads on first use
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{self.env_name('embedder')}: {exc}", field="embedder") from None
+        if self.image_size is not None:
+            self.image_size = str(self.image_size).strip().lower() or None
+            if self.image_size is not None:
+                parse_size(self.image_size, self.env_name("image_size"))
         return self
+
+    def image_options(self) -> dict:
+        """The generation settings of a text-to-image model given by name (``resolve_model``'s
+        ``image_options``): only those set."""
+        options = {}
+        if self.image_steps is not None:
+            options["steps"] = int(self.image_steps)
+        if self.image_size is not None:
+            options["size"] = parse_size(self.image_size, self.env_name("image_size"))
+        return options
+
+
+def parse_size(value: str, label: str = "image_size") -> tuple[int, int]:
+    """``"WxH"`` -> ``(W, H)``, both from 8 to 4096 pixels; InvalidInputError naming ``label``."""
+    width, sep, height = str(value).strip().lower().partition("x")
+    if sep and width.strip().isdigit() and height.strip().isdigit():
+        size = (int(width), int(height))
+        if all(8 <= side <= 4096 for side in size):
+            return size
+    raise InvalidInputError(f"{label} must be WIDTHxHEIGHT in pixels (8 to 4096 each), e.g. 512x512; got {value!r}",
+                            field="image_size")
 
 
 @contextmanager

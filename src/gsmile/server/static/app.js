@@ -7,6 +7,10 @@ const SCALE = null; // gsmile:colour-scale
 const POLL_MS = 400;
 const $ = (id) => document.getElementById(id);
 let current = null; // the explanation JSON last computed
+let imageModel = false; // the service runs a text-to-image model (from /healthz)
+// A base64 PNG as the server sends it: base64 characters only, so a data URL built from it
+// can never carry anything else.
+const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -71,13 +75,18 @@ function request() {
   const body = {
     prompt: $("prompt").value,
     method: $("method").value,
-    target: $("target").value,
     n_samples: Number($("samples").value),
     random_state: Number($("seed").value || 0),
     async: true,
   };
+  if (imageModel) {
+    // the images' distance is the service's own; a text-to-image model has no response
+    body.image_seeds = Number($("image-seeds").value || 1);
+  } else {
+    body.target = $("target").value;
+  }
   const context = $("context").value;
-  const response = $("response").value;
+  const response = imageModel ? "" : $("response").value;
   const unit = $("unit").value; // "auto": the library's default (words of a prompt, sentences of a context)
   if (context.trim()) body.context = context;
   if (unit !== "auto") body[context.trim() ? "context_unit" : "unit"] = unit;
@@ -174,6 +183,10 @@ function render(exp) {
   const warnings = $("warnings");
   clear(warnings);
   for (const w of exp.warnings || []) warnings.appendChild(el("div", "warning", w));
+  const insight = typeof exp.insights === "string" ? exp.insights : "";
+  $("insights").textContent = insight;
+  $("insights-box").hidden = !insight;
+  renderImages(exp);
   // outcome
   $("text-title").textContent = exp.explained === "context" ? "Context" : "Prompt";
   unitText($("text"), exp, coef);
@@ -207,8 +220,57 @@ function render(exp) {
     list.appendChild(li);
   }
   $("response-text").textContent = exp.response === null ? "" : exp.response;
+  $("response-box").hidden = exp.response === null && !!exp.images;
   renderTokens(exp);
   select("outcome");
+}
+
+// An <img> of a base64 PNG, or null when the field is not base64 (nothing else ever
+// reaches a data URL).
+function pngImage(data, alt) {
+  if (typeof data !== "string" || data.length % 4 !== 0 || !BASE64.test(data)) return null;
+  const img = document.createElement("img");
+  img.alt = alt;
+  img.src = `data:image/png;base64,${data}`;
+  return img;
+}
+
+function figure(data, alt, caption) {
+  const fig = el("figure");
+  const img = pngImage(data, alt);
+  fig.appendChild(img || el("div", "issue", "(not a PNG image)"));
+  if (caption) fig.appendChild(caption);
+  return fig;
+}
+
+// A text-to-image explanation (exp.images): the original prompt's images, then for the top
+// units the images without that unit, side by side, with their distance.
+function renderImages(exp) {
+  const record = exp.images;
+  const box = $("images-box");
+  const original = $("original-images");
+  const without = $("without-images");
+  clear(original);
+  clear(without);
+  box.hidden = !(record && Array.isArray(record.original));
+  if (box.hidden) return;
+  const seeds = Array.isArray(record.seeds) ? record.seeds : [];
+  $("images-caption").textContent = `The original prompt's image${record.original.length === 1 ? "" : "s"}`
+    + ` (seed${seeds.length === 1 ? "" : "s"} ${seeds.join(", ")}); distance: ${record.distance}.`;
+  record.original.forEach((data, n) => {
+    original.appendChild(figure(data, `original prompt, seed ${seeds[n] ?? n}`, el("figcaption", null, `seed ${seeds[n] ?? n}`)));
+  });
+  for (const row of Array.isArray(record.without) ? record.without : []) {
+    const images = Array.isArray(row.images) ? row.images : [];
+    const caption = el("figcaption");
+    caption.appendChild(document.createTextNode("without "));
+    caption.appendChild(el("span", "label", row.text));
+    caption.appendChild(document.createTextNode(`: distance ${fmt(row.distance, 4)}`));
+    if (images.length === 0) continue;
+    const fig = figure(images[0], `the prompt without ${row.text}`, caption);
+    fig.title = String(row.prompt ?? "");
+    without.appendChild(fig);
+  }
 }
 
 // One bar row: label, bar scaled by `top`, coefficient.
@@ -376,7 +438,14 @@ async function init() {
   try {
     const health = await (await fetch("/healthz")).json();
     if (Array.isArray(health.methods) && health.methods.length) methods = health.methods;
+    imageModel = health.model_kind === "image";
+    if (imageModel && Number.isInteger(health.max_image_seeds)) $("image-seeds").max = String(health.max_image_seeds);
   } catch (e) { /* keep the default */ }
+  // a text-to-image model: images per prompt instead of a target, and no response
+  $("images-field").hidden = !imageModel;
+  $("target-field").hidden = imageModel;
+  $("response-field").hidden = imageModel;
+  if (imageModel) document.querySelector(".lead").textContent = "Which words of the prompt drive the generated image?";
   for (const m of methods) methodSelect.appendChild(el("option", null, m));
   const syncThreshold = () => { $("threshold").disabled = methodSelect.value !== "mupax"; };
   methodSelect.addEventListener("change", syncThreshold);
