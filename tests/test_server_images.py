@@ -9,16 +9,16 @@ import concurrent.futures
 import io
 
 import pytest
+from image_models import shapes, shapes_unseeded
 from PIL import Image
+from serve_models import Additive, ToyLM
+from server_client import AppFactory
 
 from gsmile import Explainer
 from gsmile.errors import InvalidInputError
 from gsmile.server import Settings
 from gsmile.server.service import ModelHolder, model_kind
 from gsmile.server.settings import parse_size
-from image_models import shapes, shapes_unseeded
-from server_client import AppFactory
-from serve_models import Additive, ToyLM
 
 PROMPT = "a red circle above a blue square on green grass with a stone bridge"
 OTHER = "a yellow triangle under a white circle in the sky near an old stone wall"

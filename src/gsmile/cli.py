@@ -532,7 +532,14 @@ def _serve(args) -> int:
         cors_origins=args.cors_origin or None, model=args.model, jobs_path=args.jobs_db, max_concurrent=args.max_concurrent,
         device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens,
     )
-    model = _model(args, settings.model, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens)
+    if settings.model.startswith("diffusers:"):
+        model = None  # the server resolves it with its placement and GSMILE_IMAGE_* settings
+    elif settings.model.startswith("openai-images:"):
+        from .backends import resolve_model
+
+        model = resolve_model(settings.model, image_options=settings.image_options(), **_api_options(args))
+    else:
+        model = _model(args, settings.model, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens)
     app = create_app(settings, model=None if isinstance(model, str) else model)
     if not args.quiet:
         print(f"gsmile: serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)

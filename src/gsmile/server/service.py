@@ -9,8 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import (ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model,
-                        resolve_model)
+from ..backends import ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model, resolve_model
 from ..errors import GsmileError, ModelError, is_out_of_memory, lookup
 from ..explainer import Explainer
 from ..length import fit_length
