@@ -226,3 +226,28 @@ def test_pixel_distance_is_zero_exactly_for_the_same_image_and_bounded():
     fa, fb = d.features([a, white]), d.features([b])
     assert d.cost(fa[:1], fa[:1])[0, 0] == 0.0
     assert d.cost(fa[:1], fb)[0, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", ["gsmile", "occlusion", "lime", "kernelshap", "shapley", "mupax", "banzhaf"])
+def test_every_method_explains_an_image_prompt(method):
+    prompt = "a red circle on green grass with a bridge"  # 8 words: exact Shapley stays small
+    exp = Explainer(shapes, method=method, n_samples=60, random_state=0).explain(prompt)
+    top = exp.top(1)[0].text
+    assert top in DRAWN, (method, top)
+    assert exp.images is not None
+    if method == "shapley":  # a word the model never reads is a null player: exactly 0
+        assert scores_by_word(exp)["bridge"] == pytest.approx(0.0, abs=1e-12)
+    if method in ("gsmile", "occlusion", "kernelshap"):
+        assert exp.reliable, exp.reliability_issues
+    if exp.reliable:
+        assert scores_by_word(exp)["bridge"] < 0.15, method
+        assert "largely ignores" in exp.insights and "bridge" in exp.insights
+    else:  # colours need their shapes: a linear surrogate can miss that, and the insight then gives no advice
+        assert exp.insights.startswith("This explanation is not reliable enough to act on") and "prompt-weighting" not in exp.insights
+
+
+def test_stability_runs_and_until_stable_work_on_images():
+    exp = Explainer(shapes, method="gsmile", n_samples=40, runs=3, random_state=0).explain(PROMPT)
+    assert exp.extras["stability"]["runs"] == 3
+    exp = Explainer(shapes, method="gsmile", n_samples=30, until_stable=True, max_rounds=4, random_state=0).explain(PROMPT)
+    assert exp.extras["until_stable"]["rounds"] >= 2
