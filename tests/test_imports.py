@@ -44,7 +44,8 @@ ROOT = Path(gsmile.__file__).resolve().parent
 #: optional third-party dependencies (extras of pyproject.toml) -> the extra that provides them;
 #: a module whose import fails only because one of these is missing is skipped, with the reason.
 OPTIONAL = {"fastapi": "serve", "uvicorn": "serve", "httpx": "serve/api", "pydantic": "serve",
-            "sentence_transformers": "api", "playwright": "browser", "llama_cpp": "server"}
+            "sentence_transformers": "api", "playwright": "browser", "llama_cpp": "server", "diffusers": "images",
+            "PIL": "images"}
 
 
 def all_modules(root: Path = ROOT) -> dict[str, Path]:
@@ -315,9 +316,9 @@ def _not_installed(name: str) -> bool:
 
 def test_import_gsmile_alone_is_light():
     """``import gsmile`` works in a fresh interpreter and loads no heavy optional stack
-    (torch, transformers, fastapi, matplotlib are imported only when used)."""
+    (torch, transformers, fastapi, matplotlib, diffusers, PIL are imported only when used)."""
     code = ("import sys, gsmile; heavy = [m for m in ('torch', 'transformers', 'fastapi', 'matplotlib', "
-            "'sentence_transformers') if m in sys.modules]; print(heavy)")
+            "'sentence_transformers', 'diffusers', 'PIL') if m in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout

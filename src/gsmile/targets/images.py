@@ -123,15 +123,24 @@ class CLIPDistance(ImageDistance):
         torch = self._torch
         for im in images:
             _rgb(im, 1)  # the type check
-        pixels = self._processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        with torch.inference_mode():
-            out = model.get_image_features(pixel_values=pixels.to(model.dtype))
-            emb = out if isinstance(out, torch.Tensor) else out.pooler_output
-        emb = emb.double().numpy()
+        rows = []
+        # One image per forward pass: in a batch, an image's embedding depends on the batch's
+        # size in its last bits (about 1e-7 in float32), so the same image would not be at
+        # distance 0 from itself, and the batch size would change the explanation.
+        for im in images:
+            pixels = self._processor(images=[im.convert("RGB")], return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                out = model.get_image_features(pixel_values=pixels.to(model.dtype))
+                emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+            rows.append(emb.double().numpy()[0])
+        emb = np.stack(rows)
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     def cost(self, a, b):
-        return np.clip(1.0 - np.atleast_2d(a) @ np.atleast_2d(b).T, 0.0, 2.0)
+        a, b = np.atleast_2d(a), np.atleast_2d(b)
+        # |x − y|² / 2 = 1 − cos for unit vectors, computed directly (not as 1 − x·y, which
+        # leaves ~1e-16 between a vector and itself): identical images are at distance 0 exactly.
+        return np.clip(0.5 * np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1), 0.0, 2.0)
 
 
 class LPIPSDistance(ImageDistance):
