@@ -299,3 +299,39 @@ def test_two_prompts_at_once_on_one_pipeline(pipe_dir, tmp_path, scheduler):
     assert not errors, errors
     for i in range(len(prompts)):
         assert np.array_equal(results[i], alone[i]), (prompts[i], results[i], alone[i])
+
+
+def test_the_command_line_explains_a_diffusers_prompt_and_resumes_from_its_cache(pipe_dir, clip_dir, tmp_path):
+    """As the README runs it: gsmile explain --model diffusers:PATH ... with every output; the
+    rerun generates nothing (every image comes from the disk cache) and gives the same JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = {k: tmp_path / f"exp.{k}" for k in ("json", "html", "png")}
+    argv = [sys.executable, "-m", "gsmile.cli", "explain", "a red circle on green grass", "--model", f"diffusers:{pipe_dir}",
+            "--image-steps", "2", "--image-size", "32x32", "--image-seeds", "2", "--embedder", f"clip:{clip_dir}",
+            "--method", "occlusion", "--cache-dir", str(tmp_path / "calls"), "--quiet",
+            "--json", str(out["json"]), "--html", str(out["html"]), "--png", str(out["png"])]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "Insight: " in first.stdout and "compared by clip:" in first.stdout
+    data = json.loads(out["json"].read_text())
+    assert data["target"] == "image-clip" and data["params"]["image_seeds"] == 2
+    assert data["extras"]["generation"]["steps"] == 2 and data["extras"]["generation"]["size"] == [32, 32]
+    assert out["html"].read_text().count("data:image/png;base64,") == 2 + 3  # both originals; the first seed's image without each top unit
+    assert out["png"].read_bytes().startswith(b"\x89PNG")
+    import sqlite3
+
+    def rows():  # every stored image with the time it was written (a regenerated one is written again)
+        with sqlite3.connect(tmp_path / "calls" / "calls.sqlite3") as db:
+            return sorted(db.execute("SELECT key, created FROM calls").fetchall())
+
+    stored = rows()
+    assert len(stored) >= 2 * 5  # 2 seeds × (the original and at least 4 prompts without a word)
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert rows() == stored  # nothing generated again
+    assert json.loads(out["json"].read_text())["coefficients"] == data["coefficients"]
