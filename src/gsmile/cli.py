@@ -165,6 +165,8 @@ def _add_explanation_flags(p: argparse.ArgumentParser) -> None:
                    help="pairwise interactions (k-SII, with shapiq) among the K most important units (2-20); exact up to 8 (2^K evaluations)")
     p.add_argument("--interaction-budget", type=int, default=None, metavar="N", help="model evaluations for --interactions (default: exact up to K=8, else 256)")
     p.add_argument("--target", default="wasserstein", choices=list(TARGETS) + list(TEXT_TARGETS), help="output shift measured; embedding regenerates each perturbation and compares texts (default: wasserstein)")
+    p.add_argument("--contrast", default=None, metavar="TEXT",
+                   help="why the response rather than TEXT: explain log p(response) - log p(TEXT) (needs log-probabilities; replaces --target)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N", help=f"perturbed prompts to draw (default: {DEFAULT_SAMPLES})")
     _add_method_option_flags(p)
     p.add_argument("--runs", type=int, default=1, metavar="R", help="repeat with seeds seed..seed+R-1 and report stability (default: 1)")
@@ -429,7 +431,7 @@ def _explanation_options(args) -> dict:
     refine = {} if args.refine is None else dict(refine=args.refine, refine_top=args.refine_top, refine_share=args.refine_share)
     sparse = {} if args.surrogate is None and args.max_units is None else dict(surrogate=args.surrogate,
                                                                                            max_units=args.max_units)
-    given = {name: getattr(args, name) for name in ("interactions", "interaction_budget", "max_length", "image_seeds", "embedder")
+    given = {name: getattr(args, name) for name in ("interactions", "interaction_budget", "max_length", "image_seeds", "embedder", "contrast")
              if getattr(args, name) is not None}
     return dict(
         **refine,

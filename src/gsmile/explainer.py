@@ -180,6 +180,7 @@ class Explainer:
         max_length: int | None = None,
         image_seeds: int | None = None,
         embedder=None,
+        contrast: str | None = None,
     ):
         self.model = model
         self.method = method
@@ -210,6 +211,7 @@ class Explainer:
         self.max_length = max_length
         self.image_seeds = image_seeds
         self.embedder = embedder
+        self.contrast = contrast
 
     # ----------------------------------------------------------- checks
     def validate(self) -> SurrogateMethod:
@@ -231,6 +233,8 @@ class Explainer:
         check_int("max_new_tokens", self.max_new_tokens, 1, 4096)
         if self.max_length is not None:
             check_int("max_length", self.max_length, 16, 10_000_000)
+        if self.contrast is not None and (not isinstance(self.contrast, str) or not self.contrast.strip()):
+            raise InvalidInputError("contrast must be a non-empty text: the alternative response to compare with", field="contrast")
         if self.image_seeds is not None:
             check_image_seeds(self.image_seeds)
         if self.embedder is not None:
@@ -384,7 +388,7 @@ class Explainer:
         method = self._choose_surrogate(run, method)
         self._response(run)
         run.scorer = Scorer(run.route.model, original=run.original, target=run.target, response_ids=run.response_ids,
-                            batch_size=self.batch_size, known=run.route.known, progress=self.progress is True,
+                            batch_size=self.batch_size, known=run.route.known, progress=self.progress is True, contrast_ids=run.contrast_ids,
                             on_scored=self._progress_reporter())
         run.timings["score"] = run.timings["fit"] = 0.0
         if self.until_stable:
@@ -403,13 +407,17 @@ class Explainer:
         """The route to the model for this explanation (loaded) and the target."""
         tic = time.perf_counter()
         run.original = user_turn(run.prompt, run.context, self.context_template)
-        run.route = prepare_backend(resolve_model(self.model), prompt=run.original, response=response, target=self.target,
+        target = "logprob" if self.contrast is not None else self.target  # a contrast compares log-probabilities
+        run.route = prepare_backend(resolve_model(self.model), prompt=run.original, response=response, target=target,
                                     max_new_tokens=int(self.max_new_tokens), image_seeds=self.image_seeds, embedder=self.embedder)
         run.response = run.route.response
         if "note" in run.route.info:
             run.notes.append(run.route.info["note"])
+        if self.contrast is not None and not run.route.is_lm:
+            raise InvalidInputError(f"contrast needs the model's log-probabilities; {run.route.model.model_id} is explained on the "
+                                    f"{run.route.info['path']} path ({run.route.info['path_reason']})", field="contrast")
         if run.route.is_lm:
-            run.target = make_target(self.target)
+            run.target = make_target(target)
             if isinstance(run.route.model, Loadable):
                 run.route.model.load()
         run.timings["load"] = time.perf_counter() - tic
@@ -513,6 +521,13 @@ class Explainer:
             raise InvalidInputError("the model generated an empty response; pass --response to explain a given one")
         run.response = lm.decode(run.response_ids) if run.response is None else run.response
         run.response_tokens = lm.token_strings(run.response_ids)
+        if self.contrast is not None:
+            run.contrast_ids = lm.encode_response(self.contrast)
+            if not run.contrast_ids:
+                raise InvalidInputError("the contrast has no tokens; give the alternative response as text", field="contrast")
+            if run.contrast_ids == list(run.response_ids):
+                raise InvalidInputError("the contrast equals the response; give a different alternative (why this response rather than that one)",
+                                        field="contrast")
         run.timings["generate"] = time.perf_counter() - tic
         # The original input's output (the target's reference) is scored with the first
         # batch of perturbations, not in a pass of its own (see Scorer.score).
@@ -747,6 +762,8 @@ class Explainer:
             params.update(interactions=int(self.interactions), interaction_budget=self.interaction_budget)
         if self.max_length is not None:
             params["max_length"] = int(self.max_length)
+        if self.contrast is not None:
+            params["contrast"] = self.contrast
         images, n_unique = None, run.scorer.n_calls  # (the images below are not among the evaluations)
         if run.route.info["path"] == "image":
             params.update(image_seeds=len(run.route.model.seeds), embedder=run.route.model.target.describe(), max_new_tokens=None)
@@ -761,7 +778,7 @@ class Explainer:
             held_out_r2=held_out,
             n_parameters=max(fit.n_parameters for fit in fits),
             method=method.name,
-            target=run.target.name if is_lm else run.route.model.target_name,
+            target=("contrast" if self.contrast is not None else run.target.name) if is_lm else run.route.model.target_name,
             unit_type=run.unit,
             n_samples=n_rows - 1 if run.drawn is None else run.drawn,
             n_unique=n_unique,
@@ -808,6 +825,7 @@ class _Run:
     drawn: int | None = None  # masks drawn over every level (None: the one level's rows)
     interactions: dict | None = None  # extras["interactions"] (see gsmile.interactions)
     truncated: dict | None = None  # extras["truncated"]: what max_length cut
+    contrast_ids: list[int] | None = None  # the contrast response's token ids (contrast=)
     surrogate: str | None = None  # the surrogate chosen when none was asked for (None: the asked one)
 
 

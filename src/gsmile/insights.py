@@ -83,6 +83,8 @@ def insights(exp) -> str:
     share = sum(abs(a.coefficient) for a in dominant) / total if total > 0 else 0.0
     is_image = exp.images is not None or str(exp.target).startswith("image-")
     moves = "the images" if is_image else ("the answer" if exp.explained == "context" else "the response")
+    if exp.target == "contrast":
+        moves = f"the preference for the response over {_quote(str(exp.params.get('contrast', 'the contrast')))}"
     parts = []
     if len(dominant) == 1:
         parts.append(f"{_quote(dominant[0].text)} dominates: removing it moves {moves} most ({share:.0%} of the total attribution).")
@@ -90,8 +92,11 @@ def insights(exp) -> str:
         parts.append(f"{_names([_quote(a.text) for a in dominant])} dominate: together {share:.0%} of the total attribution.")
     pushes = [a for a in ranked if a.coefficient < 0 and a.score >= DOMINANT]
     if pushes:
-        parts.append(f"{_names([_quote(a.text) for a in pushes[:3]])} pull{'s' if len(pushes) == 1 else ''} the other way: "
-                     f"without {'it' if len(pushes) == 1 else 'them'} {moves} would be closer to what the rest of the input gives.")
+        names, one = _names([_quote(a.text) for a in pushes[:3]]), len(pushes) == 1
+        if exp.target == "contrast":
+            parts.append(f"{names} favour{'s' if one else ''} the contrast instead (negative coefficient{'' if one else 's'}).")
+        else:
+            parts.append(f"{names} push{'es' if one else ''} {moves} the other way (negative coefficient{'' if one else 's'}).")
     ignored = [a for a in attributions if a.score < IGNORED]
     if not ignored:
         parts.append(f"Every {noun} matters to some degree (each scores at least {IGNORED:.1f} of the top).")
@@ -110,6 +115,8 @@ def insights(exp) -> str:
                      f"e.g. \"({first}:1.5)\".")
     elif exp.explained == "context":
         parts.append(f"The answer rests on the dominant {noun}s; the ignored ones could be dropped from the context without changing it much.")
+    elif exp.target == "contrast":
+        parts.append(f"The ignored {noun}s do not decide between the two; the dominant ones do.")
     elif not is_image:
         parts.append(f"Removing the ignored {noun}s barely changes {moves}; to change it, change the dominant ones.")
     return " ".join(parts)

@@ -21,7 +21,7 @@ import numpy as np
 from .backends import MODELS, ImageModel, Loadable, ScalarModel, SizesBatches, for_explanation, is_language_model, reduced_logprobs, resolve_model
 from .errors import InvalidInputError, is_out_of_memory
 from .inputs import ModelInput
-from .targets import make_target
+from .targets import LogProbTarget, make_target
 
 #: Prompts per forward pass of a language model that cannot suggest a batch size.
 DEFAULT_BATCH_SIZE = 8
@@ -42,13 +42,17 @@ class Scorer:
         out-of-memory. It never changes the result.
     known: values already computed by input text (counted as scored when first used, not sent).
     progress: show a progress bar on stderr.
+    contrast_ids: a contrast response's token ids: the value explained is then
+        ``[log p(response|x) − log p(contrast|x)] − [the same for the original]`` (why this
+        response rather than that one; ``target`` must be the logprob target), and there is
+        no per-token column (None).
     on_scored: called with the number of inputs scored after each model call (progress
         reports, e.g. the server's jobs).
     """
 
     def __init__(self, model, *, original: str, target=None, response_ids: Sequence[int] | None = None,
                  batch_size: int | None = None, known: dict[str, float] | None = None, progress: bool = False,
-                 on_scored: Callable[[int], None] | None = None):
+                 on_scored: Callable[[int], None] | None = None, contrast_ids: Sequence[int] | None = None):
         self.model = model
         self.original = original
         self.target = target
@@ -60,6 +64,14 @@ class Scorer:
         self.is_lm = is_language_model(model)
         if self.is_lm and (target is None or not self.response_ids):
             raise InvalidInputError("a language model is scored with a target and the response's token ids")
+        self.contrast_ids = None if contrast_ids is None else [int(i) for i in contrast_ids]
+        if self.contrast_ids is not None:
+            if not self.is_lm:
+                raise InvalidInputError("a contrast needs a model's log-probabilities (a local model, or an API on its log-prob path)",
+                                        field="contrast")
+            if not isinstance(target, LogProbTarget):
+                raise InvalidInputError("a contrast is explained on log-probabilities: its scorer's target must be logprob", field="contrast")
+            self.contrast_target = make_target("logprob")
         self._cache: dict[str, tuple[float, np.ndarray | None]] = {}
         self.n_calls = 0
 
@@ -113,7 +125,7 @@ class Scorer:
                     raise
                 scored = len(batch) + int(needs_reference)
                 if needs_reference:
-                    cache[self.original] = (0.0, np.zeros(len(self.response_ids)))
+                    cache[self.original] = (0.0, None if self.contrast_ids is not None else np.zeros(len(self.response_ids)))
                     needs_reference = False
                 for text, value, row in zip(batch, values, rows):
                     cache[text] = (float(value), row)
@@ -123,7 +135,7 @@ class Scorer:
                 if self.on_scored is not None:
                     self.on_scored(scored)
         y = np.array([cache[t][0] for t in texts], dtype=float)
-        Y = np.vstack([cache[t][1] for t in texts]) if self.is_lm else None
+        Y = np.vstack([cache[t][1] for t in texts]) if self.is_lm and self.contrast_ids is None else None
         return y, Y
 
     def _call(self, batch: list[str], with_reference: bool):
@@ -136,6 +148,11 @@ class Scorer:
         shift = reduced_logprobs(self.model, [self.original] * with_reference + batch, self.response_ids, reduce)
         shift = shift[1:] if with_reference else shift
         values = -(shift.sum(axis=1) if self.target.aggregate == "sum" else shift.mean(axis=1))
+        if self.contrast_ids is not None:  # minus the contrast's own change: the margin's change
+            reduce = _ShiftFromReference(self.contrast_target, self.model, self.contrast_ids, with_reference)
+            other = reduced_logprobs(self.model, [self.original] * with_reference + batch, self.contrast_ids, reduce)
+            values = values + (other[1:] if with_reference else other).sum(axis=1)
+            return values, [None] * len(batch)
         return values, -shift
 
 
@@ -200,6 +217,8 @@ def explanation_scorer(explanation, model=None, *, batch_size: int | None = None
         raise InvalidInputError("the explanation has no response to score")
     if isinstance(backend, Loadable):
         backend.load()
-    return Scorer(backend, original=original, target=make_target(explanation.target),
+    contrast = explanation.params.get("contrast") if explanation.target == "contrast" else None
+    return Scorer(backend, original=original, target=make_target("logprob" if contrast is not None else explanation.target),
                   response_ids=backend.encode_response(explanation.response), batch_size=batch_size,
-                  progress=progress, on_scored=on_scored)
+                  progress=progress, on_scored=on_scored,
+                  contrast_ids=None if contrast is None else backend.encode_response(contrast))

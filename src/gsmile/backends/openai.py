@@ -336,8 +336,9 @@ class APIExplanation:
         # The response's tokens after the template's assistant header (prompt text left empty:
         # the header ends the prompt's tokens, so the split is the same for any prompt).
         tokens = self._response_tokens(self.backend.format_prompt(""), response)
-        self._reset_vocab(tokens)
-        return [self._ids[t] for t in tokens]
+        # Added to the vocabulary, not replacing it: a contrast's tokens join the response's
+        # (both are encoded before the reference fixes the vocabulary).
+        return [self._add(t) for t in tokens]
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return "".join(self._strings[int(i)] for i in token_ids)

@@ -234,6 +234,8 @@ def _body(exp: Explanation) -> str:
     parts.append(f"<h1>gsmile explanation <small>({_e(exp.method)})</small></h1>")
     if exp.target == "model_output":  # a scalar model: y is the model's output itself
         plus, minus = "positive: raises the output", "negative: lowers it"
+    elif exp.target == "contrast":  # y = the change of log p(response) - log p(contrast)
+        plus, minus = "positive: favours the response over the contrast", "negative: favours the contrast"
     elif exp.images is not None:  # y = -distance between images
         plus, minus = "positive: holds the images in place", "negative: pulls them away"
     else:  # a language model: y = -Δ, so a positive unit holds the output in place

@@ -84,6 +84,8 @@ class ExplainRequest(BaseModel):
     interactions: Option(int) = Field(None, description="pairwise interactions (k-SII, with shapiq) among this many top units (2-20; 0: off)")
     interaction_budget: Option(int) = Field(None, description="model evaluations for interactions (default: exact, 2^k, up to 8 units, else 256; at most the server's GSMILE_MAX_SAMPLES)")
     context_template: Option(str, _at_most(MAX_TEMPLATE)) = Field(None, description="user turn built from {context} and {prompt}")
+    contrast: str | None = Field(None, min_length=1, max_length=MAX_TEXT, description="why the response rather than this text: explain "
+                                 "log p(response) - log p(contrast) (models with log-probabilities; replaces target)")
     image_seeds: Option(int) = Field(None, description="text-to-image models only: images generated per prompt, from seeds 0..K-1 "
                                                       "(default 1; at most the server's GSMILE_MAX_IMAGE_SEEDS); each counts against GSMILE_MAX_SAMPLES")
     max_length: Option(int) = Field(None, description="most tokens of one model input: a longer input is cut from its beginning, context first, and the cut recorded (default: refuse inputs longer than the model's window)")
