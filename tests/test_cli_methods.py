@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gsmile.cli import main
-from gsmile.methods import METHODS
+from gsmile.methods import PERTURBATION_METHODS
 
 PROMPT = "What is the capital of France, and why is it famous?"
 WEIGHTS = {"capital": 2.0, "France": 3.0, "famous": 1.0, "why": -1.5}
@@ -32,7 +32,7 @@ def stand(monkeypatch):
     return model
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(PERTURBATION_METHODS))
 def test_each_method_runs_from_the_cli(method, stand, tmp_path, capsys):
     out = tmp_path / "e.json"
     code = main(["explain", PROMPT, "--method", method, "--samples", "60", "--quiet", "--json", str(out)])

@@ -7,7 +7,7 @@ import pytest
 
 from gsmile import Explainer, explain
 from gsmile.errors import InvalidInputError, UnknownNameError
-from gsmile.methods import METHODS, MAX_EXACT_UNITS, make_method, method_options, mupax_statistics
+from gsmile.methods import MAX_EXACT_UNITS, PERTURBATION_METHODS, make_method, method_options, mupax_statistics
 from gsmile.samplers import BernoulliSampler, OrthogonalSampler, ShapleySampler, all_coalitions
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
@@ -387,7 +387,7 @@ def test_orthogonal_blocks_estimate_banzhaf_values_better_than_independent_draws
 
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(PERTURBATION_METHODS))
 def test_per_token_columns_are_fitted_the_same_way_in_one_solve(method):
     # Column 0 repeats the explained value, column 1 doubles it, column 2 is another model.
     def other(masks):
@@ -421,7 +421,7 @@ def nonlinear_words(texts):
     return [float(len(t)) ** 0.5 + (2.0 if "alpha" in t and "delta" in t else 0.0) for t in texts]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(PERTURBATION_METHODS))
 def test_seeds_reproduce_explanations(method):
     first = quiet_explain(PROMPT, model=nonlinear_words, method=method, n_samples=40, random_state=11)
     again = quiet_explain(PROMPT, model=nonlinear_words, method=method, n_samples=40, random_state=11, batch_size=3)

@@ -8,7 +8,7 @@ import pytest
 
 from gsmile import explain
 from gsmile.cli import main
-from gsmile.methods import METHODS
+from gsmile.methods import PERTURBATION_METHODS
 
 pytestmark = pytest.mark.model
 
@@ -17,7 +17,7 @@ RESPONSE = "Paris."
 PHRASES = ["Name the capital of France,", "briefly,", "in one word."]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(PERTURBATION_METHODS))
 def test_every_method_explains_a_short_prompt(lm, method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

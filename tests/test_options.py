@@ -15,6 +15,7 @@ from gsmile.errors import InvalidInputError
 from gsmile.kernels import GaussianKernel, Kernel
 from gsmile.methods import (
     METHODS,
+    PERTURBATION_METHODS,
     OptionSpec,
     SurrogateMethod,
     make_method,
@@ -211,7 +212,7 @@ def test_window_larger_than_the_units_and_bad_seed_name_their_field():
 
 
 # ------------------------------------------------------------------ protocols and reseeding
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(PERTURBATION_METHODS))
 def test_every_part_follows_its_protocol(name):
     method = make_method(name, random_state=0)
     assert isinstance(method.sampler, Sampler)
@@ -223,7 +224,7 @@ def test_every_part_follows_its_protocol(name):
     assert width == (1.5 if name == "gsmile" else None)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(PERTURBATION_METHODS))
 def test_with_random_state_matches_a_fresh_method_and_leaves_the_original(name):
     options = {"lime": {"num_features": 2}, "banzhaf": {"keep": 0.3}}.get(name, {})
     original = make_method(name, **options, random_state=1)

@@ -22,7 +22,7 @@ from .errors import InvalidInputError, check_int, lookup
 from .explanation import FIDELITY_THRESHOLD, Explanation, image_record, level_record
 from .inputs import CONTEXT_TEMPLATE, ModelInput, check_template, user_turn
 from .length import fit_length
-from .methods import SurrogateMethod, make_method, method_options, option_specs
+from .methods import SurrogateMethod, WhiteBoxMethod, make_method, method_options, option_specs
 from .samplers import DROPOUT_WARN, draw_within, make_rng
 from .scoring import Scorer
 from .stability import DEFAULT_TOP_K, mean_of_runs, runs_report, top_k_units
@@ -387,6 +387,8 @@ class Explainer:
         self._segment(run, segments)
         method = self._choose_surrogate(run, method)
         self._response(run)
+        if isinstance(method, WhiteBoxMethod):
+            return self._explain_white_box(run, method, t_start)
         run.scorer = Scorer(run.route.model, original=run.original, target=run.target, response_ids=run.response_ids,
                             batch_size=self.batch_size, known=run.route.known, progress=self.progress is True, contrast_ids=run.contrast_ids,
                             on_scored=self._progress_reporter())
@@ -402,6 +404,67 @@ class Explainer:
         run.timings["total"] = time.perf_counter() - t_start
         run.timings["peak_rss_mb"] = peak_rss_mb()
         return self._assemble(run, method, fits, n_rows)
+
+    def _explain_white_box(self, run: "_Run", method: WhiteBoxMethod, t_start: float) -> Explanation:
+        """A white-box method's explanation: read from inside the local model (no sampling, no
+        surrogate; see :mod:`gsmile.methods.whitebox`). With a contrast, the attributions of
+        log p(contrast) are subtracted (gradients are linear in the explained function)."""
+        from .backends.local import HFCausalLM
+
+        given = [name for name, value, default in (("runs", self.runs, 1), ("until_stable", self.until_stable, False),
+                                                    ("refine", self.refine, None), ("interactions", self.interactions, 0),
+                                                    ("max_evals", self.max_evals, None)) if value != default]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to perturbation methods; "
+                                    f"{method.name} samples nothing", field=given[0])
+        if not isinstance(run.route.model, HFCausalLM):
+            raise InvalidInputError(f"{method.name} needs a local model (local, hf:PATH) whose gradients and attention can be read; "
+                                    f"{run.route.model.model_id} is not one: use a perturbation method", field="method")
+        tic = time.perf_counter()
+        spans = self._spans_in_user_turn(run)
+        result = method.attribute(run.route.model, run.original, spans, list(run.response_ids))
+        coefficients, token_coefficients = np.asarray(result.coefficients, float), result.token_coefficients
+        extras = dict(result.extras)
+        if run.contrast_ids is not None:
+            other = method.attribute(run.route.model, run.original, spans, list(run.contrast_ids))
+            coefficients = coefficients - np.asarray(other.coefficients, float)
+            token_coefficients = None  # the margin has no per-token column
+            extras["contrast_extras"] = dict(other.extras)
+        run.timings["attribute"] = time.perf_counter() - tic
+        issues = method.issues(result)
+        if result.hint:
+            extras["hint"] = result.hint
+        extras.update(run.route.info, white_box_issues=issues)
+        if run.truncated is not None:
+            extras["truncated"] = run.truncated
+        run.timings["total"] = time.perf_counter() - t_start
+        run.timings["peak_rss_mb"] = peak_rss_mb()
+        params = {**method.params, "white_box": True, "max_new_tokens": int(self.max_new_tokens)}
+        if self.contrast is not None:
+            params["contrast"] = self.contrast
+        if self.max_length is not None:
+            params["max_length"] = int(self.max_length)
+        notes = run.notes + [f"{method.name}: {issue}" for issue in issues]
+        for note in notes:
+            warnings.warn(note, GsmileWarning, stacklevel=3)
+        return Explanation(
+            prompt=run.prompt, response=run.response, units=run.inputs.segmentation.units, coefficients=coefficients,
+            intercept=0.0, fidelity_r2=float("nan"), held_out_r2=None, method=method.name,
+            target="contrast" if self.contrast is not None else "logprob", unit_type=run.unit, n_samples=0, n_unique=0,
+            model_id=run.route.model.model_id, random_state=None, explained=run.explained, context=run.context, params=params,
+            timings=run.timings, warnings=notes, response_tokens=run.response_tokens,
+            token_coefficients=None if token_coefficients is None else np.asarray(token_coefficients, float), extras=extras,
+        )
+
+    @staticmethod
+    def _spans_in_user_turn(run: "_Run") -> list[tuple[int, int]]:
+        """The units' character spans in the user turn the model sees (a context sits inside
+        the template, after whatever comes before ``{context}``)."""
+        offset = 0
+        if run.context is not None:
+            template = run.inputs.template
+            offset = len(template[: template.index("{context}")].format(prompt=run.prompt))
+        return [(u.start + offset, u.end + offset) for u in run.inputs.segmentation.units]
 
     def _reach_model(self, run: "_Run", response: str | None) -> None:
         """The route to the model for this explanation (loaded) and the target."""

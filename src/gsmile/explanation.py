@@ -115,6 +115,8 @@ class Explanation:
         :data:`HELD_OUT_THRESHOLD`, or fewer effective samples than the surrogate's
         parameters (``n_parameters``: one per unit it may use and the intercept; the fit can
         then pass through every sample whatever the model does, so its R² says nothing)."""
+        if self.params.get("white_box"):  # no surrogate: the method's own check (see gsmile.methods.whitebox)
+            return list(self.extras.get("white_box_issues") or [])
         issues = []
         r2 = float(self.fidelity_r2)
         if not math.isfinite(r2):

@@ -19,8 +19,9 @@ from .mupax import mupax, mupax_statistics
 from .occlusion import occlusion
 from .options import OptionSpec, factory_specs, summary
 from .shapley import MAX_EXACT_UNITS, kernelshap, shapley
+from .whitebox import WHITEBOX_METHODS, WhiteBoxMethod
 
-METHODS: dict[str, Callable[..., SurrogateMethod]] = {
+METHODS: dict[str, Callable[..., SurrogateMethod | WhiteBoxMethod]] = {
     "gsmile": gsmile,
     "occlusion": occlusion,
     "lime": lime,
@@ -28,7 +29,11 @@ METHODS: dict[str, Callable[..., SurrogateMethod]] = {
     "shapley": shapley,
     "mupax": mupax,
     "banzhaf": banzhaf,
+    **WHITEBOX_METHODS,  # local models only: read from inside the model (gsmile.whitebox)
 }
+
+#: The methods that perturb the input and fit a surrogate (every one but the white-box ones).
+PERTURBATION_METHODS = tuple(name for name in METHODS if name not in WHITEBOX_METHODS)
 
 #: Where docs/methods.md comes from (the test checks the committed file is current).
 DOCS_COMMAND = "gsmile methods --markdown > docs/methods.md"
@@ -122,7 +127,10 @@ __all__ = [
     "METHODS",
     "MethodResult",
     "OptionSpec",
+    "PERTURBATION_METHODS",
     "SurrogateMethod",
+    "WHITEBOX_METHODS",
+    "WhiteBoxMethod",
     "make_method",
     "method_options",
     "method_summary",

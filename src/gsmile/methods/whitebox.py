@@ -1,0 +1,122 @@
+"""White-box methods: attributions read from inside a local model.
+
+Gradient × input and integrated gradients go through the input embeddings (Captum is the
+engine), and attention is read from the attention weights. Each sums its values over a
+unit's tokens (see :mod:`gsmile.whitebox`). They need a local model (``local``,
+``hf:PATH``), and they make the same :class:`~gsmile.explanation.Explanation` as the
+perturbation methods: units × coefficients, and units × response tokens. They fit no
+surrogate, so their reliability is their own check:
+
+* integrated gradients: completeness. The attributions must add up to F(input) −
+  F(baseline); when they miss it by more than :data:`COMPLETENESS_TOLERANCE`, the
+  explanation is unreliable and more steps are needed.
+* gradient × input: a first-order (local linear) reading of the model, with no check of
+  its own. It is flagged as such, and ``gsmile evaluate`` measures how faithful it is.
+* attention: a hint, not an attribution, so it is always flagged (see ``hint``).
+
+The options come from the factories' signatures, like every method's, so the CLI, the HTTP
+schema and ``docs/methods.md`` list them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+#: Integrated gradients whose completeness error is above this share are unreliable.
+COMPLETENESS_TOLERANCE = 0.05
+
+
+class WhiteBoxMethod:
+    """A method that reads a local model's internals: ``attribute(lm, text, spans,
+    response_ids)`` returns a :class:`gsmile.whitebox.WhiteBoxResult`. It samples
+    nothing and fits no surrogate.
+
+    name: the method's name; function: ``(lm, text, spans, response_ids, **params)``;
+    params: its options (recorded in the explanation).
+    """
+
+    ess_hint = None
+
+    def __init__(self, name: str, function: Callable[..., Any], params: dict[str, Any] | None = None):
+        self.name = name
+        self.function = function
+        self.params = dict(params or {})
+
+    def validate(self) -> None:
+        from ..errors import InvalidInputError, check_int
+
+        if "steps" in self.params:
+            check_int("steps", self.params["steps"], 2, 4096)
+        if self.params.get("baseline", "zero") not in ("zero", "pad"):
+            raise InvalidInputError(f"baseline must be zero or pad, got {self.params['baseline']!r}", field="method_options.baseline")
+
+    def with_random_state(self, seed) -> "WhiteBoxMethod":
+        return self  # nothing random
+
+    def attribute(self, lm, text: str, spans: list[tuple[int, int]], response_ids: list[int]):
+        return self.function(lm, text, spans, response_ids, **self.params)
+
+    def issues(self, result) -> list[str]:
+        """What speaks against trusting ``result`` (empty: nothing does)."""
+        if result.hint:
+            return [result.hint]
+        completeness = result.extras.get("completeness")
+        if completeness is not None:
+            error = float(completeness.get("relative_error", float("nan")))
+            if not error <= COMPLETENESS_TOLERANCE:
+                return [f"integrated gradients miss completeness by {error:.1%} (above {COMPLETENESS_TOLERANCE:.0%}): "
+                        "the path integral is not converged; raise steps"]
+        return []
+
+
+def _gradients(lm, text, spans, response_ids, **params):
+    from ..whitebox.gradients import gradient_attribution
+
+    return gradient_attribution(lm, text, spans, response_ids, **params)
+
+
+def _attention(lm, text, spans, response_ids, **params):
+    from ..whitebox.attention import attention_attribution
+
+    return attention_attribution(lm, text, spans, response_ids, **params)
+
+
+def gradient_x_input(per_token: bool = True, random_state=None) -> WhiteBoxMethod:
+    """Gradient × input over the input embeddings (local models; Captum), summed over each unit's tokens.
+
+    Options:
+        per_token: also attribute each response token's log-probability (units × response tokens)
+    """
+    return WhiteBoxMethod("gradient_x_input", _gradients, {"method": "gradient_x_input", "per_token": per_token})
+
+
+def integrated_gradients(steps: int = 64, baseline: Literal["zero", "pad"] = "zero", per_token: bool = False,
+                         random_state=None) -> WhiteBoxMethod:
+    """Integrated gradients over the input embeddings (local models; Captum's LayerIntegratedGradients), summed over each unit's tokens.
+
+    Options:
+        steps: points on the path from the baseline to the input (completeness is checked)
+        baseline: the explained text's tokens at the path's start: zero (zero embeddings) or pad (the pad token's embedding)
+        per_token: also attribute each response token's log-probability (steps x response tokens passes)
+    """
+    return WhiteBoxMethod("integrated_gradients", _gradients,
+                          {"method": "integrated_gradients", "steps": steps, "baseline": baseline, "per_token": per_token})
+
+
+def attention(random_state=None) -> WhiteBoxMethod:
+    """Last-layer attention from the response to each unit (local models): a hint, not an attribution."""
+    return WhiteBoxMethod("attention", _attention, {"method": "attention"})
+
+
+def attention_rollout(random_state=None) -> WhiteBoxMethod:
+    """Attention rollout through every layer (Abnar & Zuidema 2020; local models): a hint, not an attribution."""
+    return WhiteBoxMethod("attention_rollout", _attention, {"method": "attention_rollout"})
+
+
+#: white-box method names -> factories (part of gsmile.methods.METHODS).
+WHITEBOX_METHODS: dict[str, Callable[..., WhiteBoxMethod]] = {
+    "gradient_x_input": gradient_x_input,
+    "integrated_gradients": integrated_gradients,
+    "attention": attention,
+    "attention_rollout": attention_rollout,
+}
