@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backends import KnowsWindow, Loadable, ReportsExtras, Route, SizesBatches, prepare_backend, resolve_model
+from .backends import ImageModel, KnowsWindow, LanguageModel, Loadable, PerExplanation, ReportsExtras, Route, ScalarModel, SizesBatches, prepare_backend, resolve_model
 from .backends.images import check_image_seeds
 from .errors import InvalidInputError, check_int, lookup
 from .explanation import FIDELITY_THRESHOLD, Explanation, image_record, level_record
@@ -249,7 +249,18 @@ class Explainer:
         self._check_interactions()
         method = self._make_method(self.random_state)
         method.validate()
+        if isinstance(method, WhiteBoxMethod):
+            self._check_white_box_model(method)
         return method
+
+    def _check_white_box_model(self, method: WhiteBoxMethod) -> None:
+        """A white-box method with a model that is surely not local: refused before any call."""
+        model = self.model
+        remote = isinstance(model, str) and model.startswith(("openai:", "openai-images:", "diffusers:"))
+        if remote or isinstance(model, (PerExplanation, ScalarModel, ImageModel)) or (callable(model) and not isinstance(model, (str, LanguageModel))):
+            name = model if isinstance(model, str) else getattr(model, "model_id", type(model).__name__)
+            raise InvalidInputError(f"{method.name} needs a local model (local, hf:PATH) whose gradients and attention can be read; "
+                                    f"{name} is not one: use a perturbation method", field="method")
 
     def _check_refine(self) -> None:
         """The coarse-to-fine options on their own (their fit to the units is checked by
