@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     ev.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     _add_device_flags(ev)
+    _add_counterfactual_commands(sub)
     return parser
 
 
@@ -677,6 +678,86 @@ def _extra_lines(exp) -> list[str]:
 
 COMMANDS = {"explain": _explain, "evaluate": _evaluate, "serve": _serve, "methods": _methods, "audit": _audit,
             "report": _report}
+
+
+# --------------------------------------------------------------------------- counterfactual and anchor
+# (gsmile counterfactual / gsmile anchor; see gsmile.counterfactual and gsmile.anchors)
+
+
+def _add_counterfactual_commands(sub) -> None:
+    from .backends import MODELS
+    from .counterfactual import COMPARES, CRITERIA, DEFAULT_MAX_CALLS, DEFAULT_MAX_NEW_TOKENS
+    from .units import SEGMENTERS
+
+    def common(p):
+        p.add_argument("prompt", metavar="PROMPT", help="the prompt")
+        p.add_argument("--model", default="local", help=f"model: {', '.join(MODELS)} (the embedded SmolLM2), hf:PATH or openai:NAME (default: local)")
+        p.add_argument("--unit", default="word", choices=list(SEGMENTERS), help="units of the prompt (default: word)")
+        p.add_argument("--threshold", type=float, default=None, metavar="X",
+                       help="compare values instead of answers: the change of the target shift a language model's output must reach")
+        p.add_argument("--criterion", default=None, choices=list(CRITERIA), help="with --threshold: cross the level or change by it (default: change for a language model)")
+        p.add_argument("--compare", default="exact", choices=list(COMPARES), help="answers differ: exact (after strip) or by their first sentence (default: exact)")
+        p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N", help=f"length of the greedy answers compared (default: {DEFAULT_MAX_NEW_TOKENS})")
+        p.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS, metavar="N", help=f"most model calls, the attribution run's included (default: {DEFAULT_MAX_CALLS})")
+        p.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per forward pass; never changes results")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+
+    cf = sub.add_parser("counterfactual", help="the smallest edits of a prompt that change the model's answer",
+                        description="Find the smallest sets of unit removals (and, with --replace, replacements) that change the "
+                                    "model's greedy answer, searched best-first by occlusion attribution, fewest edits first.")
+    common(cf)
+    cf.add_argument("--max-size", type=int, default=3, metavar="N", help="most edits in one counterfactual (default: 3)")
+    cf.add_argument("--replace", nargs="+", default=None, metavar="WORD", help="words a unit may also be replaced by")
+    cf.add_argument("--k", type=int, default=3, metavar="N", help="counterfactuals to find (default: 3)")
+    an = sub.add_parser("anchor", help="the fewest units that, kept, preserve the model's answer",
+                        description="Find the smallest set of units that, kept while every other unit is removed with probability "
+                                    "--p-remove, preserves the answer with precision at least --precision (KL lower bound at --delta).")
+    common(an)
+    an.add_argument("--precision", type=float, default=0.95, metavar="TAU", help="precision the anchor must reach (default: 0.95)")
+    an.add_argument("--delta", type=float, default=0.05, metavar="D", help="confidence parameter of the bound (default: 0.05)")
+    an.add_argument("--p-remove", type=float, default=0.5, metavar="P", help="chance each other unit is removed (default: 0.5)")
+    an.add_argument("--beam-size", type=int, default=2, metavar="B", help="candidates extended at each size (default: 2)")
+
+
+def _search_options(args) -> dict:
+    return dict(unit=args.unit, threshold=args.threshold, criterion=args.criterion, compare=args.compare,
+                max_new_tokens=args.max_new_tokens, max_calls=args.max_calls, batch_size=args.batch_size, random_state=args.seed)
+
+
+def _write_result(args, result, out) -> None:
+    from ._io import write_atomic
+
+    for line in result.lines():
+        print(line)
+    if out is not None:
+        write_atomic(out, result.to_json() + "\n")
+        print(f"Wrote JSON to {out}", file=sys.stderr)
+
+
+def _counterfactual(args) -> int:
+    from ._io import check_writable
+    from .counterfactual import counterfactuals
+
+    out = check_writable(args.json, "JSON") if args.json else None
+    result = counterfactuals(args.prompt, args.model, max_size=args.max_size, replacements=args.replace, k=args.k,
+                             **_search_options(args))
+    _write_result(args, result, out)
+    return 0
+
+
+def _anchor(args) -> int:
+    from ._io import check_writable
+    from .anchors import anchor
+
+    out = check_writable(args.json, "JSON") if args.json else None
+    result = anchor(args.prompt, args.model, precision=args.precision, delta=args.delta, p_remove=args.p_remove,
+                    beam_size=args.beam_size, **_search_options(args))
+    _write_result(args, result, out)
+    return 0
+
+
+COMMANDS.update(counterfactual=_counterfactual, anchor=_anchor)
 
 
 def main(argv: list[str] | None = None) -> int:
