@@ -345,7 +345,7 @@ class Oracle:
             return text in self._answers
         if not self.is_lm:
             return text in self.memo.values
-        return text in self.scorer._cache
+        return self.scorer.has_scored(text)
 
     def values(self, texts: Sequence[str]) -> np.ndarray:
         return self.scorer.values(list(texts))

@@ -91,6 +91,10 @@ class Scorer:
         return DEFAULT_BATCH_SIZE
 
     # ------------------------------------------------------------- scoring
+    def has_scored(self, text: str) -> bool:
+        """Whether ``text`` is already scored (scoring it again costs no model call)."""
+        return text in self._cache
+
     def values(self, texts: Sequence[str]) -> np.ndarray:
         """The explained value y of each input (−Δ for a language model, the model's own
         output for a scalar one)."""
