@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     _add_device_flags(ev)
     _add_counterfactual_commands(sub)
+    _add_patch_parser(sub)
     return parser
 
 
@@ -758,6 +759,57 @@ def _anchor(args) -> int:
 
 
 COMMANDS.update(counterfactual=_counterfactual, anchor=_anchor)
+
+
+# ---------------------------------------------------------------- gsmile patch (activation patching)
+def _add_patch_parser(sub) -> None:
+    from .whitebox.patching import COMPONENTS
+
+    pt = sub.add_parser("patch", help="activation patching: which layer and position carry the clean prompt's answer",
+                        description="Run the model on CORRUPTED with one activation (a layer's residual stream, attention or "
+                                    "MLP output at one position) taken from the run on CLEAN, for every layer and position, "
+                                    "and print the share of the clean answer's log p each patch restores: (log p patched - "
+                                    "log p corrupted) / (log p clean - log p corrupted). The prompts go through the chat "
+                                    "template and must have the same token length (swap one-token words).")
+    pt.add_argument("clean", metavar="CLEAN", help="the clean prompt, e.g. 'The capital of France is'")
+    pt.add_argument("corrupted", metavar="CORRUPTED", help="the corrupted prompt, e.g. 'The capital of Italy is'")
+    pt.add_argument("--answer", metavar="TEXT", help="the answer whose log p is measured, over all its tokens "
+                                                     "(default: the clean prompt's greedy next token)")
+    pt.add_argument("--components", default="resid", metavar=",".join(COMPONENTS),
+                    help="what to patch, comma-separated: resid (residual stream after each layer), attn (attention "
+                         "output), mlp (MLP output) (default: resid)")
+    pt.add_argument("--model", default="local", help="a local model: local (the embedded SmolLM2) or hf:PATH (default: local)")
+    pt.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    pt.add_argument("--html", metavar="PATH", help="write an HTML heatmap")
+    pt.add_argument("--quiet", action="store_true", help="no status messages")
+    _add_device_flags(pt)
+
+
+def _patch(args) -> int:
+    from ._io import check_writable, write_atomic
+    from .render.patching import render_patching_html, render_patching_text
+    from .whitebox.patching import activation_patching, check_components, local_model
+
+    outputs = {kind: check_writable(path, kind.upper()) for kind in ("json", "html") if (path := getattr(args, kind))}
+    components = check_components(args.components)
+    if args.model.startswith("hf:") or args.model in ("local", "smollm2"):
+        from .backends import resolve_model
+
+        lm = resolve_model(args.model, **_placement(args))
+    else:
+        lm = local_model(args.model)  # refuses it with one line
+    result = activation_patching(lm, args.clean, args.corrupted, answer=args.answer, components=components)
+    print(render_patching_text(result))
+    renderers = {"json": lambda r: r.to_json() + "\n", "html": render_patching_html}
+    for kind, path in outputs.items():
+        write_atomic(path, renderers[kind](result))
+        if not args.quiet:
+            print(f"Wrote {kind.upper()} to {path}", file=sys.stderr)
+    return 0
+
+
+COMMANDS["patch"] = _patch
+# ---------------------------------------------------------------- end of gsmile patch
 
 
 def main(argv: list[str] | None = None) -> int:
