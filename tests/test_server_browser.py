@@ -260,3 +260,78 @@ def test_a_text_explanation_shows_its_insights(page, server):
     assert page.is_visible("#insights-box") and page.text_content("#insights").strip()
     assert page.is_hidden("#images-box") and page.is_visible("#response-box")
     assert page.is_visible("#target") and page.is_hidden("#image-seeds")
+
+
+# ------------------------------------------------------------------ activation patching
+PATCH_CLEAN, PATCH_CORRUPTED = "The capital of France is <b>x</b>", "The capital of Italy is <b>x</b>"
+
+
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory, lm):
+    """A service running the real embedded model (activation patching needs a local one), with
+    one torch thread while it is up (see tests/test_patching.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    app = create_app(Settings(jobs_path=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3"), model=lm)
+    try:
+        with running_server(app) as url:
+            yield url
+    finally:
+        app.state.manager.shutdown()
+        app.state.store.close()
+        torch.set_num_threads(before)
+
+
+@pytest.mark.model
+def test_patching_heatmap_on_the_page(page, local_server, lm):
+    page.goto(local_server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.is_visible("#modes") and page.is_hidden("#patch-panel")
+    page.click("#mode-patch")
+    assert page.is_visible("#patch-panel") and page.is_hidden("#explain-panel")
+    page.fill("#clean", PATCH_CLEAN)
+    page.fill("#corrupted", PATCH_CORRUPTED)
+    page.fill("#answer", "Paris")
+    page.click("#patch-run")
+    page.wait_for_selector("#patch-result:not([hidden]), #patch-error:not([hidden])", timeout=180_000)
+    assert page.is_hidden("#patch-error"), page.text_content("#patch-error")
+    assert page.text_content("#patch-status") == "done"
+
+    ids_c, ids_k = lm.prompt_ids(PATCH_CLEAN), lm.prompt_ids(PATCH_CORRUPTED)
+    first = next(i for i, (a, b) in enumerate(zip(ids_c, ids_k)) if a != b)
+    n_layers, n_shown = lm.model.config.num_hidden_layers, len(ids_c) - first
+    table = page.locator("#patch-maps table[data-component='resid']")
+    assert table.count() == 1 and page.locator("#patch-maps table").count() == 1
+    # one row per layer, one column per position from the first difference on, one cell per pair
+    assert table.locator("tr[data-layer]").count() == n_layers
+    headers = table.locator("th.tok")
+    assert headers.count() == n_shown
+    assert table.locator("td").count() == n_layers * n_shown
+    assert headers.first.text_content() == " France→ Italy" and "changed" in headers.first.get_attribute("class")
+    templates = table.locator("th.tok.template")
+    assert 0 < templates.count() < n_shown
+    assert all(t.startswith("[") and t.endswith("]") for t in templates.all_text_contents())
+    title = table.locator("tr[data-layer='0'] td").first.get_attribute("title")
+    assert title.startswith(f"layer 0, position {first}  France→ Italy: restored ")
+    assert float(title.rsplit(" ", 1)[1]) > 0.8  # the swapped word carries the answer at layer 0
+    # the answer and both log p; user text shown as text, never as markup
+    assert page.text_content("#patch-answer") == "Paris"
+    summary = page.text_content("#patch-summary")
+    assert "log p clean" in summary and "log p corrupted" in summary
+    assert PATCH_CLEAN in summary and PATCH_CORRUPTED in summary
+    assert page.locator("#patch-result b").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "patching.png"), full_page=True)
+
+    # prompts of different token lengths: the service's message on the page
+    page.fill("#corrupted", "The capital of the Netherlands is <b>x</b>")
+    page.click("#patch-run")
+    page.wait_for_selector("#patch-error:not([hidden])", timeout=60_000)
+    assert "same token length" in page.text_content("#patch-error") and page.is_enabled("#patch-run")
+
+
+def test_patching_is_offered_only_with_a_local_model(page, server):
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.is_hidden("#modes") and page.is_hidden("#patch-panel") and page.is_visible("#form")

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the terminal output (default: auto)")
 
     sv = sub.add_parser("serve", help="start the HTTP API and web page",
-                        description="Serve the HTTP API (/v1/explain, /v1/glad/causal-explainability/analyze, "
+                        description="Serve the HTTP API (/v1/explain, /v1/glad/causal-explainability/analyze, /v1/patch, "
                                     "/v1/jobs/ID, /healthz) and the web page (/). Settings come from GSMILE_* "
                                     "environment variables (GSMILE_API_KEY, GSMILE_XAI_MAXLEN, ...).")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")

@@ -1,7 +1,8 @@
 """The FastAPI application, built by :func:`create_app`.
 
 Routes (:mod:`gsmile.server.routes`): ``GET /`` (the page) and ``/static/*``; ``GET /healthz``;
-``POST /v1/explain``; ``POST /v1/glad/causal-explainability/analyze``; ``GET /v1/jobs/{job_id}``.
+``POST /v1/explain``; ``POST /v1/glad/causal-explainability/analyze``; ``POST /v1/patch``;
+``GET /v1/jobs/{job_id}``.
 The HTTP layer is thin: shapes are checked by the schemas, options and names by the library
 (before a job is queued), and errors are converted once (:mod:`gsmile.server.errors`).
 """

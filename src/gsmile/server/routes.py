@@ -22,8 +22,8 @@ from ..methods import METHODS
 from ..render.palette import inject
 from .errors import FieldError
 from .jobs import JobManager, QueueFull
-from .schemas import AnalyzeRequest, AnalyzeResponse, ErrorBody, ExplainRequest, Health, Job, JobAccepted
-from .service import ModelHolder, check_analyze, run_analyze, run_explain, validate_explain
+from .schemas import AnalyzeRequest, AnalyzeResponse, ErrorBody, ExplainRequest, Health, Job, JobAccepted, PatchRequest
+from .service import ModelHolder, check_analyze, check_patch, run_analyze, run_explain, run_patch, validate_explain
 from .settings import Settings
 
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
@@ -159,6 +159,24 @@ async def analyze(request: Request, body: AnalyzeRequest, holder: HolderDep, man
     return await execute(request, manager, settings, "analyze", params, fn, body.async_)
 
 
+# --------------------------------------------------------------------------- patch
+patch_router = APIRouter(tags=["patch"])
+
+
+@patch_router.post("/v1/patch", responses={200: {"description": "the patching result (gsmile.patching JSON, version 1)"},
+                                           202: {"model": JobAccepted}, **ERRORS})
+async def patch(request: Request, body: PatchRequest, holder: HolderDep, manager: ManagerDep, settings: SettingsDep):
+    """Activation patching: patch each layer's activations at each position from the clean
+    prompt's run into the corrupted one's and report the share of the answer's log p restored
+    (``restored[component][layer][position]``). Needs a local model (422 otherwise); the
+    prompts must have the same token length (422 naming ``corrupted`` otherwise). Runs in the
+    same queue as explanations; ``"async": true`` returns a job id (202)."""
+    params = body.options()
+    check_patch(params, holder)
+    fn = lambda job: run_patch(holder, params, settings)  # noqa: E731
+    return await execute(request, manager, settings, "patch", params, fn, body.async_)
+
+
 # --------------------------------------------------------------------------- jobs
 jobs_router = APIRouter(tags=["jobs"])
 
@@ -180,7 +198,7 @@ health_router = APIRouter(tags=["health"])
 async def healthz(holder: HolderDep, manager: ManagerDep, settings: SettingsDep):
     running, queued = manager.counts
     return {"status": "ok", "version": __version__, "model": holder.model_id, "model_loaded": holder.loaded,
-            "model_kind": holder.kind, "running": running, "queued": queued, "max_concurrent": settings.max_concurrent,
+            "model_kind": holder.kind, "local_model": holder.is_local, "running": running, "queued": queued, "max_concurrent": settings.max_concurrent,
             "max_queue": settings.max_queue, "methods": sorted(METHODS),
             "max_image_seeds": settings.max_image_seeds if holder.is_image else None,
             "embedder": settings.embedder if holder.is_image else None}
@@ -214,4 +232,4 @@ async def static(request: Request, name: str):
     return Response(static_file(name), media_type=STATIC_FILES[name])
 
 
-ROUTERS = (explain_router, analyze_router, jobs_router, health_router, page_router)
+ROUTERS = (explain_router, analyze_router, patch_router, jobs_router, health_router, page_router)

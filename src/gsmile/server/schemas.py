@@ -18,12 +18,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidati
 from ..methods import METHODS, option_specs
 from ..targets import TARGETS, TEXT_TARGETS
 from ..units import SEGMENTERS
+from ..whitebox.patching import COMPONENT_LABELS, COMPONENTS
 
 #: gSMILE's options, described once in its factory.
 _GSMILE = option_specs("gsmile")
 MAX_SAMPLES = 5000
 MAX_TEXT = 200_000
 MAX_TEMPLATE = 10_000
+#: The most characters of a patching prompt or answer: every (layer, position) is one forward
+#: pass, so the work grows with the square of the length (the server's GSMILE_MAX_SAMPLES caps
+#: the patched runs of one request once the prompts are tokenized).
+MAX_PATCH_TEXT = 2_000
 #: Request fields that are not Explainer options (the text and how the reply is sent).
 REQUEST_FIELDS = ("prompt", "response", "context", "segments", "async_")
 #: Explainer options the API does not offer: the progress bar goes to the server's stderr
@@ -103,6 +108,29 @@ class ExplainRequest(BaseModel):
         return set(cls.model_fields) - set(REQUEST_FIELDS)
 
 
+class PatchRequest(BaseModel):
+    """Activation patching (``gsmile.whitebox.patching.activation_patching``) on the service's
+    model, which must be a local language model (local, hf:PATH)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    clean: str = Field(..., min_length=1, max_length=MAX_PATCH_TEXT, description="the prompt whose answer is explained")
+    corrupted: str = Field(..., min_length=1, max_length=MAX_PATCH_TEXT,
+                           description="the same prompt with a word swapped; the same number of tokens as clean")
+    answer: str | None = Field(None, min_length=1, max_length=MAX_PATCH_TEXT,
+                               description="the answer whose log p is restored (all its tokens, teacher-forced); "
+                                           "null: the clean prompt's greedy next token")
+    components: list[Literal[COMPONENTS]] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, max_length=len(COMPONENTS),
+        description="what is patched at each layer: " + "; ".join(f"{k}: {v}" for k, v in COMPONENT_LABELS.items())
+                    + " (default: resid)")
+    async_: bool = Field(False, alias="async", description="return a job id at once instead of waiting")
+
+    def options(self) -> dict[str, Any]:
+        """The request as the service's params (``async`` aside, null fields left out)."""
+        return self.model_dump(exclude={"async_"}, exclude_none=True)
+
+
 class AnalyzeRequest(BaseModel):
     """Request of the causal-explainability analyze API. Unknown fields are ignored, so
     existing clients work unchanged."""
@@ -180,7 +208,7 @@ class JobError(BaseModel):
 
 class Job(BaseModel):
     job_id: str
-    kind: Literal["explain", "analyze"]
+    kind: Literal["explain", "analyze", "patch"]
     status: Literal["queued", "running", "succeeded", "failed"]
     progress: float = Field(..., ge=0, le=1)
     created_at: float
@@ -204,6 +232,8 @@ class Health(BaseModel):
     model_kind: Literal["image", "language", "scalar", "function", "unknown"] = Field(
         ..., description="image: a text-to-image model (explanations carry images); function: a callable, known when first called")
     model_loaded: bool
+    local_model: bool = Field(False, description="a local language model (local, hf:PATH) whose activations gsmile reads: "
+                                                 "POST /v1/patch is available")
     running: int
     queued: int
     max_concurrent: int

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model, resolve_model
+from ..backends import MODELS, ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model, resolve_model
 from ..errors import GsmileError, ModelError, is_out_of_memory, lookup
 from ..explainer import Explainer
 from ..length import fit_length
@@ -103,6 +103,16 @@ class ModelHolder:
         return self._backend is not None
 
     @property
+    def is_local(self) -> bool:
+        """A local language model whose activations gsmile reads (activation patching), known
+        without loading it: a model given by name (local, smollm2, hf:PATH) or an HFCausalLM."""
+        if self._given is None:
+            return self.name in MODELS or self.name.startswith("hf:")
+        from ..backends.local import HFCausalLM
+
+        return isinstance(self._given, HFCausalLM)
+
+    @property
     def model_id(self) -> str:
         for backend in (self._backend, self._given):
             if backend is not None:
@@ -175,6 +185,51 @@ def validate_explain(params: dict[str, Any], holder: ModelHolder | None = None, 
     if max_image_seeds is not None and int(seeds) > max_image_seeds:
         raise FieldError("image_seeds", f"this server generates at most {max_image_seeds} images per prompt "
                                         f"(GSMILE_MAX_IMAGE_SEEDS); image_seeds {seeds} asks for more")
+
+
+# --------------------------------------------------------------------------- patch
+def check_patch(params: dict[str, Any], holder: ModelHolder) -> None:
+    """What a patching request needs before it is queued: a local model, and components the
+    library accepts (each at most once). The prompts are checked by the library, on the model."""
+    from ..whitebox.patching import check_components
+
+    if not holder.is_local:
+        raise FieldError("model", f"activation patching needs a local model whose activations gsmile can read (local or "
+                                  f"hf:PATH); this service runs {holder.model_id}, a {holder.kind} model it only calls")
+    if params.get("components") is not None:
+        check_components(params["components"])
+
+
+def patch_size(lm, clean: str, corrupted: str) -> tuple[int, int] | None:
+    """(layers, positions) that ``activation_patching`` patches for these prompts on all
+    layers: the positions run from the first token where the prompts differ (None when their
+    token lengths differ or they do not differ: the library says why)."""
+    a, b = lm.prompt_ids(clean), lm.prompt_ids(corrupted)
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if len(a) != len(b) or first is None:
+        return None
+    return int(lm.model.config.num_hidden_layers), len(a) - first
+
+
+def run_patch(holder: ModelHolder, params: dict[str, Any], settings) -> dict[str, Any]:
+    """Activation patching on the service's model; returns ``PatchingResult.to_dict()``. The
+    server's cap: at most GSMILE_MAX_SAMPLES patched runs (components × layers × positions)
+    per request, each one row of a forward pass."""
+    from ..whitebox.patching import activation_patching
+
+    lm = holder.get()
+    components = tuple(params.get("components") or ("resid",))
+    size = patch_size(lm, params["clean"], params["corrupted"])
+    if size is not None and len(components) * size[0] * size[1] > settings.max_samples:
+        layers, positions = size
+        raise FieldError("clean", f"this server runs at most {settings.max_samples} patched passes per request "
+                                  f"(GSMILE_MAX_SAMPLES); these prompts need {len(components) * layers * positions} "
+                                  f"({len(components)} component{'s' if len(components) > 1 else ''} × {layers} layers × "
+                                  f"{positions} positions from the first difference on): swap a word nearer the end, "
+                                  "or patch fewer components")
+    result = activation_patching(lm, params["clean"], params["corrupted"], answer=params.get("answer"),
+                                 components=components)
+    return result.to_dict()
 
 
 # --------------------------------------------------------------------------- analyze

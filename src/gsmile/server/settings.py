@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     max_queue: explanations waiting for a slot; beyond it, 503 with Retry-After.
     retry_after_s (GSMILE_RETRY_AFTER): the Retry-After value sent with that 503.
     max_samples: the most perturbed prompts one explain request may draw in all (``n_samples``
-        or ``max_evals``, times ``runs`` or, with ``until_stable``, ``max_rounds``).
+        or ``max_evals``, times ``runs`` or, with ``until_stable``, ``max_rounds``); for
+        ``/v1/patch``, the patched runs (components × layers × positions) of one request.
     jobs_path (GSMILE_JOBS_DB): SQLite file keeping jobs and their results across restarts.
     jobs_keep: how many finished jobs the file keeps (the oldest are deleted).
     xai_maxlen: tokens (prompt side + response) of one scoring pass of the analyze score.

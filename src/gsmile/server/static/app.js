@@ -8,6 +8,7 @@ const POLL_MS = 400;
 const $ = (id) => document.getElementById(id);
 let current = null; // the explanation JSON last computed
 let imageModel = false; // the service runs a text-to-image model (from /healthz)
+let localModel = false; // the service runs a local language model: activation patching (from /healthz)
 // A base64 PNG as the server sends it: base64 characters only, so a data URL built from it
 // can never carry anything else.
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
@@ -102,6 +103,19 @@ function request() {
   return body;
 }
 
+// Submit `body` to `path` as a job and poll it until it finishes: its result, or an Error
+// with the service's message. `onState` sees every state polled.
+async function runJob(path, body, onState) {
+  const job = await api(path, body);
+  for (;;) {
+    const state = await api(`/v1/jobs/${encodeURIComponent(job.job_id)}`);
+    onState(state);
+    if (state.status === "succeeded") return state.result;
+    if (state.status === "failed") throw new Error(state.error ? state.error.error : "the job failed");
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
 async function compute(event) {
   event.preventDefault();
   showError("");
@@ -113,15 +127,11 @@ async function compute(event) {
   bar.value = 0;
   $("status").textContent = "queued";
   try {
-    const job = await api("/v1/explain", request());
-    for (;;) {
-      const state = await api(`/v1/jobs/${encodeURIComponent(job.job_id)}`);
+    render(await runJob("/v1/explain", request(), (state) => {
       bar.value = state.progress;
       $("status").textContent = `${state.status} ${Math.round(state.progress * 100)}%`;
-      if (state.status === "succeeded") { render(state.result); $("status").textContent = "done"; break; }
-      if (state.status === "failed") throw new Error(state.error ? state.error.error : "the job failed");
-      await new Promise((r) => setTimeout(r, POLL_MS));
-    }
+    }));
+    $("status").textContent = "done";
   } catch (err) {
     showError(err.message);
     $("status").textContent = "";
@@ -420,6 +430,124 @@ function select(view) {
   }
 }
 
+// ------------------------------------------------------------------ activation patching
+function showPatchError(message) {
+  const box = $("patch-error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function patch(event) {
+  event.preventDefault();
+  showPatchError("");
+  const clean = $("clean").value;
+  const corrupted = $("corrupted").value;
+  if (!clean.trim() || !corrupted.trim()) { showPatchError("Write a clean and a corrupted prompt first."); return; }
+  const components = ["resid", "attn", "mlp"].filter((c) => $(`comp-${c}`).checked);
+  if (!components.length) { showPatchError("Tick at least one component."); return; }
+  const body = { clean, corrupted, components, async: true };
+  if ($("answer").value.trim()) body.answer = $("answer").value;
+  const button = $("patch-run");
+  button.disabled = true;
+  $("patch-progress").hidden = false; // indeterminate: a patching job reports no partial progress
+  $("patch-status").textContent = "queued";
+  try {
+    renderPatch(await runJob("/v1/patch", body, (state) => { $("patch-status").textContent = state.status; }));
+    $("patch-status").textContent = "done";
+  } catch (err) {
+    showPatchError(err.message);
+    $("patch-status").textContent = "";
+  } finally {
+    button.disabled = false;
+    $("patch-progress").hidden = true;
+  }
+}
+
+// A token as one line: line breaks and tabs as escapes (as gsmile.render.patching does).
+function visible(token) {
+  return String(token).replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/\r/g, "\\r").replace(/\t/g, "\\t");
+}
+
+// The token at a position, as clean→corrupted where the prompts differ.
+function positionLabel(p) {
+  return p.clean === p.corrupted ? p.clean : `${p.clean}→${p.corrupted}`;
+}
+
+// A gsmile.patching result: the answer and its log p after each prompt, then one heatmap per
+// component, layers as rows and positions from `first_patched` on as columns, each cell
+// coloured by the share restored on the diverging scale (full colour at 1 or -1).
+function renderPatch(res) {
+  $("patch-result").hidden = false;
+  const summary = $("patch-summary");
+  clear(summary);
+  const answer = res.answer || {};
+  const rows = [
+    ["clean", res.clean], ["corrupted", res.corrupted],
+    ["answer", answer.text, "patch-answer"],
+    ["answer from", answer.source === "given" ? "the request" : "the clean prompt's most likely next token"],
+    ["log p clean", fmt(answer.clean_logp, 3)], ["log p corrupted", fmt(answer.corrupted_logp, 3)],
+    ["runs", `${res.n_patched} patched runs in ${res.n_forward} forward passes, ${fmt(res.seconds, 1)} s`],
+    ["model", res.model],
+  ];
+  for (const [k, v, id] of rows) {
+    summary.appendChild(el("dt", null, k));
+    const dd = el("dd", k === "clean" || k === "corrupted" || k === "answer" ? "mono" : null, v);
+    if (id) dd.id = id;
+    summary.appendChild(dd);
+  }
+  const warnings = $("patch-warnings");
+  clear(warnings);
+  for (const w of res.warnings || []) warnings.appendChild(el("div", "warning", w));
+  const maps = $("patch-maps");
+  clear(maps);
+  const positions = Array.isArray(res.positions) ? res.positions : [];
+  const first = Math.max(0, Number(res.first_patched) || 0);
+  const shown = positions.map((_, j) => j).filter((j) => j >= first);
+  for (const [component, matrix] of Object.entries(res.restored || {})) {
+    maps.appendChild(el("h3", null, component === "resid" ? "resid: residual stream after the layer"
+      : component === "attn" ? "attn: attention output of the layer" : component === "mlp" ? "mlp: MLP output of the layer" : component));
+    const wrap = el("div", "scroll");
+    const table = el("table", "heatmap patching");
+    table.dataset.component = component;
+    const head = el("tr");
+    head.appendChild(el("th", "row", "layer"));
+    for (const j of shown) {
+      const p = positions[j];
+      const template = p.kind === "template";
+      const label = visible(positionLabel(p));
+      const th = el("th", `tok${template ? " template" : ""}${p.clean !== p.corrupted ? " changed" : ""}`, template ? `[${label}]` : label);
+      th.title = `position ${j} (${p.kind}): ${positionLabel(p)}`;
+      th.dataset.position = String(j);
+      head.appendChild(th);
+    }
+    table.appendChild(head);
+    matrix.forEach((row, i) => {
+      const layer = Array.isArray(res.layers) ? res.layers[i] : i;
+      const tr = el("tr");
+      tr.dataset.layer = String(layer);
+      tr.appendChild(el("th", "row", layer));
+      for (const j of shown) {
+        const v = row[j] === null ? NaN : Number(row[j]);
+        const p = positions[j];
+        const td = el("td", p.kind === "template" ? "template" : null);
+        paint(td, v, Number.isFinite(v) ? Math.min(Math.abs(v), 1) : 0);
+        td.title = `layer ${layer}, position ${j} ${positionLabel(p)}: restored ${fmt(v, 3)}`;
+        tr.appendChild(td);
+      }
+      table.appendChild(tr);
+    });
+    wrap.appendChild(table);
+    maps.appendChild(wrap);
+  }
+}
+
+function mode(view) {
+  for (const name of ["explain", "patch"]) {
+    $(`${name}-panel`).hidden = name !== view;
+    $(`mode-${name}`).setAttribute("aria-selected", String(name === view));
+  }
+}
+
 function download() {
   if (!current) return;
   const blob = new Blob([JSON.stringify(current, null, 2)], { type: "application/json" });
@@ -439,6 +567,7 @@ async function init() {
     const health = await (await fetch("/healthz")).json();
     if (Array.isArray(health.methods) && health.methods.length) methods = health.methods;
     imageModel = health.model_kind === "image";
+    localModel = health.local_model === true;
     if (imageModel && Number.isInteger(health.max_image_seeds)) $("image-seeds").max = String(health.max_image_seeds);
   } catch (e) { /* keep the default */ }
   // a text-to-image model: images per prompt instead of a target, and no response
@@ -454,6 +583,11 @@ async function init() {
   $("tab-outcome").addEventListener("click", () => select("outcome"));
   $("tab-tokens").addEventListener("click", () => select("tokens"));
   $("download").addEventListener("click", download);
+  // activation patching: only with a local model, whose activations the service reads
+  $("modes").hidden = !localModel;
+  $("patch-form").addEventListener("submit", patch);
+  $("mode-explain").addEventListener("click", () => mode("explain"));
+  $("mode-patch").addEventListener("click", () => mode("patch"));
   document.body.dataset.ready = "1";
 }
 
