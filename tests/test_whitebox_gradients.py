@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
 
 import tiny_trained_llama as tiny  # noqa: E402
+
 from gsmile.backends.local import HFCausalLM  # noqa: E402
 from gsmile.errors import InvalidInputError  # noqa: E402
 from gsmile.whitebox.attention import attention_attribution  # noqa: E402
@@ -175,13 +176,19 @@ def test_bad_arguments_are_refused(tiny_lm):
 
 @pytest.mark.model
 def test_integrated_gradients_completeness_on_the_embedded_model(lm):
-    """One 64-point IG run on the embedded SmolLM2 (zero baseline). Measured: relative error
-    0.037 for this prompt (128 points: 0.004; the pad baseline at 64 points: 0.010), so the
-    assertion is 5%, not 1%: see gradients.py."""
+    """IG on the embedded SmolLM2 (zero baseline), starting at 64 points. Measured on this
+    prompt: 3.7% off at 64 points, 0.4% at 128, so the points are doubled once; the method
+    stops at the first try within 1% (see gradients.py). With max_steps=64 it stays at 64 and
+    the explanation says it is off by more than 1%."""
     text = "What is the capital of France?"
     response = lm.encode_response("Paris")
     res = gradient_attribution(lm, text, word_spans(text), response, method="integrated_gradients", steps=64)
     comp = res.extras["completeness"]
-    assert comp["relative_error"] < 0.05, comp
+    assert comp["relative_error"] <= 0.01, (comp, res.extras["step_tries"])
+    assert res.extras["step_tries"][0]["steps"] == 64 and res.extras["steps"] == res.extras["step_tries"][-1]["steps"]
+    assert all(t["relative_error"] > 0.01 for t in res.extras["step_tries"][:-1])
     assert res.extras["outside_units"]["template_share"] == 0
     assert comp["f_input"] > comp["f_baseline"]
+    once = gradient_attribution(lm, text, word_spans(text), response, method="integrated_gradients", steps=64, max_steps=64)
+    assert once.extras["steps"] == 64 and len(once.extras["step_tries"]) == 1
+    assert once.extras["completeness"]["relative_error"] == pytest.approx(res.extras["step_tries"][0]["relative_error"])

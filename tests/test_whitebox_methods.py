@@ -36,3 +36,66 @@ def test_sampling_options_are_refused(option, value):
 def test_a_surrogate_is_refused():
     with pytest.raises(InvalidInputError, match="estimates values defined by its own estimator"):
         Explainer("local", method="integrated_gradients", surrogate="lasso").validate()
+
+
+# ------------------------------------------------ on a model whose answer depends on one word
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    import tiny_trained_llama as tiny
+
+    from gsmile.backends.local import HFCausalLM
+
+    return HFCausalLM.from_path(str(tiny.build(tmp_path_factory.mktemp("tiny_llama")))).load()
+
+
+GXI_FAILS = ("gradient x input: 0 for every word of this model (see tests/test_whitebox_gradients.py: RMSNorm's scale "
+             "invariance makes the derivative along the embedding itself vanish)")
+
+
+@pytest.mark.parametrize("method", [
+    "gsmile", "occlusion", "lime", "kernelshap", "shapley", "mupax", "banzhaf", "integrated_gradients", "attention_rollout",
+    pytest.param("gradient_x_input", marks=pytest.mark.xfail(strict=True, reason=GXI_FAILS)),
+])
+def test_every_method_ranks_the_deciding_word_first(tiny_lm, method):
+    import warnings
+
+    import numpy as np
+    import tiny_trained_llama as tiny
+
+    for text in ("f3 f1 v2 f5 f0 f7", "f0 f2 f4 f6 f1 v3"):
+        words = text.split()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exp = Explainer(tiny_lm, method=method, target="logprob", n_samples=64, random_state=0).explain(text, tiny.answer(words))
+        value_at = next(i for i, w in enumerate(words) if w in tiny.VALUES)
+        assert int(np.argmax(np.abs(exp.coefficients))) == value_at, (method, text, exp.coefficients)
+
+
+@pytest.mark.model
+def test_a_white_box_explanation_of_the_embedded_model(lm):
+    import json
+
+    import numpy as np
+
+    from gsmile.explanation import Explanation
+    from gsmile.render import render_html, render_terminal
+
+    prompt, response = "What is the capital of France?", "Paris"
+    exp = Explainer(lm, method="gradient_x_input").explain(prompt, response)
+    assert exp.method == "gradient_x_input" and exp.target == "logprob" and exp.params["white_box"]
+    assert exp.token_coefficients.shape == (len(exp.units), len(exp.response_tokens))
+    np.testing.assert_allclose(exp.token_coefficients.sum(axis=1), exp.coefficients, atol=1e-3)
+    assert exp.reliable and "No surrogate (white-box method): no check of its own" in render_terminal(exp)
+    assert Explanation.from_json(exp.to_json()).coefficients.tolist() == exp.coefficients.tolist()
+    assert "Insight" in render_html(exp)
+    ig = Explainer(lm, method="integrated_gradients", method_options={"baseline": "pad"}).explain(prompt, response)
+    assert ig.extras["completeness"]["relative_error"] <= 0.01 and ig.reliable
+    hint = Explainer(lm, method="attention").explain(prompt, response)
+    assert not hint.reliable and "a hint, not an attribution" in hint.reliability_issues[0]
+    assert hint.insights.startswith("This explanation is not reliable enough to act on")
+    # why "Paris" rather than "Rome": gradients are linear in the explained function
+    contrast = Explainer(lm, method="gradient_x_input", contrast="Rome").explain(prompt, response)
+    rome = Explainer(lm, method="gradient_x_input").explain(prompt, "Rome")
+    np.testing.assert_allclose(contrast.coefficients, exp.coefficients - rome.coefficients, atol=1e-6)
+    assert contrast.target == "contrast" and contrast.token_coefficients is None
+    json.loads(contrast.to_json())

@@ -47,6 +47,7 @@ class WhiteBoxMethod:
 
         if "steps" in self.params:
             check_int("steps", self.params["steps"], 2, 4096)
+            check_int("max_steps", self.params["max_steps"], 2, 100_000)
         if self.params.get("baseline", "zero") not in ("zero", "pad"):
             raise InvalidInputError(f"baseline must be zero or pad, got {self.params['baseline']!r}", field="method_options.baseline")
 
@@ -90,17 +91,18 @@ def gradient_x_input(per_token: bool = True, random_state=None) -> WhiteBoxMetho
     return WhiteBoxMethod("gradient_x_input", _gradients, {"method": "gradient_x_input", "per_token": per_token})
 
 
-def integrated_gradients(steps: int = 64, baseline: Literal["zero", "pad"] = "zero", per_token: bool = False,
+def integrated_gradients(steps: int = 64, max_steps: int = 512, baseline: Literal["zero", "pad"] = "zero", per_token: bool = False,
                          random_state=None) -> WhiteBoxMethod:
-    """Integrated gradients over the input embeddings (local models; Captum's LayerIntegratedGradients), summed over each unit's tokens.
+    """Integrated gradients over the input embeddings (local models; Captum's IntegratedGradients), summed over each unit's tokens.
 
     Options:
-        steps: points on the path from the baseline to the input (completeness is checked)
+        steps: Gauss-Legendre points on the path from the baseline to the input
+        max_steps: the points are doubled, up to this many, until the attributions sum to F(input) - F(baseline) within 1%
         baseline: the explained text's tokens at the path's start: zero (zero embeddings) or pad (the pad token's embedding)
         per_token: also attribute each response token's log-probability (steps x response tokens passes)
     """
-    return WhiteBoxMethod("integrated_gradients", _gradients,
-                          {"method": "integrated_gradients", "steps": steps, "baseline": baseline, "per_token": per_token})
+    return WhiteBoxMethod("integrated_gradients", _gradients, {"method": "integrated_gradients", "steps": steps, "max_steps": max_steps,
+                                                               "baseline": baseline, "per_token": per_token})
 
 
 def attention(random_state=None) -> WhiteBoxMethod:

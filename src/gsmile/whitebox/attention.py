@@ -28,8 +28,6 @@ import threading
 import time
 import weakref
 
-import numpy as np
-
 from ..errors import InvalidInputError
 from ._tokens import build_row, check_local, outside_units, to_units, token_table
 from .gradients import WhiteBoxResult
