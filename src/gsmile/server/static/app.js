@@ -576,6 +576,7 @@ async function init() {
   $("response-field").hidden = imageModel;
   if (imageModel) document.querySelector(".lead").textContent = "Which words of the prompt drive the generated image?";
   for (const m of methods) methodSelect.appendChild(el("option", null, m));
+  if (methods.includes("gsmile")) methodSelect.value = "gsmile";  // the default, whatever sorts first
   const syncThreshold = () => { $("threshold").disabled = methodSelect.value !== "mupax"; };
   methodSelect.addEventListener("change", syncThreshold);
   syncThreshold();
