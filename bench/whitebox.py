@@ -93,8 +93,9 @@ def run(args) -> dict:
             options = {"method_options": {"steps": args.steps}} if method == "integrated_gradients" else {}
             exp, seconds = explain(case, method, **options)
             entry = {"attributions": exp.coefficients.tolist(), "seconds": seconds}
-            if "completeness" in exp.extras:
+            if exp.extras.get("completeness"):
                 entry["completeness_error"] = float(exp.extras["completeness"]["relative_error"])
+                entry["steps"] = int(exp.extras["steps"])
             row["methods"][method] = entry
         base = row["methods"]["occlusion"]["seconds"]
         for name, entry in row["methods"].items():

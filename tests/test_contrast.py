@@ -120,3 +120,11 @@ def test_the_server_explains_a_contrast_and_refuses_one_equal_to_the_response(tm
         assert r.status_code in (400, 422) and "contrast equals the response" in r.text
     finally:
         factory.close()
+
+
+@pytest.mark.model
+def test_cli_refuses_a_contrast_equal_to_the_response_with_one_line(lm, capsys, monkeypatch):
+    monkeypatch.setattr("gsmile.backends._loaded", {("local", "cpu", "float32", None): lm})
+    assert main(["explain", "Name a fruit that is red", "--response", "Apple", "--contrast", "Apple", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the contrast equals the response" in err and len(err.splitlines()) == 1

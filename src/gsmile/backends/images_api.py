@@ -35,7 +35,7 @@ from ..errors import InvalidInputError, ModelError, check_int
 from .cache import CallCache
 from .http import JSONClient
 from .images import decode_png
-from .openai import DEFAULT_BASE_URL
+from .openai import APIClient
 
 ENDPOINT = "/images/generations"
 #: options of a text API (``openai:NAME``) that the CLI passes to every API model; they do
@@ -43,7 +43,7 @@ ENDPOINT = "/images/generations"
 TEXT_OPTIONS = frozenset({"prompt_template", "top_logprobs", "batch_prompts"})
 
 
-class ImagesAPIBackend:
+class ImagesAPIBackend(APIClient):
     """``openai-images:NAME``: an OpenAI-compatible images API as an
     :class:`~.protocols.ImageModel`.
 
@@ -149,45 +149,6 @@ class ImagesAPIBackend:
         if not ok:
             raise InvalidInputError(f"image size must be (width, height) in pixels, two positive integers, got {self.size!r}", field="size")
         return f"{size[0]}x{size[1]}"
-
-    @property
-    def effective_base_url(self) -> str:
-        """``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's own API."""
-        return str(self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
-
-    @property
-    def client(self) -> JSONClient:
-        """The HTTP client, made on first use (once, under a lock); shared by every explanation."""
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    def _make_client(self) -> JSONClient:
-        self.validate()
-        base_url = self.effective_base_url
-        key = self.api_key
-        if key is None:
-            env = self.api_key_env or "OPENAI_API_KEY"
-            key = os.environ.get(env)
-            if key is None and self.api_key_env:
-                raise InvalidInputError(f"environment variable {env} (from --api-key-env) is not set")
-            if key is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
-                raise InvalidInputError("set OPENAI_API_KEY (or name another variable with --api-key-env) to call the OpenAI API")
-        extra = {} if self.sleep is None else {"sleep": self.sleep}
-        return JSONClient(
-            base_url,
-            label=self.model_id,
-            api_key=key,
-            timeout=float(self.timeout),
-            max_retries=self.max_retries,
-            backoff=self.backoff,
-            max_backoff=self.max_backoff,
-            concurrency=self.concurrency,
-            cache=CallCache(self.cache_dir) if self.use_cache else None,
-            random_state=self.random_state,
-            **extra,
-        )
 
     def settings(self) -> dict[str, Any]:
         """The generation settings sent with every prompt (besides the prompt and the seed)."""

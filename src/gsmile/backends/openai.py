@@ -61,7 +61,57 @@ REST = "\x00<rest>"  # the vocabulary's last atom: probability mass outside the 
 _FLOOR = 1e-12
 
 
-class OpenAIBackend:
+class APIClient:
+    """The HTTP client of a backend behind an OpenAI-compatible API, made from its settings
+    (``base_url``, ``api_key``/``api_key_env``, ``timeout``, ``max_retries``, ``backoff``,
+    ``max_backoff``, ``concurrency``, ``cache_dir``/``use_cache``, ``random_state``, and
+    ``sleep`` for tests) on first use, once, under ``_client_lock``. Shared by the text and
+    the images backends."""
+
+    sleep = None  # injected by tests: the wait between retries
+
+    @property
+    def effective_base_url(self) -> str:
+        """``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's own API."""
+        return str(self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
+
+    @property
+    def client(self) -> JSONClient:
+        """The HTTP client, made on first use (once, under a lock); shared by every explanation."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> JSONClient:
+        """A new client from the settings (the key from the environment when not given)."""
+        self.validate()
+        base_url = self.effective_base_url
+        key = self.api_key
+        if key is None:
+            env = self.api_key_env or "OPENAI_API_KEY"
+            key = os.environ.get(env)
+            if key is None and self.api_key_env:
+                raise InvalidInputError(f"environment variable {env} (from --api-key-env) is not set")
+            if key is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
+                raise InvalidInputError("set OPENAI_API_KEY (or name another variable with --api-key-env) to call the OpenAI API")
+        extra = {} if self.sleep is None else {"sleep": self.sleep}
+        return JSONClient(
+            base_url,
+            label=self.model_id,
+            api_key=key,
+            timeout=float(self.timeout),
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            concurrency=self.concurrency,
+            cache=CallCache(self.cache_dir) if self.use_cache else None,
+            random_state=self.random_state,
+            **extra,
+        )
+
+
+class OpenAIBackend(APIClient):
     """``openai:MODEL``: a model behind an OpenAI-compatible API.
 
     model: the model name the server expects.
@@ -140,44 +190,6 @@ class OpenAIBackend:
 
     def format_prompt(self, prompt: str) -> str:
         return self.template.replace("{prompt}", prompt)
-
-    @property
-    def effective_base_url(self) -> str:
-        """``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's own API."""
-        return str(self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
-
-    @property
-    def client(self) -> JSONClient:
-        """The HTTP client, made on first use (once, under a lock)."""
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    def _make_client(self) -> JSONClient:
-        """A new client from the settings (the key from the environment when not given)."""
-        self.validate()
-        base_url = self.effective_base_url
-        key = self.api_key
-        if key is None:
-            env = self.api_key_env or "OPENAI_API_KEY"
-            key = os.environ.get(env)
-            if key is None and self.api_key_env:
-                raise InvalidInputError(f"environment variable {env} (from --api-key-env) is not set")
-            if key is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
-                raise InvalidInputError("set OPENAI_API_KEY (or name another variable with --api-key-env) to call the OpenAI API")
-        return JSONClient(
-            base_url,
-            label=self.model_id,
-            api_key=key,
-            timeout=float(self.timeout),
-            max_retries=self.max_retries,
-            backoff=self.backoff,
-            max_backoff=self.max_backoff,
-            concurrency=self.concurrency,
-            cache=CallCache(self.cache_dir) if self.use_cache else None,
-            random_state=self.random_state,
-        )
 
     def for_explanation(self) -> "APIExplanation":
         """The object one explanation scores with: it holds that explanation's token
