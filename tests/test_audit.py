@@ -362,7 +362,10 @@ def test_api_model_with_two_workers_keeps_one_limit_on_requests_in_flight(tmp_pa
             for i in range(4)]
     path = _cases(tmp_path, rows)
     with FakeOpenAI() as srv:
-        srv.delay_s = 0.01
+        # Each answer takes 0.1 s, so one worker alone needs about 5 s for the 4 cases: longer than
+        # the other worker takes to start, even on a loaded machine (at 0.01 s one worker could
+        # finish every case first, and nothing was ever in flight at once).
+        srv.delay_s = 0.1
         code = main(["audit", str(path), "--out", str(tmp_path / "out"), "--model", "openai:fake", "--base-url", srv.base_url,
                      "--no-cache", "--target", "logprob", "--samples", "12", "--workers", "2", "--concurrency", "2",
                      "--batch-size", "4", "--quiet"])
