@@ -127,14 +127,18 @@ def test_per_token_rows_sum_to_the_total(tiny_lm):
 
 
 def test_beside_other_work_on_the_shared_model(tiny_lm):
-    """AttnLRP in one thread while black-box scoring (lm.logprobs) runs in another: both give
-    what they give alone; the shared model's parameters, requires_grad, .grad, hooks and config
-    are as they were."""
+    """AttnLRP in one thread while black-box scoring (lm.logprobs) and integrated gradients
+    (through transformers' own forward) run in others: each gives what it gives alone; the
+    shared model's parameters, requires_grad, .grad, hooks and config are as they were."""
+    from gsmile.whitebox.gradients import gradient_attribution
+
     model = tiny_lm.model
     text, other = PROMPTS[1], PROMPTS[2]
     resp = tiny_lm.encode_response(tiny.answer(text.split()))
     jobs = {"lrp": lambda: attnlrp_attribution(tiny_lm, text, word_spans(text), resp).coefficients,
-            "black": lambda: tiny_lm.logprobs([text, other, "f0 f0 f0 v1 f0 f0"] * 4, resp)}
+            "black": lambda: tiny_lm.logprobs([text, other, "f0 f0 f0 v1 f0 f0"] * 4, resp),
+            "ig": lambda: gradient_attribution(tiny_lm, other, word_spans(other), resp, method="integrated_gradients",
+                                               steps=8, max_steps=8).coefficients}
     alone = {k: job() for k, job in jobs.items()}
     # (after the black-box scoring: its lean body sets requires_grad=False once on weights it stacks)
     before = {n: (p.requires_grad, p.grad, p.detach().clone()) for n, p in model.named_parameters()}
@@ -146,7 +150,7 @@ def test_beside_other_work_on_the_shared_model(tiny_lm):
         def run(key):
             try:
                 barrier.wait()
-                for _ in range(3):
+                for _ in range(10):
                     together.setdefault(key, []).append(jobs[key]())
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
