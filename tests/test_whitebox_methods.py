@@ -53,7 +53,7 @@ GXI_FAILS = ("gradient x input: 0 for every word of this model (see tests/test_w
 
 
 @pytest.mark.parametrize("method", [
-    "gsmile", "occlusion", "lime", "kernelshap", "shapley", "mupax", "banzhaf", "integrated_gradients", "attention_rollout",
+    "gsmile", "occlusion", "lime", "kernelshap", "shapley", "mupax", "banzhaf", "integrated_gradients", "attention_rollout", "attnlrp",
     pytest.param("gradient_x_input", marks=pytest.mark.xfail(strict=True, reason=GXI_FAILS)),
 ])
 def test_every_method_ranks_the_deciding_word_first(tiny_lm, method):
