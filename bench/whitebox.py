@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 from compare import Case, faithfulness, spearman, top_agreement  # noqa: E402
 
-WHITE = ["gradient_x_input", "integrated_gradients", "attention", "attention_rollout"]
+WHITE = ["gradient_x_input", "integrated_gradients", "attnlrp", "attention", "attention_rollout"]
 BASELINES = {"occlusion": None, "gsmile@4N": 4}
 STORED = ["gsmile:gsmile", "gsmile:kernelshap", "gsmile:lime", "captum:FeatureAblation", "captum:KernelShap",
           "captum:ShapleyValueSampling", "shap:Partition", "lime:LimeText"]

@@ -99,3 +99,15 @@ def test_a_white_box_explanation_of_the_embedded_model(lm):
     np.testing.assert_allclose(contrast.coefficients, exp.coefficients - rome.coefficients, atol=1e-6)
     assert contrast.target == "contrast" and contrast.token_coefficients is None
     json.loads(contrast.to_json())
+
+
+@pytest.mark.model
+def test_attnlrp_is_labelled_as_explaining_logits_and_evaluated_on_log_p(lm):
+    from gsmile.faithfulness import evaluate
+    from gsmile.render import render_terminal
+
+    exp = Explainer(lm, method="attnlrp").explain("What is the capital of France?", "Paris")
+    assert exp.target == "logit" and exp.extras["conservation"]["ratio"] > 0
+    assert "relevance conserved at" in render_terminal(exp)
+    metrics = evaluate(exp, lm, n_random=0)
+    assert metrics["target"].startswith("logprob") and metrics["deletion_aopc"] is not None

@@ -461,7 +461,7 @@ class Explainer:
         return Explanation(
             prompt=run.prompt, response=run.response, units=run.inputs.segmentation.units, coefficients=coefficients,
             intercept=0.0, fidelity_r2=float("nan"), held_out_r2=None, method=method.name,
-            target="contrast" if self.contrast is not None else "logprob", unit_type=run.unit, n_samples=0, n_unique=0,
+            target="contrast" if self.contrast is not None else method.explains, unit_type=run.unit, n_samples=0, n_unique=0,
             model_id=run.route.model.model_id, random_state=None, explained=run.explained, context=run.context, params=params,
             timings=run.timings, warnings=notes, response_tokens=run.response_tokens,
             token_coefficients=None if token_coefficients is None else np.asarray(token_coefficients, float), extras=extras,

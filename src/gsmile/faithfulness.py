@@ -196,6 +196,6 @@ def evaluate(
         "sufficiency_mean": float(np.mean(list(suff.values()))),
         "fidelity_r2": float(fidelity) if fidelity is not None and np.isfinite(fidelity) else None,
         "topk_jaccard": stability_report.get("topk_jaccard") if stability_report else None,
-        "target": explanation.target,
+        "target": "logprob (the explanation's logits scored on log p)" if explanation.target == "logit" else explanation.target,
         "model_calls": int(scorer.n_calls - calls_before),
     }

@@ -222,7 +222,9 @@ def explanation_scorer(explanation, model=None, *, batch_size: int | None = None
     if isinstance(backend, Loadable):
         backend.load()
     contrast = explanation.params.get("contrast") if explanation.target == "contrast" else None
-    return Scorer(backend, original=original, target=make_target("logprob" if contrast is not None else explanation.target),
+    # A contrast is rescored as its margin; an explanation of logits (attnlrp) on log p, its closest target.
+    target = "logprob" if contrast is not None or explanation.target == "logit" else explanation.target
+    return Scorer(backend, original=original, target=make_target(target),
                   response_ids=backend.encode_response(explanation.response), batch_size=batch_size,
                   progress=progress, on_scored=on_scored,
                   contrast_ids=None if contrast is None else backend.encode_response(contrast))

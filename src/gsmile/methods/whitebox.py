@@ -44,10 +44,12 @@ class WhiteBoxMethod:
 
     ess_hint = None
 
-    def __init__(self, name: str, function: Callable[..., Any], params: dict[str, Any] | None = None):
+    def __init__(self, name: str, function: Callable[..., Any], params: dict[str, Any] | None = None, explains: str = "logprob"):
         self.name = name
         self.function = function
         self.params = dict(params or {})
+        #: what it attributes: "logprob" (Σ log p of the response) or "logit" (Σ the response's logits)
+        self.explains = explains
 
     def validate(self) -> None:
         from ..errors import InvalidInputError, check_int
@@ -108,7 +110,7 @@ def attnlrp(per_token: bool = True, random_state=None) -> WhiteBoxMethod:
     Options:
         per_token: also attribute each response token's logit (units × response tokens)
     """
-    return WhiteBoxMethod("attnlrp", _attnlrp, {"per_token": per_token})
+    return WhiteBoxMethod("attnlrp", _attnlrp, {"per_token": per_token}, explains="logit")
 
 
 def gradient_x_input(per_token: bool = True, random_state=None) -> WhiteBoxMethod:

@@ -53,8 +53,9 @@ def format_r2(r2: float) -> str:
 def fidelity_line(exp: Explanation) -> str:
     """``Surrogate fidelity R²: 0.94 (held out: 0.88)`` (the held-out figure when there is one)."""
     if exp.params.get("white_box"):
-        completeness = exp.extras.get("completeness")
+        completeness, conservation = exp.extras.get("completeness"), exp.extras.get("conservation")
         check = (f"completeness error {float(completeness['relative_error']):.2%}" if completeness
+                 else f"relevance conserved at {float(conservation['ratio']):.0%} of the explained logits" if conservation
                  else "no check of its own; measure it with gsmile evaluate")
         return f"No surrogate (white-box method): {check}"
     held = f" (held out: {format_r2(exp.held_out_r2)})" if exp.held_out_r2 is not None else ""
