@@ -140,7 +140,6 @@ def functional_logits(model, embeds, *, rules: bool = True, positions: int | Non
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     groups = n_heads // n_kv
     scaling = head_dim ** -0.5
-    eps = cfg.rms_norm_eps
     act = ACT2FN[cfg.hidden_act]  # a new instance, not the model's module
 
     def w(t):
