@@ -124,7 +124,8 @@ def markdown(result: dict) -> str:
     fmt = lambda x, d=3: "n/a" if x is None else f"{x:.{d}f}"  # noqa: E731
     lines = ["# White-box methods against perturbation methods", "",
              f"{len(recs)} benchmark prompts (those with exact Shapley values), the embedded SmolLM2, the 8-token greedy "
-             f"response, log p(response), word units. Integrated gradients: {result['settings']['steps']} steps, zero baseline. "
+             f"response, log p(response) (attnlrp: the response's logits), word units. Integrated gradients: from {result['settings']['steps']} "
+             "points, zero baseline. "
              "Made by `python bench/whitebox.py`.", "",
              "| method | deletion AOPC | Spearman with exact Shapley | top-3 agreement | median time vs occlusion | evaluations |",
              "|---|---|---|---|---|---|"]
