@@ -12,38 +12,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import tiny_trained_llama as tiny  # noqa: E402
+import tiny_trained_llama as tiny
+from tiny_trained_llama import word_spans  # noqa: E402
 
-from gsmile.backends.local import HFCausalLM  # noqa: E402
 from gsmile.errors import InvalidInputError  # noqa: E402
 from gsmile.methods.whitebox import CONSERVATION_RANGE, WHITEBOX_METHODS  # noqa: E402
 from gsmile.whitebox.attnlrp import attnlrp_attribution, functional_logits  # noqa: E402
 
 PROMPTS = ["f3 f1 v2 f5 f0 f7", "v1 f6 f6 f2 f4 f0", "f0 f2 f4 f6 f1 v3", "f5 f5 f3 v0 f1 f2"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while these tests run, then back (a 2-core machine shared with other
-    jobs; see tests/test_patching.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def word_spans(text):
-    spans, pos = [], 0
-    for word in text.split(" "):
-        spans.append((pos, pos + len(word)))
-        pos += len(word) + 1
-    return spans
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    path = tiny.build(tmp_path_factory.mktemp("tiny_llama"))
-    return HFCausalLM.from_path(str(path)).load()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _relevance_sum(model, ids, token, softmax):

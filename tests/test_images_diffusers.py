@@ -16,30 +16,20 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("PIL")
 
+from image_models import shapes  # noqa: E402
+from tiny_diffusion import IMAGE_SIDE, save_tiny_clip, save_tiny_pipeline  # noqa: E402
+
 from gsmile import Explainer  # noqa: E402
 from gsmile.backends import resolve_model  # noqa: E402
 from gsmile.backends.diffusion import DiffusersModel  # noqa: E402
 from gsmile.errors import InvalidInputError  # noqa: E402
 from gsmile.targets.images import ImageTarget, make_image_distance, wasserstein_between_sets  # noqa: E402
 
-from image_models import shapes  # noqa: E402
-from tiny_diffusion import IMAGE_SIDE, save_tiny_clip, save_tiny_pipeline  # noqa: E402
-
 PROMPT = "a red circle on green grass"
 OTHER = "a blue square under the sky"
 SIZE = (IMAGE_SIDE, IMAGE_SIDE)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models gain nothing from intra-op threads; on a shared 2-core machine those
-    threads only wait for each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,7 @@ from gsmile.whitebox.patching import PatchingResult, activation_patching
 
 CLEAN, CORRUPTED = "The capital of France is", "The capital of Italy is"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while these tests run, then back. On this 2-core machine shared with
-    other jobs, two OpenMP threads spun at every op's barrier: the France/Italy run took 35-70 s
-    with 2 threads and 5.9 s with 1 (same results to float rounding)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

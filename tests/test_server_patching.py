@@ -9,25 +9,15 @@ import json
 
 import numpy as np
 import pytest
+from serve_models import Additive, ToyLM  # noqa: E402
+from server_client import AppFactory  # noqa: E402
 
 from gsmile.server.openapi import SCHEMA_PATH, current_schema, dumps  # noqa: E402
-from server_client import AppFactory  # noqa: E402
-from serve_models import Additive, ToyLM  # noqa: E402
 
 CLEAN, CORRUPTED = "The capital of France is", "The capital of Italy is"
 FRANCE = {"clean": CLEAN, "corrupted": CORRUPTED, "answer": "Paris"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while these tests run, then back (see tests/test_patching.py: two
-    OpenMP threads on this shared 2-core machine made a patching run 6-10 times slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -10,27 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
 
-import tiny_trained_llama as tiny  # noqa: E402
+import tiny_trained_llama as tiny
+from tiny_trained_llama import word_spans  # noqa: E402
 
-from gsmile.backends.local import HFCausalLM  # noqa: E402
 from gsmile.errors import InvalidInputError  # noqa: E402
 from gsmile.whitebox.attention import attention_attribution  # noqa: E402
 from gsmile.whitebox.gradients import gradient_attribution  # noqa: E402
-
-
-def word_spans(text):
-    spans, pos = [], 0
-    for word in text.split(" "):
-        spans.append((pos, pos + len(word)))
-        pos += len(word) + 1
-    return spans
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    path = tiny.build(tmp_path_factory.mktemp("tiny_llama"))
-    return HFCausalLM.from_path(str(path)).load()
-
 
 PROMPTS = ["f3 f1 v2 f5 f0 f7", "v1 f6 f6 f2 f4 f0", "f0 f2 f4 f6 f1 v3", "f5 f5 f3 v0 f1 f2"]
 

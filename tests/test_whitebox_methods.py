@@ -39,13 +39,6 @@ def test_a_surrogate_is_refused():
 
 
 # ------------------------------------------------ on a model whose answer depends on one word
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    import tiny_trained_llama as tiny
-
-    from gsmile.backends.local import HFCausalLM
-
-    return HFCausalLM.from_path(str(tiny.build(tmp_path_factory.mktemp("tiny_llama")))).load()
 
 
 GXI_FAILS = ("gradient x input: 0 for every word of this model (see tests/test_whitebox_gradients.py: RMSNorm's scale "

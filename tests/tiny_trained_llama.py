@@ -30,6 +30,15 @@ CHAT_TEMPLATE = ("{% for m in messages %}<user> {{ m['content'] }} <end>{% endfo
                  "{% if add_generation_prompt %} <bot>{% endif %}")
 
 
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the space-separated words of ``text``."""
+    spans, pos = [], 0
+    for word in text.split(" "):
+        spans.append((pos, pos + len(word)))
+        pos += len(word) + 1
+    return spans
+
+
 def sample(rng: random.Random) -> tuple[list[str], int, int]:
     """(words, position of the value word, value index) of one random prompt."""
     words = [rng.choice(FILLERS) for _ in range(N_WORDS)]
