@@ -5,14 +5,13 @@ same shared model without touching it, and it refuses models that are not local 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import tiny_trained_llama as tiny
+from threads import run_together  # noqa: E402
 from tiny_trained_llama import word_spans  # noqa: E402
 
 from gsmile.errors import InvalidInputError  # noqa: E402
@@ -122,23 +121,8 @@ def test_beside_other_work_on_the_shared_model(tiny_lm):
     before = {n: (p.requires_grad, p.grad, p.detach().clone()) for n, p in model.named_parameters()}
     attn = model.config._attn_implementation
     for _ in range(3):
-        together, errors = {}, []
-        barrier = threading.Barrier(len(jobs))
-
-        def run(key):
-            try:
-                barrier.wait()
-                for _ in range(10):
-                    together.setdefault(key, []).append(jobs[key]())
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(k,)) for k in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        ten = [lambda job=job: [job() for _ in range(10)] for job in jobs.values()]
+        together = dict(zip(jobs, (result for result, _, _ in run_together(ten))))
         for key in jobs:
             for value in together[key]:
                 np.testing.assert_allclose(value, alone[key], rtol=1e-5, atol=1e-6)

@@ -29,6 +29,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 from serve_models import ToyLM  # noqa: E402
+from threads import TIMEOUT, assert_overlapped, run_together  # noqa: E402
 
 from gsmile import Explainer  # noqa: E402
 from gsmile.backends import ScalarModel  # noqa: E402
@@ -42,7 +43,6 @@ JOBS = [
 SEED = 7
 N_SAMPLES = 20
 SCALAR_ROUNDS = 25  # repetitions of the (fast) concurrent scalar runs
-TIMEOUT = 120  # seconds a thread may take before the test fails instead of hanging
 
 
 def jobs_for(n_threads: int) -> list[tuple[str, str]]:
@@ -130,44 +130,6 @@ class SlowFakeOpenAI(FakeOpenAI):
     def completions(self, body):
         time.sleep(self.delay_s)
         return super().completions(body)
-
-
-def run_together(fns):
-    """Call every fn in a thread of its own, all released at once by a barrier. Returns
-    [(result, started, finished)] in order; re-raises the first exception."""
-    barrier = threading.Barrier(len(fns))
-    out: list = [None] * len(fns)
-
-    def work(i, fn):
-        barrier.wait(timeout=30)
-        started = time.monotonic()
-        try:
-            out[i] = (fn(), started, time.monotonic())
-        except BaseException as exc:  # reported in the main thread
-            out[i] = exc
-
-    threads = [threading.Thread(target=work, args=(i, fn), daemon=True) for i, fn in enumerate(fns)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(TIMEOUT)
-            assert not t.is_alive(), "a concurrent explanation did not finish (deadlock?)"
-    finally:
-        sys.setswitchinterval(interval)
-    for item in out:
-        if isinstance(item, BaseException):
-            raise item
-    return out
-
-
-def assert_overlapped(spans):
-    """Every run started before any run finished: they really ran at the same moment."""
-    started = max(s for s, _ in spans)
-    finished = min(f for _, f in spans)
-    assert started < finished, f"the runs did not overlap: last start {started:.4f} >= first finish {finished:.4f}"
 
 
 def assert_same(alone, together, what: str):
@@ -357,8 +319,9 @@ def test_shared_local_model(lm, n_threads):
 
 # ------------------------------------------------------------------ the server
 def _server_modules():
-    from gsmile.server import Settings, create_app
     from server_client import Api
+
+    from gsmile.server import Settings, create_app
 
     return Settings, create_app, Api
 

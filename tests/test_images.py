@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 from image_models import draw, shapes, shapes_unseeded
+from threads import run_together  # noqa: E402
 
 from gsmile import Explainer
 from gsmile.backends.images import ImageDistanceModel, ImageFunction, decode_png, encode_png
@@ -112,18 +113,7 @@ def test_one_shared_image_model_serves_different_explanations_at_once():
         return Explainer(model, method="gsmile", n_samples=30, random_state=seed, image_seeds=2).explain(prompt)
 
     alone = [run(*job) for job in jobs]
-    together: list = [None] * len(jobs)
-    barrier = threading.Barrier(len(jobs))
-
-    def worker(i):
-        barrier.wait()
-        together[i] = run(*jobs[i])
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    together = [result for result, _, _ in run_together([lambda job=job: run(*job) for job in jobs])]
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a.coefficients, b.coefficients)
         assert a.images["original"] == b.images["original"]

@@ -2,7 +2,6 @@
 trained so that its answer depends on one word (tests/tiny_trained_llama.py), and integrated
 gradients' completeness on the embedded SmolLM2."""
 
-import threading
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("captum")
 
 import tiny_trained_llama as tiny
+from threads import run_together  # noqa: E402
 from tiny_trained_llama import word_spans  # noqa: E402
 
 from gsmile.errors import InvalidInputError  # noqa: E402
@@ -107,22 +107,7 @@ def test_two_explanations_at_once_match_one_by_one(tiny_lm):
     # weights it stacks, once; the white-box methods change nothing)
     before = {n: (p.requires_grad, p.grad) for n, p in model.named_parameters()}
     for _ in range(3):
-        together, errors = {}, []
-        barrier = threading.Barrier(len(jobs))
-
-        def run(key):
-            try:
-                barrier.wait()
-                together[key] = jobs[key]()
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(k,)) for k in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        together = dict(zip(jobs, (result for result, _, _ in run_together(list(jobs.values())))))
         for key in ("a", "b"):
             np.testing.assert_allclose(together[key].coefficients, alone[key].coefficients, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(together["black"], alone["black"], rtol=1e-5, atol=1e-6)
