@@ -151,13 +151,43 @@ def test_bfloat16_explanation_agrees_and_records_its_scorer(lm, bf16):
     assert [a.index for a in exps[0].top(2)] == [a.index for a in exps[1].top(2)]
     assert {k: exps[0].extras[k] for k in ("device", "dtype", "fast_path")} == {"device": "cpu", "dtype": "float32", "fast_path": True}
     extras = exps[1].extras
-    assert (extras["device"], extras["dtype"], extras["fast_path"]) == ("cpu", "bfloat16", False)
-    assert "float32 on the cpu only" in extras["fast_path_reason"]
+    assert (extras["device"], extras["dtype"], extras["fast_path"]) == ("cpu", "bfloat16", True)  # the lean body, in bfloat16
+    assert "fast_path_reason" not in extras
     assert gsmile.Explanation.from_json(exps[1].to_json()).extras["dtype"] == "bfloat16"
     from gsmile.cli import _extra_lines
 
-    assert "Model ran on cpu in bfloat16; scored by transformers' forward" in _extra_lines(exps[1])
+    assert "Model ran on cpu in bfloat16; scored by the lean Llama body" in _extra_lines(exps[1])
+    assert extras["bfloat16_hardware"] in (True, False, None) and "bfloat16_hardware" not in exps[0].extras
+    emulated = gsmile.Explanation.from_json(exps[1].to_json())
+    emulated.extras["bfloat16_hardware"] = False  # as on a CPU without AVX-512 BF16 or AMX
+    assert any("torch emulates them, slower than float32" in line for line in _extra_lines(emulated))
+    if extras["bfloat16_hardware"] is not False:
+        assert not any("emulates" in line for line in _extra_lines(exps[1]))
     assert not any(line.startswith("Model ran") for line in _extra_lines(exps[0]))
+
+
+@pytest.mark.model
+def test_bfloat16_lean_body_is_as_close_to_float32_as_transformers_forward(lm, bf16):
+    """The lean body in bfloat16 (norms in float32, as transformers') against transformers'
+    forward on the same bfloat16 weights, both against float32, over 10 prompts and a
+    16-token response. Measured: mean |Δ summed log p| against float32 0.27 nats (lean) and
+    0.28 (transformers), per token at most 0.18 between the two: rounding of the same size,
+    not a different model."""
+    from gsmile.backends.local import HFCausalLM
+
+    twin = HFCausalLM(bf16.path, model_id=bf16.model_id, dtype="bfloat16")
+    twin._model, twin._tokenizer, twin.fast_path = bf16._model, bf16._tokenizer, False
+    prompts = ["Explain in one sentence why the sky is blue.", "Name three fruits that are rich in vitamin C.",
+               "Who wrote the novel Pride and Prejudice, and when was it published?", PROMPT, "Give me a recipe for pancakes.",
+               "Why do cats purr?", "What is 12 times 7?", "Describe the water cycle briefly.",
+               "Translate 'good morning' into French.", "What causes earthquakes?"]
+    ids = lm.encode_response("Here is a short answer that explains the main idea clearly and simply for you.")
+    lean, plain, wide = (m.logprobs(prompts, ids)[:, np.arange(len(ids)), ids] for m in (bf16, twin, lm))
+    assert bf16._no_fast_path_reason() is None and twin._no_fast_path_reason() is not None
+    assert np.abs(lean - plain).max() < BF16_TOKEN_LOGP
+    lean_gap, plain_gap = (float(np.abs(x.sum(1) - wide.sum(1)).mean()) for x in (lean, plain))
+    assert lean_gap <= 1.5 * plain_gap + 0.05, (lean_gap, plain_gap)
+    assert np.abs(lean - plain).max() > 1e-4  # two computations, not one
 
 
 @pytest.mark.model
@@ -217,3 +247,38 @@ def test_server_setting_max_batch_tokens():
     assert Settings.from_env({}).max_batch_tokens is None  # unset: the library's default
     with pytest.raises(InvalidInputError, match=r"GSMILE_MAX_BATCH_TOKENS\) must be an integer of at least 64, got 32"):
         Settings.from_env({"GSMILE_MAX_BATCH_TOKENS": "32"})
+
+
+def test_bfloat16_hardware_is_known_or_said_unknown(monkeypatch):
+    import torch
+
+    from gsmile.backends.devices import cpu_has_fast_bfloat16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cpu_has_fast_bfloat16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_has_fast_bfloat16() is True
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert cpu_has_fast_bfloat16() is None  # a torch without the query: unknown, never an error
+
+
+@pytest.mark.model
+def test_the_gpu_check_runs_its_comparisons_with_the_cpu_in_the_gpus_place(lm, bf16, monkeypatch, capsys):
+    """bench/gpu_check.py has never had a GPU; --device cpu runs its own logic here: float32
+    against itself (exactly equal) and bfloat16 within its tolerances; with a tolerance no
+    bfloat16 run can meet, the same run fails with exit status 1."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    argv = ["--device", "cpu", "--prompts", "1", "--samples", "16", "--max-new-tokens", "8"]
+    assert gpu_check.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cpu/float32 (again) prompt 0: |Δ log p| 0.0000 nats" in out and "max |Δ coef| 0.0000" in out
+    assert "cpu/bfloat16" in out and "recorded device cpu, dtype bfloat16, fast path True" in out
+    assert out.rstrip().endswith("every configuration within its tolerances")
+    monkeypatch.setattr(gpu_check, "BF16_COEF", 1e-9)
+    assert gpu_check.main(argv) == 1
+    assert "cpu/bfloat16 prompt 0" in capsys.readouterr().out.splitlines()[-1]

@@ -90,6 +90,17 @@ def resolve_device(device: object = None, dtype: object = None) -> tuple[str, st
     return name, precision
 
 
+def cpu_has_fast_bfloat16() -> bool | None:
+    """Whether this CPU has bfloat16 matrix instructions (AVX-512 BF16 or AMX), without which
+    torch emulates bfloat16 and runs it slower than float32; None when torch cannot tell."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these queries
+        return None
+
+
 def _mps_available(torch) -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

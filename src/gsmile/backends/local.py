@@ -87,7 +87,7 @@ class HFCausalLM:
         self._model = None
         self._tokenizer = None
         #: Score through the fast path: the shared template prefix's key/value cache is reused
-        #: and, for Llama-architecture models in float32 on the CPU, the body runs as
+        #: and, for Llama-architecture models in float32 or bfloat16 on the CPU, the body runs as
         #: :mod:`.llama_fast` (same results, less work). False: transformers' own forward over
         #: each whole row.
         self.fast_path = True
@@ -142,8 +142,14 @@ class HFCausalLM:
 
     def explanation_extras(self) -> dict:
         """Where the model ran for ``Explanation.extras``: ``device``, ``dtype`` and whether the
-        lean Llama body scored (``fast_path``), with the reason when it did not."""
+        lean Llama body scored (``fast_path``), with the reason when it did not; in bfloat16 on
+        the CPU, ``bfloat16_hardware``: whether the CPU has bfloat16 instructions (False: torch
+        emulates them, slower than float32; None: unknown)."""
         extras = {"device": str(self.load().device_), "dtype": self.dtype}
+        if self.device == "cpu" and self.dtype == "bfloat16":
+            from .devices import cpu_has_fast_bfloat16
+
+            extras["bfloat16_hardware"] = cpu_has_fast_bfloat16()
         if self.device == "auto-map":  # the devices accelerate spread the layers over
             extras["device"] = "auto-map: " + ", ".join(sorted({str(d) for d in getattr(self._model, "hf_device_map", {}).values()}))
         reason = self._no_fast_path_reason()
@@ -159,8 +165,10 @@ class HFCausalLM:
             return "fast_path is off: transformers' forward scores every row"
         if self._fast_body() is not None:
             return None
-        if self.dtype != "float32" or self.device != "cpu":
-            return (f"the lean Llama body runs in float32 on the cpu only; on {self.device} in {self.dtype} "
+        from . import llama_fast
+
+        if self.dtype not in llama_fast.DTYPES or self.device != "cpu":
+            return (f"the lean Llama body runs on the cpu in {' or '.join(llama_fast.DTYPES)} only; on {self.device} in {self.dtype} "
                     "transformers' forward scores (with the shared template cache)")
         return "not a plain Llama-architecture model: transformers' forward scores (with the shared template cache)"
 
@@ -342,7 +350,7 @@ class HFCausalLM:
             if plain:
                 torch.matmul(picked[lo:hi].reshape(-1, hidden), head.weight.t(), out=logits.view(-1, vocab))
             else:
-                logits.copy_(head(picked[lo:hi].to(head.weight.device)))
+                logits.copy_(head(picked[lo:hi].to(head.weight.device, head.weight.dtype)))
             torch.log_softmax(logits, dim=-1, out=logits)  # in place: each row is read before it is written
             if reduce is not None:
                 results.append(np.asarray(reduce(logits.numpy())))
@@ -456,7 +464,7 @@ class HFCausalLM:
         import torch
 
         hidden_size = body.body.embed_tokens.embedding_dim
-        out = torch.empty((len(stems), n_resp, hidden_size))
+        out = torch.empty((len(stems), n_resp, hidden_size), dtype=self.model.dtype)
         prev: list[int] | None = None
         kv = past  # keys and values of the template prefix and of the previous row's stem
         for i in sorted(range(len(stems)), key=stems.__getitem__):
