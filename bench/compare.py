@@ -212,9 +212,9 @@ def _word_tokenizer(case: Case):
 
 
 def shap_runner(case: Case, budget: int, seed: int):
-    import shap
-
     import re
+
+    import shap
 
     calls = [0]
     # shap needs a mask token that is itself one token; it is removed again before scoring,

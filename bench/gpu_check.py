@@ -1,7 +1,7 @@
 """The embedded model on a CUDA GPU against the CPU: same log-probs and explanations, within
 tolerances, and how long each takes.
 
-    python bench/gpu_check.py [--prompts 3] [--samples 64] [--max-new-tokens 24]
+    python bench/gpu_check.py [--prompts 3] [--samples 64] [--max-new-tokens 24] [--device cuda]
 
 Without a CUDA GPU it prints one line saying so and exits 0. With one, for each of a few
 prompts it takes the CPU float32 model's greedy response, then on CPU float32 (the
@@ -16,6 +16,9 @@ coefficients within FP32_COEF of the largest |coefficient|; GPU bfloat16 within 
 nats per response token (bfloat16 keeps 8 bits of mantissa: 0.02-0.05 nats per token were
 measured on the CPU), the top unit the same and coefficients within BF16_COEF of the largest.
 Exit status 1 when a check fails or a configuration raises (its error is printed).
+
+``--device cpu`` runs the same checks with the CPU in the GPU's place (float32 against itself,
+then bfloat16): the script's own logic, run where no GPU is (``tests/test_device.py`` does).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ FP32_LOGP = 0.05
 FP32_COEF = 0.02
 BF16_LOGP = 0.1
 BF16_COEF = 0.25
-CONFIGS = [("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")]
 
 
 def main(argv=None) -> int:
@@ -45,13 +47,16 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=3, help="prompts explained (at most %d)" % len(PROMPTS))
     parser.add_argument("--samples", type=int, default=64, help="perturbations per explanation (default: 64)")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="length of the greedy response (default: 24)")
+    parser.add_argument("--device", default="cuda", help="the device checked against the CPU (default: cuda; cpu checks the script)")
     args = parser.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}); nothing to check")
         return 0
+    configs = [("cpu", "float32"), (args.device, "float32"), (args.device, "bfloat16")]
 
     import gsmile
     from gsmile.backends import resolve_model
@@ -59,14 +64,15 @@ def main(argv=None) -> int:
     reference = resolve_model("local", device="cpu", dtype="float32").load()
     prompts = PROMPTS[: max(1, args.prompts)]
     responses = [reference.decode(reference.generate(p, args.max_new_tokens)) for p in prompts]
-    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; {len(prompts)} prompts, "
+    where = torch.cuda.get_device_name(0) if cuda else args.device
+    print(f"device: {where}; torch {torch.__version__}; {len(prompts)} prompts, "
           f"{args.samples} samples, responses of up to {args.max_new_tokens} tokens")
     results, failures = {}, []
-    for device, dtype in CONFIGS:
-        name = f"{device}/{dtype}"
+    for i, (device, dtype) in enumerate(configs):
+        name = f"{device}/{dtype}" + ("" if i == 0 or (device, dtype) != configs[0] else " (again)")
         try:
             lm = resolve_model("local", device=device, dtype=dtype).load()
-            if device == "cuda":
+            if cuda and device != "cpu":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             rows = []
@@ -75,10 +81,10 @@ def main(argv=None) -> int:
                 logp = float(lm.logprobs([prompt], ids)[0, np.arange(len(ids)), ids].sum())
                 tic = time.perf_counter()
                 exp = gsmile.Explainer(lm, n_samples=args.samples, random_state=0).explain(prompt, response)
-                if device == "cuda":
+                if cuda and device != "cpu":
                     torch.cuda.synchronize()
                 rows.append((len(ids), logp, np.asarray(exp.coefficients), time.perf_counter() - tic, exp.extras))
-            peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda and device != "cpu" else None
         except Exception as exc:  # report every configuration, then fail
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             print(f"{name:15s} FAILED: {type(exc).__name__}: {exc}")

@@ -2,8 +2,9 @@
 
     python bench/vs_captum.py [--repeats 3] [--settings prompt-8,prompt-48,prompt-128,ctx-20,ctx-100]
                               [--methods occlusion,kernelshap] [--quick] [--threads N]
+                              [--device cpu|cuda|cuda:N|mps] [--dtype float32|bfloat16|float16]
 
-The embedded SmolLM2 is loaded once (``HFCausalLM.embedded().load()``); gsmile explains through it
+The embedded SmolLM2 is loaded once (``resolve_model("local", device=, dtype=)``); gsmile explains through it
 and Captum 0.9's ``LLMAttribution`` (``forward_in_tokens=False``) calls the very same
 ``lm.model``. The response is given (the same token ids to both; generation is not timed).
 
@@ -50,6 +51,12 @@ unperturbed input has the same token ids on both sides, how many occlusion rows 
 identically (Captum's template cannot reproduce gsmile's joining of the gaps when the first unit
 is dropped), and the Spearman correlation of the attributions (occlusion with target="logprob" is
 the same algorithm and the same target: it should be ~1 with the same top unit).
+
+``--device`` and ``--dtype`` place the one model object both sides use (default: the CPU in
+float32). On the CPU, in float32 or bfloat16, gsmile scores through its lean body; elsewhere
+(a GPU, float16) through transformers' forward, as Captum does, and then its work is counted
+by the same hooks on the model's body and output layer (the report's second line says which
+path); on a GPU each arm's clock is read after ``torch.cuda.synchronize()``.
 
 ``--threads N`` sets torch's threads for both sides (default: torch's own choice). On a machine
 other processes share, use ``--threads 1``: with 2 threads on 2 busy cores one 51-token Captum row
@@ -149,10 +156,10 @@ def install_counters(lm, counts: Counts):
     ``counts``. Returns a function that removes every hook."""
     from gsmile.backends import local
 
-    body = lm._fast_body()
+    body = lm._fast_body() if lm._no_fast_path_reason() is None else None  # None: gsmile uses transformers' forward
     body_cls = type(body)
     layers = len(lm.model.model.layers)
-    orig_body = body_cls.__dict__["__call__"]
+    orig_body = body_cls.__dict__["__call__"] if body is not None else None
     orig_head = local.HFCausalLM.__dict__["_head_log_softmax"]
 
     def counted_body(self, input_ids, past=None, start=0, positions=None, mask=None, kv_only=False, keep_kv=False):
@@ -175,12 +182,16 @@ def install_counters(lm, counts: Counts):
         finally:
             counts.body_s += time.perf_counter() - tic
 
+    in_head = [False]  # off the float32 CPU path gsmile's head calls lm_head: counted here, not by its hooks
+
     def counted_head(self, picked, reduce=None):
         counts.head_positions += int(picked.shape[0] * picked.shape[1])
         tic = time.perf_counter()
+        in_head[0] = True
         try:
             return orig_head(self, picked, reduce)
         finally:
+            in_head[0] = False
             counts.head_s += time.perf_counter() - tic
 
     started = {}
@@ -206,10 +217,14 @@ def install_counters(lm, counts: Counts):
         started[id(module)] = time.perf_counter()
 
     def head_hook(module, args, output):
+        if in_head[0]:
+            started.pop(id(module), None)
+            return
         counts.head_positions += int(output.numel() // output.shape[-1])
         counts.head_s += time.perf_counter() - started.pop(id(module), time.perf_counter())
 
-    body_cls.__call__ = counted_body
+    if body is not None:
+        body_cls.__call__ = counted_body
     local.HFCausalLM._head_log_softmax = counted_head
     handles = [lm.model.model.register_forward_pre_hook(model_hook, with_kwargs=True),
                lm.model.model.register_forward_hook(model_done),
@@ -217,7 +232,8 @@ def install_counters(lm, counts: Counts):
                lm.model.lm_head.register_forward_hook(head_hook)]
 
     def remove():
-        body_cls.__call__ = orig_body
+        if body is not None:
+            body_cls.__call__ = orig_body
         local.HFCausalLM._head_log_softmax = orig_head
         for h in handles:
             h.remove()
@@ -267,6 +283,14 @@ class Setting:
         self.name, self.prompt, self.response_ids, self.context = name, prompt, list(response_ids), context
 
 
+def sync(lm) -> None:
+    """Wait for the model's device (a GPU runs asynchronously) before the clock is read."""
+    import torch
+
+    if lm.model.device.type == "cuda":
+        torch.cuda.synchronize(lm.model.device)
+
+
 def run_gsmile(lm, setting: Setting, method: str, target: str, n_samples: int):
     from gsmile import Explainer
 
@@ -274,8 +298,10 @@ def run_gsmile(lm, setting: Setting, method: str, target: str, n_samples: int):
     response = lm.decode(setting.response_ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        sync(lm)
         start = time.perf_counter()
         exp = explainer.explain(setting.prompt, response, context=setting.context)
+        sync(lm)
         elapsed = time.perf_counter() - start
     return elapsed, exp
 
@@ -288,11 +314,13 @@ def run_captum(lm, inp, method: str, response_ids, n_samples: int):
     algo = getattr(ca, CAPTUM_NAME[method])(lm.model)
     llm = ca.LLMAttribution(algo, lm.tokenizer)
     kwargs = {"n_samples": n_samples} if method == "kernelshap" else {}
+    sync(lm)
     start = time.perf_counter()
     with torch.inference_mode():
         res = llm.attribute(inp, target=torch.tensor(response_ids), forward_in_tokens=False, **kwargs)
+    sync(lm)
     elapsed = time.perf_counter() - start
-    return elapsed, res.seq_attr.detach().float().numpy().reshape(-1)
+    return elapsed, res.seq_attr.detach().float().cpu().numpy().reshape(-1)
 
 
 def split(work, body: str, head: str) -> str:
@@ -316,6 +344,8 @@ def main(argv=None):
     parser.add_argument("--methods", default="occlusion,kernelshap", help="occlusion,kernelshap (contexts: occlusion only)")
     parser.add_argument("--quick", action="store_true", help="1 repeat; prompt-8 and ctx-20 only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "vs_captum"),
                         help="output path without extension (.txt and .json are written)")
     args = parser.parse_args(argv)
@@ -338,14 +368,18 @@ def main(argv=None):
     import transformers
 
     from gsmile._io import write_atomic
-    from gsmile.backends.local import HFCausalLM
+    from gsmile.backends import resolve_model
+    from gsmile.errors import GsmileError
     from gsmile.inputs import user_turn
 
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    lm = HFCausalLM.embedded().load()
+    try:
+        lm = resolve_model("local", device=args.device, dtype=args.dtype).load()
+    except GsmileError as exc:  # an absent device, float16 on the CPU...: one line
+        parser.error(str(exc))
     load_s = time.perf_counter() - t0
     config = lm.model.config
     layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
@@ -358,6 +392,9 @@ def main(argv=None):
         return c.flops(per_layer, layers, hidden, vocab) / 1e9
 
     say(f"# gsmile vs Captum {captum.__version__}, same algorithm, same model object ({lm.model_id}), one process")
+    no_fast = lm._no_fast_path_reason()
+    say(f"model on {lm.model.device} in {str(lm.model.dtype).replace('torch.', '')}; gsmile scores through "
+        + ("its lean body" if no_fast is None else f"transformers' forward ({no_fast})"))
     say(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs (load average at start {load_start[0]:.1f}); model loaded in {load_s:.1f} s; "
         f"repeats {args.repeats} (arms interleaved; medians)")
@@ -431,15 +468,15 @@ def main(argv=None):
 
     load_end = os.getloadavg()
     say(f"load average at the end (1, 5, 15 min): {load_end[0]:.1f}, {load_end[1]:.1f}, {load_end[2]:.1f} on "
-        f"{os.cpu_count()} CPUs; GFLOP/s inside the model far below ~75 per thread ({torch.get_num_threads()} here) means "
-        f"other processes shared the CPUs")
+        f"{os.cpu_count()} CPUs; GFLOP/s inside the model far below ~75 per thread in float32 (~150 in bfloat16 with "
+        f"AVX-512 BF16; {torch.get_num_threads()} threads here) means other processes shared the CPUs")
     say(f"process peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (now {peak:.0f} MiB)")
 
     out_dir = os.path.dirname(args.out)
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(args.out + ".txt", "\n".join(lines) + "\n")
     meta = {"captum": captum.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(), "loadavg_start": load_start, "loadavg_end": load_end, "repeats": args.repeats, "settings": settings, "methods": methods,
+            "threads": torch.get_num_threads(), "device": str(lm.model.device), "dtype": str(lm.model.dtype), "loadavg_start": load_start, "loadavg_end": load_end, "repeats": args.repeats, "settings": settings, "methods": methods,
             "per_layer_params": per_layer, "layers": layers, "hidden": hidden, "vocab": vocab}
     write_atomic(args.out + ".json", json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}.txt and {args.out}.json", file=sys.stderr)
@@ -526,7 +563,7 @@ def compare(lm, case: Setting, method: str, repeats: int, counts: Counts, gflop,
             f"{n_unique} distinct rows scored; {c['body_tokens']} body tokens in {c['body_calls']} calls"
             f"{extra}, "
             f"output layer at {c['head_positions']} positions; {work[arm][0]:.0f} GFLOP; peak RSS {rss[arm]:.0f} MiB")
-        say("      " + split(work[arm], "lean body", "output layer, log-softmax and target"))
+        say("      " + split(work[arm], "lean body" if c["body_calls"] else "transformers' LlamaModel", "output layer, log-softmax and target"))
         say(f"      ratio gsmile / Captum {ratio:.2f}; floor {floor:.2f}; ratio / floor {ratio / floor:.2f}; "
             f"Spearman rho vs Captum {rho:+.2f}, same top unit: {top_same}"
             + ("  <- same algorithm and target: should agree" if method == "occlusion" and arm[1] == "logprob" else ""))
