@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 TOKEN = re.compile(r"<\|[a-z_]+\|>|\n| ?[^\s<]+|\s|<")
 WORD = re.compile(r"[A-Za-z]+")
@@ -93,6 +94,35 @@ class FakeOpenAI:
         self.gate.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def run_until_gate_and_kill(self, cmd: list[str], env: dict, cache_dir, after: int, timeout: float = 60.0) -> int:
+        """Start ``cmd``, hold every request after the first ``after``, and kill the process
+        (SIGKILL) once those ``after`` answers are in its disk cache at ``cache_dir``; then
+        release the gate. Returns the cache's row count after the kill (the test's own
+        asserts say what it must be). The kill-and-resume tests of text and images use it."""
+        import signal
+        import subprocess
+
+        from gsmile.backends.cache import CallCache  # the server itself needs only the stdlib
+
+        self.gate_after = after  # later requests hang until the process is killed
+        proc = subprocess.Popen(cmd, env=env)
+        cache_file = Path(cache_dir) / "calls.sqlite3"
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:
+                if self.requests > after and cache_file.exists() and len(CallCache(cache_dir)) == after:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"the run did not reach the gate after {after} requests within {timeout:.0f} s")
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(10)
+            self.gate.set()
+            self.gate_after = None
+        return len(CallCache(cache_dir))
 
     # ----------------------------------------------------------- answers
     def completions(self, body: dict) -> tuple[int, dict]:

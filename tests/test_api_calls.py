@@ -4,11 +4,9 @@ deterministic fake OpenAI-compatible server in tests/fake_openai.py (no model ne
 import json
 import multiprocessing
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -337,24 +335,9 @@ def test_killed_run_resumes_with_only_the_remaining_calls(server, tmp_path):
     assert full["extras"]["calls"]["calls"] == total
 
     server.ok, server.requests = 0, 0
-    server.gate_after = total // 2  # later requests hang until the process is killed
     cmd, env = _cli(server, tmp_path / "run", tmp_path / "run.json")
-    proc = subprocess.Popen(cmd, env=env)
-    cache_file = tmp_path / "run" / "calls.sqlite3"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if server.requests > server.gate_after and cache_file.exists() and len(CallCache(tmp_path / "run")) == server.gate_after:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the run did not reach the gate")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    done = len(CallCache(tmp_path / "run"))
-    assert done == server.gate_after and not (tmp_path / "run.json").exists()
-    server.gate.set()
-    server.gate_after = None
+    done = server.run_until_gate_and_kill(cmd, env, tmp_path / "run", after=total // 2)
+    assert done == total // 2 and not (tmp_path / "run.json").exists()
 
     server.ok = 0
     subprocess.run(cmd, env=env, check=True, timeout=120)
@@ -388,8 +371,14 @@ def test_a_base_url_without_a_scheme_is_refused_before_any_call(monkeypatch):
     from gsmile.backends.openai import OpenAIBackend
     from gsmile.errors import InvalidInputError
 
-    with pytest.raises(InvalidInputError, match="must start with http:// or https://, got 'localhost:8080/v1'"):
+    with pytest.raises(InvalidInputError, match="must start with http:// or https:// and name a host, got 'localhost:8080/v1'"):
         OpenAIBackend("m", base_url="localhost:8080/v1").validate()
+    # The same connection checks as the images API (one place, APIClient._validate_connection).
+    for kwargs, field in ((dict(base_url="http://"), "base_url"), (dict(base_url="http://a b/v1"), "base_url"),
+                          (dict(backoff=-1), "backoff"), (dict(max_backoff=float("nan")), "max_backoff"), (dict(timeout=0), "timeout")):
+        with pytest.raises(InvalidInputError) as err:
+            OpenAIBackend("m", **kwargs).validate()
+        assert err.value.field == field, kwargs
     monkeypatch.setenv("OPENAI_BASE_URL", "ftp://example")
     with pytest.raises(InvalidInputError, match="'ftp://example'"):
         OpenAIBackend("m").validate()

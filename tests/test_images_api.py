@@ -4,11 +4,8 @@ with the procedural model of tests/image_models.py (no real model needed)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+from threads import run_together  # noqa: E402
 from fake_openai import FakeOpenAI  # noqa: E402
 from image_models import draw  # noqa: E402
 
@@ -176,24 +174,9 @@ def test_a_killed_run_resumes_without_generating_anything_twice(server, tmp_path
     server.generations.clear()
     server.requests = 0
 
-    server.gate_after = total // 2  # later requests hang until the process is killed
     cmd, env = _run(server, tmp_path / "run", tmp_path / "run.json")
-    proc = subprocess.Popen(cmd, env=env)
-    cache_file = tmp_path / "run" / "calls.sqlite3"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if server.requests > server.gate_after and cache_file.exists() and len(CallCache(tmp_path / "run")) == server.gate_after:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the run did not reach the gate")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    done = len(CallCache(tmp_path / "run"))
-    assert done == server.gate_after == sum(server.generations.values()) and not (tmp_path / "run.json").exists()
-    server.gate.set()
-    server.gate_after = None
+    done = server.run_until_gate_and_kill(cmd, env, tmp_path / "run", after=total // 2)
+    assert done == total // 2 == sum(server.generations.values()) and not (tmp_path / "run.json").exists()
 
     subprocess.run(cmd, env=env, check=True, timeout=120)
     assert sum(server.generations.values()) == total  # the rest only: no (prompt, seed) twice
@@ -301,22 +284,7 @@ def test_one_backend_explains_two_prompts_at_once_as_it_does_one_by_one(server, 
     server.delay_s = 0.01  # requests of the two explanations overlap
     server.max_in_flight = 0
     shared = backend(server, tmp_path / "shared")
-    barrier = threading.Barrier(2)
-    results, errors = [None, None], []
-
-    def work(i, prompt):
-        try:
-            barrier.wait(10)
-            results[i] = explain(shared, prompt, method="gsmile", n_samples=24)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i, p)) for i, p in enumerate((PROMPT, OTHER))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = [r for r, _, _ in run_together([lambda p=p: explain(shared, p, method="gsmile", n_samples=24) for p in (PROMPT, OTHER)])]
     assert server.max_in_flight > 1
     for got, want in zip(results, alone):
         np.testing.assert_array_equal(got.coefficients, want.coefficients)

@@ -8,7 +8,6 @@ import itertools
 import json
 import shutil
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("PIL")
 
+from threads import run_together  # noqa: E402
 from image_models import shapes  # noqa: E402
 from tiny_diffusion import IMAGE_SIDE, save_tiny_clip, save_tiny_pipeline  # noqa: E402
 
@@ -270,23 +270,7 @@ def test_two_prompts_at_once_on_one_pipeline(pipe_dir, tmp_path, scheduler):
         return Explainer(model, method="occlusion", batch_size=1).explain(prompt).coefficients
 
     alone = [explain(p) for p in prompts]
-    results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(prompts))
-
-    def worker(i):
-        try:
-            start.wait()
-            results[i] = explain(prompts[i])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    results = [r for r, _, _ in run_together([lambda p=p: explain(p) for p in prompts])]
     for i in range(len(prompts)):
         assert np.array_equal(results[i], alone[i]), (prompts[i], results[i], alone[i])
 

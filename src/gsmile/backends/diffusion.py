@@ -17,6 +17,7 @@ unless ``use_cache=False``.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,7 +81,11 @@ class DiffusersModel:
                 device, dtype = resolve_device(self.device, self.dtype)
                 df_logging.set_verbosity_error()
                 try:
-                    pipe = DiffusionPipeline.from_pretrained(self.path, local_files_only=True, torch_dtype=getattr(torch, dtype))
+                    # diffusers 0.42 deprecates torch_dtype for dtype (a FutureWarning); older versions
+                    # know only torch_dtype, which both accept.
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                        pipe = DiffusionPipeline.from_pretrained(self.path, local_files_only=True, torch_dtype=getattr(torch, dtype))
                 except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise ModelError(f"the diffusers pipeline in {self.path} could not be loaded: {type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInputError, ModelError, check_int
 from .cache import CallCache
-from .http import JSONClient
 from .images import decode_png
 from .openai import APIClient
 
@@ -87,43 +85,17 @@ class ImagesAPIBackend(APIClient):
         unknown = sorted(set(ignored_text_options) - TEXT_OPTIONS)
         if unknown:
             raise TypeError(f"ImagesAPIBackend got unexpected keyword argument(s): {', '.join(unknown)}")
-        self.model = model
-        self.base_url = base_url
-        self.api_key = api_key
-        self.api_key_env = api_key_env
-        self.concurrency = concurrency
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self._store_connection(model, base_url, api_key, api_key_env, concurrency, max_retries, timeout, backoff,
+                               max_backoff, cache_dir, use_cache, random_state, model_id=f"openai-images:{model}")
         self.size = size
         self.steps = steps
         self.guidance_scale = guidance_scale
-        self.cache_dir = cache_dir
-        self.use_cache = use_cache
-        self.random_state = random_state
         self.sleep = sleep
-        self.model_id = f"openai-images:{model}"
-        self._client: JSONClient | None = None
-        self._client_lock = threading.Lock()
 
     # --------------------------------------------------------------- set-up
     def validate(self) -> "ImagesAPIBackend":
         """Refuse bad settings before any call (InvalidInputError, one line each)."""
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise InvalidInputError("openai-images:NAME needs a model name, e.g. openai-images:dall-e-3", field="model")
-        check_int("concurrency", self.concurrency, 1)
-        check_int("max_retries", self.max_retries, 0)
-        url = self.effective_base_url
-        if not url.startswith(("http://", "https://")) or len(url.rstrip("/")) <= len(url.split("://")[0]) + 3:
-            raise InvalidInputError(f"the base URL must start with http:// or https:// and name a host, got {url!r}", field="base_url")
-        if any(ch.isspace() for ch in url):
-            raise InvalidInputError(f"the base URL must not contain spaces, got {url!r}", field="base_url")
-        for name in ("timeout", "backoff", "max_backoff"):
-            value = getattr(self, name)
-            positive = name == "timeout"
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
-                raise InvalidInputError(f"{name} must be a {'positive' if positive else 'non-negative'} number of seconds, got {value!r}", field=name)
+        self._validate_connection("openai-images:dall-e-3")
         self.size_text  # checks size
         if self.steps is not None:
             check_int("image steps", self.steps, 1, field="image_steps")

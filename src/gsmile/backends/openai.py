@@ -70,6 +70,35 @@ class APIClient:
 
     sleep = None  # injected by tests: the wait between retries
 
+    def _store_connection(self, model, base_url, api_key, api_key_env, concurrency, max_retries, timeout, backoff,
+                          max_backoff, cache_dir, use_cache, random_state, model_id: str) -> None:
+        """Store the settings every API backend has (constructors store, nothing is checked)."""
+        self.model, self.base_url, self.api_key, self.api_key_env = model, base_url, api_key, api_key_env
+        self.concurrency, self.max_retries = concurrency, max_retries
+        self.timeout, self.backoff, self.max_backoff = timeout, backoff, max_backoff
+        self.cache_dir, self.use_cache, self.random_state = cache_dir, use_cache, random_state
+        self.model_id = model_id
+        self._client: JSONClient | None = None
+        self._client_lock = threading.Lock()
+
+    def _validate_connection(self, example: str) -> None:
+        """Refuse bad connection settings (InvalidInputError naming the field, one line each).
+        ``example``: the model spelling shown when the name is missing."""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InvalidInputError(f"{self.model_id.split(':')[0]}:NAME needs a model name, e.g. {example}", field="model")
+        check_int("concurrency", self.concurrency, 1)
+        check_int("max_retries", self.max_retries, 0)
+        url = self.effective_base_url
+        if not url.startswith(("http://", "https://")) or len(url.rstrip("/")) <= len(url.split("://")[0]) + 3:
+            raise InvalidInputError(f"the base URL must start with http:// or https:// and name a host, got {url!r}", field="base_url")
+        if any(ch.isspace() for ch in url):
+            raise InvalidInputError(f"the base URL must not contain spaces, got {url!r}", field="base_url")
+        for name in ("timeout", "backoff", "max_backoff"):
+            value = getattr(self, name)
+            positive = name == "timeout"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise InvalidInputError(f"{name} must be a {'positive' if positive else 'non-negative'} number of seconds, got {value!r}", field=name)
+
     @property
     def effective_base_url(self) -> str:
         """``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's own API."""
@@ -146,36 +175,18 @@ class OpenAIBackend(APIClient):
         use_cache: bool = True,
         random_state: int | None = None,
     ):
-        self.model = model
-        self.base_url = base_url
-        self.api_key = api_key
-        self.api_key_env = api_key_env
+        self._store_connection(model, base_url, api_key, api_key_env, concurrency, max_retries, timeout, backoff,
+                               max_backoff, cache_dir, use_cache, random_state, model_id=f"openai:{model}")
         self.prompt_template = prompt_template
         self.top_logprobs = top_logprobs
-        self.concurrency = concurrency
         self.batch_prompts = batch_prompts
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.cache_dir = cache_dir
-        self.use_cache = use_cache
-        self.random_state = random_state
-        self.model_id = f"openai:{model}"
-        self._client: JSONClient | None = None
         self.text_endpoint: str | None = None
-        self._client_lock = threading.Lock()
 
     # --------------------------------------------------------------- set-up
     def validate(self) -> "OpenAIBackend":
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise InvalidInputError("openai:MODEL needs a model name, e.g. openai:gpt-4o-mini")
-        for name, lo in (("concurrency", 1), ("batch_prompts", 1), ("max_retries", 0), ("top_logprobs", 1)):
-            check_int(name, getattr(self, name), lo)
-        if not self.effective_base_url.startswith(("http://", "https://")):
-            raise InvalidInputError(f"the base URL must start with http:// or https://, got {self.effective_base_url!r}")
-        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise InvalidInputError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        self._validate_connection("openai:gpt-4o-mini")
+        check_int("batch_prompts", self.batch_prompts, 1)
+        check_int("top_logprobs", self.top_logprobs, 1)
         self.template
         return self
 
