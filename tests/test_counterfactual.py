@@ -230,3 +230,17 @@ def test_real_model_counterfactual_counts_calls(lm):
     for cf in result.counterfactuals:
         assert cf["answer"].strip() != result.original["answer"].strip() and cf["size"] == 1
     assert CounterfactualResult.from_json(result.to_json()) == result
+
+
+@pytest.mark.model
+def test_an_anchor_of_the_embedded_model_keeps_what_its_answer_needs(lm):
+    """The real model, answer mode: the anchor keeps "capital" and "France", its precision
+    bound clears the bar, and the prompt cut down to the anchor alone gets the same answer."""
+    prompt = "What is the capital of France?"
+    result = anchor(prompt, lm, max_new_tokens=8, max_calls=300)
+    assert result.stopped == "found" and result.mode == "answer"
+    a = result.anchor
+    assert {"capital", "France"} <= set(a["texts"]) and a["precision_lb"] >= 0.95 and a["size"] < len(result.units)
+    kept = Segmentation.from_text(prompt, "word").render([i in a["units"] for i in range(len(result.units))])
+    assert lm.decode(lm.generate(kept, 8)).strip() == result.original["answer"].strip()
+    assert AnchorResult.from_json(result.to_json()).anchor == a

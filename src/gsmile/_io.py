@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SchemaError
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
@@ -55,3 +55,24 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# ------------------------------------------------------------ versioned JSON
+def parse_json(text: str):
+    """``json.loads``, with text that is not JSON refused as a one-line SchemaError."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+
+
+def check_record(data, schema: str, version: int, what: str) -> dict:
+    """``data`` if it is a dict tagged ``schema`` and ``version`` (what a result's ``to_dict``
+    writes); else a SchemaError naming ``what`` ("explanation", "patching result"...)."""
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        raise SchemaError(f"not a gsmile {what} (expected schema {schema!r})")
+    if data.get("version") != version:
+        raise SchemaError(f"unsupported {what} version {data.get('version')!r}; this gsmile reads version {version}")
+    return data

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .counterfactual import DEFAULT_MAX_CALLS, DEFAULT_MAX_NEW_TOKENS, Oracle, _Record, check_common, check_threshold
+from .counterfactual import DEFAULT_MAX_CALLS, DEFAULT_MAX_NEW_TOKENS, Oracle, _SearchResult, check_common, check_threshold
 from .errors import InvalidInputError, check_int
 
 SCHEMA = "gsmile.anchor"
@@ -89,7 +89,7 @@ def round_beta(r: int, delta: float) -> float:
 
 
 @dataclass
-class AnchorResult(_Record):
+class AnchorResult(_SearchResult):
     """What :func:`anchor` found.
 
     anchor: ``{"units": [i...], "texts": [...], "precision", "precision_lb", "precision_ub",
@@ -104,28 +104,13 @@ class AnchorResult(_Record):
     SCHEMA = SCHEMA
     VERSION = VERSION
 
-    prompt: str
-    unit: str
-    units: list[dict]
-    model_id: str
-    mode: str
-    criterion: dict
-    original: dict
     anchor: dict | None
     candidates: list[dict]
     stopped: str
     n_samples: int
-    n_calls: int
-    calls_attribution: int
-    calls_search: int
-    attributions: list[float]
-    attribution_method: str
-    params: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [f"Original answer: {self.original['answer']!r}" if self.mode == "answer" else
-               f"Original value: {self.original['value']:.6g} ({self.criterion['kind']} {self.criterion['threshold']:g})"]
+        out = [self.original_line()]
         a = self.anchor
         if a is None:
             out.append(f"No anchor reached precision {self.params['precision']:g} (stopped: {self.stopped}).")
@@ -211,11 +196,8 @@ def anchor(prompt: str, model=None, *, unit: str = "word", precision: float = 0.
         result_anchor = {**found, "texts": [seg.units[i].text for i in found["units"]],
                          "coverage": (1 - float(p_remove)) ** len(found["units"])}
     return AnchorResult(
-        prompt=prompt, unit=unit, units=oracle.units_record(), model_id=oracle.model_id, mode=oracle.mode,
-        criterion=oracle.criterion_record(), original={"answer": oracle.original_answer, "value": oracle.original_value},
-        anchor=result_anchor, candidates=candidates, stopped=stopped, n_samples=n_samples, n_calls=oracle.n_calls,
-        calls_attribution=oracle.attribution_calls, calls_search=oracle.n_calls - oracle.attribution_calls,
-        attributions=list(oracle.attributions), attribution_method=oracle.attribution_method,
+        **oracle.result_fields(prompt, unit),
+        anchor=result_anchor, candidates=candidates, stopped=stopped, n_samples=n_samples,
         params={"precision": float(precision), "delta": float(delta), "p_remove": float(p_remove), "beam_size": int(beam_size),
                 "max_size": max_size, "round_size": int(round_size), "max_samples": int(max_samples), "max_calls": int(max_calls),
                 "bound": "kl-anytime", "compare": compare, "target": target if oracle.is_lm else None,

@@ -58,6 +58,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._io import check_record, parse_json
 from .backends import ImageModel, Loadable, ScalarModel, TextModel, for_explanation, is_language_model, resolve_model
 from .errors import InvalidInputError, SchemaError, check_int
 from .units import SEGMENTERS, Segmentation, Unit
@@ -377,6 +378,15 @@ class Oracle:
     def units_record(self) -> list[dict]:
         return [{"text": u.text, "start": u.start, "end": u.end} for u in self.segmentation.units]
 
+    def result_fields(self, prompt: str, unit: str) -> dict:
+        """The fields every search result (counterfactuals, anchors) takes from its oracle:
+        the prompt and its units, the model, the criterion, the original outcome, the calls
+        and the attribution that ordered the search."""
+        return dict(prompt=prompt, unit=unit, units=self.units_record(), model_id=self.model_id, mode=self.mode,
+                    criterion=self.criterion_record(), original={"answer": self.original_answer, "value": self.original_value},
+                    n_calls=self.n_calls, calls_attribution=self.attribution_calls, calls_search=self.n_calls - self.attribution_calls,
+                    attributions=list(self.attributions), attribution_method=self.attribution_method)
+
 
 # --------------------------------------------------------------------------- results
 def _plain(value):
@@ -406,10 +416,7 @@ class _Record:
     @classmethod
     def from_dict(cls, data: Any):
         what = cls.SCHEMA.split(".")[-1]
-        if not isinstance(data, dict) or data.get("schema") != cls.SCHEMA:
-            raise SchemaError(f"not a gsmile {what} result (expected schema {cls.SCHEMA!r})")
-        if data.get("version") != cls.VERSION:
-            raise SchemaError(f"unsupported {what} version {data.get('version')!r}; this gsmile reads version {cls.VERSION}")
+        check_record(data, cls.SCHEMA, cls.VERSION, f"{what} result")
         names = {f for f in cls.__dataclass_fields__}
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
@@ -418,15 +425,40 @@ class _Record:
 
     @classmethod
     def from_json(cls, text: str):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text))
+
+
+@dataclass(kw_only=True)
+class _SearchResult(_Record):
+    """The fields every search result (counterfactuals, anchors) has, from
+    :meth:`Oracle.result_fields`: the prompt and its units, the model, the criterion, the
+    original outcome, the model calls (``n_calls`` = ``calls_attribution`` + ``calls_search``)
+    and the attribution that ordered the search; then ``params`` and ``timings``."""
+
+    prompt: str
+    unit: str
+    units: list[dict]
+    model_id: str
+    mode: str  # "answer" or "value"
+    criterion: dict
+    original: dict  # {"answer": ..., "value": ...}
+    n_calls: int
+    calls_attribution: int
+    calls_search: int
+    attributions: list[float]
+    attribution_method: str
+    params: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def original_line(self) -> str:
+        """What the unedited prompt gave."""
+        if self.mode == "answer":
+            return f"Original answer: {self.original['answer']!r}"
+        return f"Original value: {self.original['value']:.6g} ({self.criterion['kind']} {self.criterion['threshold']:g})"
 
 
 @dataclass
-class CounterfactualResult(_Record):
+class CounterfactualResult(_SearchResult):
     """What :func:`counterfactuals` found.
 
     counterfactuals: in the order found (fewest edits first), each
@@ -449,37 +481,19 @@ class CounterfactualResult(_Record):
     SCHEMA = SCHEMA
     VERSION = VERSION
 
-    prompt: str
-    unit: str
-    units: list[dict]
-    model_id: str
-    mode: str  # "answer" or "value"
-    criterion: dict
-    original: dict  # {"answer": ..., "value": ...}
     counterfactuals: list[dict]
     minimal_size: int | None
     exhausted_size: int
     proven_minimal: bool
     stopped: str
-    n_calls: int
-    calls_attribution: int
-    calls_search: int
     n_examined: int
     n_skipped_supersets: int
     searched_size: int
     enumeration_calls: int
-    attributions: list[float]
-    attribution_method: str
-    params: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """The result as text lines (what the command line prints)."""
-        out = []
-        if self.mode == "answer":
-            out.append(f"Original answer: {self.original['answer']!r}")
-        else:
-            out.append(f"Original value: {self.original['value']:.6g} ({self.criterion['kind']} {self.criterion['threshold']:g})")
+        out = [self.original_line()]
         if not self.counterfactuals:
             out.append(f"No counterfactual with at most {self.exhausted_size} edit(s) "
                        f"(search stopped: {self.stopped}).")
@@ -566,15 +580,11 @@ def counterfactuals(prompt: str, model=None, *, unit: str = "word", max_size: in
     minimal = found[0]["size"] if found else None
     counted = [len(o) for o in options]
     return CounterfactualResult(
-        prompt=prompt, unit=unit, units=oracle.units_record(), model_id=oracle.model_id, mode=oracle.mode,
-        criterion=oracle.criterion_record(),
-        original={"answer": oracle.original_answer, "value": oracle.original_value},
+        **oracle.result_fields(prompt, unit),
         counterfactuals=found, minimal_size=minimal, exhausted_size=exhausted,
         proven_minimal=minimal is not None and exhausted >= minimal - 1, stopped=stopped,
-        n_calls=oracle.n_calls, calls_attribution=oracle.attribution_calls, calls_search=oracle.n_calls - oracle.attribution_calls,
         n_examined=examined, n_skipped_supersets=skipped,
         searched_size=reached, enumeration_calls=enumeration_calls(counted, reached),
-        attributions=list(oracle.attributions), attribution_method=oracle.attribution_method,
         params={"max_size": max_size, "k": k, "max_calls": int(max_calls), "replacements": words, "compare": compare,
                 "target": target if oracle.is_lm else None, "max_new_tokens": int(max_new_tokens) if oracle.is_lm else None,
                 "random_state": random_state},

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import check_record, parse_json
 from .errors import SchemaError
 from .units import Unit
 
@@ -233,11 +234,7 @@ class Explanation:
     @classmethod
     def from_dict(cls, data: Any) -> "Explanation":
         """Rebuild an explanation from :meth:`to_dict` output; raises :class:`SchemaError`."""
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise SchemaError(f"not a gsmile explanation (expected schema {SCHEMA!r})")
-        version = data.get("version")
-        if version != VERSION:
-            raise SchemaError(f"unsupported explanation version {version!r}; this gsmile reads version {VERSION}")
+        check_record(data, SCHEMA, VERSION, "explanation")
         try:
             units = [Unit(str(u["text"]), int(u["start"]), int(u["end"])) for u in data["units"]]
             token_coefficients = data.get("token_coefficients")
@@ -277,11 +274,7 @@ class Explanation:
 
     @classmethod
     def from_json(cls, text: str) -> "Explanation":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text))
 
 
 def level_record(unit_type: str, units: list[Unit], parents: list[int | None], coefficients, *, intercept: float,
@@ -332,7 +325,6 @@ def _read_levels(levels: Any) -> list[dict[str, Any]] | None:
     return out
 
 
-# JSON has no NaN/inf: they are written as null and read back as NaN.
 def image_record(*, seeds: list[int], distance: str, original: list[str], without: list[dict[str, Any]],
                  generation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``images`` field of an image explanation: the seeds, the distance's name, the
@@ -351,6 +343,7 @@ def _read_images(images: Any) -> dict[str, Any] | None:
     return dict(images)
 
 
+# JSON has no NaN/inf: they are written as null and read back as NaN.
 def _float(x: Any) -> float | None:
     if x is None:
         return None
