@@ -15,6 +15,7 @@ import pytest
 from gsmile.errors import InvalidInputError, SchemaError, UnknownNameError
 from gsmile.render.patching import render_patching_html, render_patching_text
 from gsmile.whitebox.patching import PatchingResult, activation_patching
+from threads import run_together
 
 CLEAN, CORRUPTED = "The capital of France is", "The capital of Italy is"
 
@@ -92,6 +93,19 @@ def test_default_answer_is_the_clean_greedy_token_and_components(lm):
     assert r.values["attn"][1, -1] > 0.5
 
 
+@pytest.mark.model
+def test_progress_reports_every_pass_up_to_the_patched_runs(lm, capsys):
+    calls = []
+    r = activation_patching(lm, CLEAN, CORRUPTED, answer="Paris", layers=[0, 29], batch_size=5,
+                            progress=lambda done, total: calls.append((done, total)))
+    assert [t for _, t in calls] == [r.n_patched] * len(calls) and calls[-1][0] == r.n_patched
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls}) and len(calls) == -(-r.n_patched // 5)
+    same = activation_patching(lm, CLEAN, CORRUPTED, answer="Paris", layers=[0, 29])  # one pass, no progress
+    np.testing.assert_allclose(same.values["resid"], r.values["resid"], atol=1e-4)
+    activation_patching(lm, CLEAN, CORRUPTED, answer="Paris", layers=[29], progress=True)
+    assert "patching" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ thread safety
 @pytest.mark.model
 def test_plain_scoring_in_another_thread_is_untouched(lm):
@@ -144,18 +158,8 @@ def test_two_patching_runs_at_once_equal_their_runs_alone(lm):
                   components=("mlp", "attn"), layers=[1, 12, 23]),
     }
     alone = {k: activation_patching(lm, **kw) for k, kw in jobs.items()}
-    together: dict = {}
-    barrier = threading.Barrier(len(jobs))
-
-    def run(key):
-        barrier.wait()
-        together[key] = activation_patching(lm, **jobs[key])
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    runs = run_together([lambda kw=kw: activation_patching(lm, **kw) for kw in jobs.values()])
+    together = {key: result for key, (result, _, _) in zip(jobs, runs)}
     for key in jobs:
         assert together[key].components == alone[key].components
         for c in alone[key].components:

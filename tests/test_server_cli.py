@@ -99,7 +99,7 @@ def test_an_api_model_is_served_with_the_api_flags(captured, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--base-url", "http://127.0.0.1:1/v1"], "--base-url applies only to --model openai:NAME"),
-    (["serve", "--model", "openai:"], "openai:MODEL needs a model name"),
+    (["serve", "--model", "openai:"], "openai:NAME needs a model name"),
     (["serve", "--model", "openai:toy", "--base-url", "ftp://x"], "must start with http:// or https://"),
 ])
 def test_bad_api_flags_exit_2_with_one_line(captured, capsys, argv, message):

@@ -357,7 +357,9 @@ def _model(args, name: str, **placement):
     openai-images:NAME), a text-to-image model with the image flags, a local model placed as
     ``placement`` says (device, dtype, max_batch_tokens) when any is given, else the name."""
     image = _image_options(args)
-    is_image = name.startswith(("diffusers:", "openai-images:"))
+    from .backends import IMAGE_MODEL_PREFIXES
+
+    is_image = name.startswith(IMAGE_MODEL_PREFIXES)
     if image and not is_image:
         flags = ", ".join("--" + k.replace("_", "-") for k in image)
         raise InvalidInputError(f"{flags} apply only to text-to-image models (--model diffusers:PATH or openai-images:NAME)")
@@ -667,7 +669,9 @@ def _extra_lines(exp) -> list[str]:
     device, dtype = exp.extras.get("device"), exp.extras.get("dtype")
     if device not in (None, "cpu") or dtype not in (None, "float32"):  # a local model placed with --device/--dtype
         scorer = "the lean Llama body" if exp.extras.get("fast_path") else "transformers' forward"
-        lines.append(f"Model ran on {device} in {dtype}; scored by {scorer}")
+        note = ("; this CPU has no bfloat16 instructions (AVX-512 BF16, AMX): torch emulates them, slower than float32"
+                if exp.extras.get("bfloat16_hardware") is False else "")
+        lines.append(f"Model ran on {device} in {dtype}; scored by {scorer}{note}")
     calls = exp.extras.get("calls")
     if calls:
         lines.append(
@@ -726,7 +730,7 @@ def _search_options(args) -> dict:
                 max_new_tokens=args.max_new_tokens, max_calls=args.max_calls, batch_size=args.batch_size, random_state=args.seed)
 
 
-def _write_result(args, result, out) -> None:
+def _write_result(result, out) -> None:
     from ._io import write_atomic
 
     for line in result.lines():
@@ -743,7 +747,7 @@ def _counterfactual(args) -> int:
     out = check_writable(args.json, "JSON") if args.json else None
     result = counterfactuals(args.prompt, args.model, max_size=args.max_size, replacements=args.replace, k=args.k,
                              **_search_options(args))
-    _write_result(args, result, out)
+    _write_result(result, out)
     return 0
 
 
@@ -754,7 +758,7 @@ def _anchor(args) -> int:
     out = check_writable(args.json, "JSON") if args.json else None
     result = anchor(args.prompt, args.model, precision=args.precision, delta=args.delta, p_remove=args.p_remove,
                     beam_size=args.beam_size, **_search_options(args))
-    _write_result(args, result, out)
+    _write_result(result, out)
     return 0
 
 
@@ -781,7 +785,7 @@ def _add_patch_parser(sub) -> None:
     pt.add_argument("--model", default="local", help="a local model: local (the embedded SmolLM2) or hf:PATH (default: local)")
     pt.add_argument("--json", metavar="PATH", help="write the result as JSON")
     pt.add_argument("--html", metavar="PATH", help="write an HTML heatmap")
-    pt.add_argument("--quiet", action="store_true", help="no status messages")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar or status messages")
     _add_device_flags(pt)
 
 
@@ -798,7 +802,7 @@ def _patch(args) -> int:
         lm = resolve_model(args.model, **_placement(args))
     else:
         lm = local_model(args.model)  # refuses it with one line
-    result = activation_patching(lm, args.clean, args.corrupted, answer=args.answer, components=components)
+    result = activation_patching(lm, args.clean, args.corrupted, answer=args.answer, components=components, progress=not args.quiet)
     print(render_patching_text(result))
     renderers = {"json": lambda r: r.to_json() + "\n", "html": render_patching_html}
     for kind, path in outputs.items():

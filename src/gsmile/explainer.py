@@ -258,9 +258,7 @@ class Explainer:
         model = self.model
         remote = isinstance(model, str) and model.startswith(("openai:", "openai-images:", "diffusers:"))
         if remote or isinstance(model, (PerExplanation, ScalarModel, ImageModel)) or (callable(model) and not isinstance(model, (str, LanguageModel))):
-            name = model if isinstance(model, str) else getattr(model, "model_id", type(model).__name__)
-            raise InvalidInputError(f"{method.name} needs a local model (local, hf:PATH) whose gradients and attention can be read; "
-                                    f"{name} is not one: use a perturbation method", field="method")
+            raise _not_local(method, model if isinstance(model, str) else getattr(model, "model_id", type(model).__name__))
 
     def _check_refine(self) -> None:
         """The coarse-to-fine options on their own (their fit to the units is checked by
@@ -429,8 +427,7 @@ class Explainer:
             raise InvalidInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to perturbation methods; "
                                     f"{method.name} samples nothing", field=given[0])
         if not isinstance(run.route.model, HFCausalLM):
-            raise InvalidInputError(f"{method.name} needs a local model (local, hf:PATH) whose gradients and attention can be read; "
-                                    f"{run.route.model.model_id} is not one: use a perturbation method", field="method")
+            raise _not_local(method, run.route.model.model_id)
         tic = time.perf_counter()
         spans = self._spans_in_user_turn(run)
         result = method.attribute(run.route.model, run.original, spans, list(run.response_ids))
@@ -930,6 +927,12 @@ def _image_record(run: "_Run", coefficients) -> dict:
     return image_record(seeds=model.seeds, distance=model.target.describe(),
                         original=[encode_png(im, IMAGE_THUMBNAIL) for im in model.reference_images_],
                         without=without, generation=extras.get("generation"))
+
+
+def _not_local(method: WhiteBoxMethod, name: str) -> InvalidInputError:
+    """The error for a white-box method given a model it cannot look inside."""
+    return InvalidInputError(f"{method.name} needs a local model (local, hf:PATH) whose gradients and attention can be read; "
+                             f"{name} is not one: use a perturbation method", field="method")
 
 
 def peak_rss_mb() -> float:

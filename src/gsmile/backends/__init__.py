@@ -67,6 +67,8 @@ _loaded_lock = threading.RLock()
 MODEL_PREFIXES = {"hf:": "hf:PATH (a local Hugging Face model directory)", "openai:": "openai:NAME (an OpenAI-compatible API)",
                   "diffusers:": "diffusers:PATH (a local diffusers text-to-image pipeline)",
                   "openai-images:": "openai-images:NAME (an OpenAI-compatible images API)"}
+#: prefixes of text-to-image models' names
+IMAGE_MODEL_PREFIXES = ("diffusers:", "openai-images:")
 
 
 def resolve_model(model, *, device: str | None = None, dtype: str | None = None, max_batch_tokens: int | None = None,

@@ -173,7 +173,7 @@ async def patch(request: Request, body: PatchRequest, holder: HolderDep, manager
     same queue as explanations; ``"async": true`` returns a job id (202)."""
     params = body.options()
     check_patch(params, holder)
-    fn = lambda job: run_patch(holder, params, settings)  # noqa: E731
+    fn = lambda job: run_patch(holder, params, settings, job.set_progress)  # noqa: E731
     return await execute(request, manager, settings, "patch", params, fn, body.async_)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import MODELS, ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model, resolve_model
+from ..backends import IMAGE_MODEL_PREFIXES, MODELS, ImageModel, LanguageModel, Loadable, PerExplanation, ScalarModel, for_explanation, is_language_model, resolve_model
 from ..errors import GsmileError, ModelError, is_out_of_memory, lookup
 from ..explainer import Explainer
 from ..length import fit_length
@@ -30,10 +30,6 @@ TOP_TOKENS = 10
 NEUTRAL_SHARE = 0.05
 
 Progress = Callable[[float], None]
-
-
-#: model names (prefixes) of text-to-image models
-IMAGE_MODEL_PREFIXES = ("diffusers:", "openai-images:")
 
 
 def model_kind(model, name: str | None = None) -> str:
@@ -211,10 +207,11 @@ def patch_size(lm, clean: str, corrupted: str) -> tuple[int, int] | None:
     return int(lm.model.config.num_hidden_layers), len(a) - first
 
 
-def run_patch(holder: ModelHolder, params: dict[str, Any], settings) -> dict[str, Any]:
-    """Activation patching on the service's model; returns ``PatchingResult.to_dict()``. The
-    server's cap: at most GSMILE_MAX_SAMPLES patched runs (components × layers × positions)
-    per request, each one row of a forward pass."""
+def run_patch(holder: ModelHolder, params: dict[str, Any], settings, progress: Progress) -> dict[str, Any]:
+    """Activation patching on the service's model; returns ``PatchingResult.to_dict()`` and
+    reports the share of patched runs done to the job. The server's cap: at most
+    GSMILE_MAX_SAMPLES patched runs (components × layers × positions) per request, each one
+    row of a forward pass."""
     from ..whitebox.patching import activation_patching
 
     lm = holder.get()
@@ -228,7 +225,7 @@ def run_patch(holder: ModelHolder, params: dict[str, Any], settings) -> dict[str
                                   f"{positions} positions from the first difference on): swap a word nearer the end, "
                                   "or patch fewer components")
     result = activation_patching(lm, params["clean"], params["corrupted"], answer=params.get("answer"),
-                                 components=components)
+                                 components=components, progress=_fraction(progress))
     return result.to_dict()
 
 

@@ -142,7 +142,7 @@ def gradient_attribution(lm, text: str, spans, response_ids, *, method: str, ste
             parts = []
             for lo in range(0, len(targets), rows_per_pass):
                 chunk = targets[lo : lo + rows_per_pass]
-                attr = engine.attribute(embeds.expand(len(chunk), -1, -1).clone(), target=chunk)
+                attr = engine.attribute(embeds.expand(len(chunk), -1, -1).clone().requires_grad_(), target=chunk)
                 parts.append(attr.detach().float().sum(-1).cpu())
             per_position = torch.cat(parts).numpy().astype(float)  # (len(targets), L)
             extras["baseline"] = None

@@ -59,10 +59,11 @@ import contextvars
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._io import check_record, parse_json
 from ..errors import InvalidInputError, SchemaError, UnknownNameError
 
 SCHEMA = "gsmile.patching"
@@ -169,10 +170,7 @@ class PatchingResult:
     @classmethod
     def from_dict(cls, data: Any) -> "PatchingResult":
         """Rebuild a result from :meth:`to_dict` output; raises :class:`SchemaError`."""
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise SchemaError(f"not a gsmile patching result (expected schema {SCHEMA!r})")
-        if data.get("version") != VERSION:
-            raise SchemaError(f"unsupported patching result version {data.get('version')!r}; this gsmile reads version {VERSION}")
+        check_record(data, SCHEMA, VERSION, "patching result")
         try:
             answer, positions = data["answer"], data["positions"]
             return cls(
@@ -196,13 +194,21 @@ class PatchingResult:
 
     @classmethod
     def from_json(cls, text: str) -> "PatchingResult":
-        import json
+        return cls.from_dict(parse_json(text))
 
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"not JSON: {exc.msg}") from None
-        return cls.from_dict(data)
+
+def _progress(progress, total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(report(done), close()) for ``activation_patching``'s ``progress`` argument."""
+    if callable(progress) and not isinstance(progress, bool):
+        return (lambda done: progress(done, total)), (lambda: None)
+    if not progress:
+        return (lambda done: None), (lambda: None)
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="patching", unit="run", file=sys.stderr, dynamic_ncols=True)
+    return (lambda done: bar.update(done - bar.n)), bar.close
 
 
 # ------------------------------------------------------------------- checks
@@ -379,7 +385,8 @@ class _Runner:
 
 # ------------------------------------------------------------------ patching
 def activation_patching(lm, clean: str, corrupted: str, *, answer: str | None = None, components=("resid",),
-                        layers: Sequence[int] | None = None, batch_size: int | None = None) -> PatchingResult:
+                        layers: Sequence[int] | None = None, batch_size: int | None = None,
+                        progress: "bool | Callable[[int, int], None]" = False) -> PatchingResult:
     """Patch each layer's activations at each position from the clean run into the corrupted
     run and measure the share of the clean answer's log p restored (see the module docstring).
 
@@ -390,6 +397,8 @@ def activation_patching(lm, clean: str, corrupted: str, *, answer: str | None = 
     layers: the layer indices to patch (default: all).
     batch_size: patched runs per forward pass (default: about ``lm.max_batch_tokens`` tokens,
         at most ``MAX_BATCH`` runs); it does not change the results beyond float rounding.
+    progress: True for a progress bar on stderr over the patched runs; a callable is called
+        ``progress(done, total)`` after each forward pass of them.
 
     Raises InvalidInputError for prompts of different token lengths, identical prompts, an
     empty answer, an answer whose log p is the same after both prompts, or a model that is not local."""
@@ -474,15 +483,20 @@ def activation_patching(lm, clean: str, corrupted: str, *, answer: str | None = 
     if batch_size is None:
         batch_size = int(max(1, min(MAX_BATCH, lm.max_batch_tokens // max(1, len(rest_k)))))
     patched = np.empty(len(jobs))
-    for lo in range(0, len(jobs), batch_size):
-        batch = jobs[lo : lo + batch_size]
-        by_key: dict = {}
-        for row, (c, layer, pos) in enumerate(batch):
-            by_key.setdefault((c, layer), ([], []))
-            by_key[(c, layer)][0].append(row)
-            by_key[(c, layer)][1].append(pos)
-        hooks = [(modules[key], _patcher(torch.tensor(r), torch.tensor(p), store[key])) for key, (r, p) in by_key.items()]
-        patched[lo : lo + len(batch)] = runner.run(rest_k, len(batch), hooks, answer_ids)
+    report, close = _progress(progress, len(jobs))
+    try:
+        for lo in range(0, len(jobs), batch_size):
+            batch = jobs[lo : lo + batch_size]
+            by_key: dict = {}
+            for row, (c, layer, pos) in enumerate(batch):
+                by_key.setdefault((c, layer), ([], []))
+                by_key[(c, layer)][0].append(row)
+                by_key[(c, layer)][1].append(pos)
+            hooks = [(modules[key], _patcher(torch.tensor(r), torch.tensor(p), store[key])) for key, (r, p) in by_key.items()]
+            patched[lo : lo + len(batch)] = runner.run(rest_k, len(batch), hooks, answer_ids)
+            report(lo + len(batch))
+    finally:
+        close()
 
     shares = (patched - corrupted_logp) / difference
     values = {}
