@@ -282,3 +282,27 @@ def test_the_gpu_check_runs_its_comparisons_with_the_cpu_in_the_gpus_place(lm, b
     monkeypatch.setattr(gpu_check, "BF16_COEF", 1e-9)
     assert gpu_check.main(argv) == 1
     assert "cpu/bfloat16 prompt 0" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_auto_map_loads_through_accelerate_and_scores_like_the_plain_load(tiny_lm, monkeypatch):
+    """auto-map needs a GPU and is refused here, so its loading path (accelerate's
+    ``device_map="auto"``) would never run in CI; with the refusal lifted, accelerate puts the
+    tiny Llama on the CPU, its one device, the explanation records it, and the log-probs are
+    those of the model loaded without a device map."""
+    from gsmile.backends import devices
+    from gsmile.backends.local import HFCausalLM
+
+    from transformers import AutoModelForCausalLM
+
+    real = devices.resolve_device
+    monkeypatch.setattr(devices, "resolve_device", lambda d=None, t=None: ("auto-map", "float32") if d == "auto-map" else real(d, t))
+    asked = []
+    load = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: asked.append(k) or load(*a, **k))
+    spread = HFCausalLM.from_path(str(tiny_lm.path), device="auto-map").load()
+    assert asked[-1]["device_map"] == "auto"
+    assert spread.device == "auto-map" and spread.model is not tiny_lm.model
+    assert spread.explanation_extras()["device"] == "auto-map: cpu"
+    prompts = ["f1 f2 v3 f4 f5 f6", "v0 f1 f1 f1 f1 f1"]
+    ids = tiny_lm.encode_response("a3")
+    np.testing.assert_allclose(spread.logprobs(prompts, ids), tiny_lm.logprobs(prompts, ids), atol=1e-5)

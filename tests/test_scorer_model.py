@@ -94,6 +94,53 @@ def test_long_rows_scored_one_after_another_match_the_plain_path(lm, monkeypatch
     np.testing.assert_allclose(fast, one_by_one, atol=1e-4)
 
 
+def scored_as_on_a_gpu(lm):
+    """A twin of ``lm`` on the same weights that scores the way a GPU (or a model that is not a
+    plain Llama) does: transformers' forward from the template's key/value cache, extended
+    over a batch's common start; the lean body is never used."""
+    from gsmile.backends.local import HFCausalLM
+
+    twin = HFCausalLM(lm.path, model_id=lm.model_id)
+    twin._model, twin._tokenizer, twin._body = lm._model, lm._tokenizer, False
+    return twin
+
+
+def test_the_scorer_gpus_run_gives_the_plain_log_probs(lm, monkeypatch):
+    """The path every GPU, float16 or non-Llama model takes had no test of its own (the
+    embedded model always took the lean body): its log-probs, whole and reduced, batched or
+    row by row, equal transformers' forward over each whole row, and the template cache and
+    the batch's common start were really used."""
+    from transformers import DynamicCache
+
+    twin = scored_as_on_a_gpu(lm)
+    assert twin._fast_body() is None and "not a plain Llama" in twin._no_fast_path_reason()
+    same_start = ["What is the capital of France?", "What is the capital of Spain and why?", "What is the capital city?"]
+    ids = lm.encode_response(RESPONSE)
+    cached = []
+    init = DynamicCache.__init__
+    monkeypatch.setattr(DynamicCache, "__init__", lambda self, *a, **k: cached.append(1) or init(self, *a, **k))
+    for prompts in (PROMPTS, same_start):
+        plain = plain_logprobs(lm, prompts, ids)
+        cached.clear()
+        got = twin.logprobs(prompts, ids)
+        assert cached  # the scoring started from a cache, not from the first token
+        np.testing.assert_allclose(got, plain, atol=1e-4)
+        one_by_one = np.concatenate([twin.logprobs([p], ids) for p in prompts])
+        np.testing.assert_allclose(one_by_one, plain, atol=1e-4)
+        picked = twin.reduced_logprobs(prompts, ids, lambda lp: lp[:, np.arange(len(ids)), ids].sum(axis=1))
+        np.testing.assert_allclose(picked, plain[:, np.arange(len(ids)), ids].sum(axis=1), atol=1e-3)
+    rows = [lm.prompt_ids(p) + ids[:-1] for p in same_start]
+    assert twin._shared_prefix(rows, len(ids))[0] >= len(twin._prefix[0]) + 3  # the common start was extended
+
+
+def test_an_explanation_scored_as_on_a_gpu_matches_the_lean_body_and_says_how_it_was_scored(lm):
+    twin = scored_as_on_a_gpu(lm)
+    exps = [gsmile.Explainer(m, method="occlusion", target="logprob").explain(PROMPTS[0], RESPONSE) for m in (lm, twin)]
+    np.testing.assert_allclose(exps[1].coefficients, exps[0].coefficients, atol=1e-3)
+    assert exps[0].extras["fast_path"] is True and exps[1].extras["fast_path"] is False
+    assert "transformers' forward scores (with the shared template cache)" in exps[1].extras["fast_path_reason"]
+
+
 def test_prefix_is_not_used_when_a_row_does_not_start_with_it(lm):
     ids = lm.encode_response(RESPONSE)
     rows = [[1, 2, 3] + lm.prompt_ids("Hi")[3:] + ids[:-1]]  # a different start: no cache

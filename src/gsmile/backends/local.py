@@ -151,7 +151,8 @@ class HFCausalLM:
 
             extras["bfloat16_hardware"] = cpu_has_fast_bfloat16()
         if self.device == "auto-map":  # the devices accelerate spread the layers over
-            extras["device"] = "auto-map: " + ", ".join(sorted({str(d) for d in getattr(self._model, "hf_device_map", {}).values()}))
+            spread = sorted({str(d) for d in (getattr(self._model, "hf_device_map", None) or {}).values()})
+            extras["device"] = "auto-map: " + ", ".join(spread or [str(self.device_)])  # no map: all on one device
         reason = self._no_fast_path_reason()
         extras["fast_path"] = reason is None
         if reason is not None:
