@@ -62,21 +62,17 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, HERE)
+    from report import Report
     from vs_captum import make_context
 
     from gsmile import Explainer
-    from gsmile._io import write_atomic
     from gsmile.backends import resolve_model
     from gsmile.backends.local import HFCausalLM
     from gsmile.inputs import user_turn
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines: list[str] = []
-
-    def say(line=""):
-        print(line, flush=True)
-        lines.append(line)
+    say = Report()
 
     say("# float32 against bfloat16 on this CPU, the embedded SmolLM2, one process")
     say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average at start "
@@ -130,10 +126,7 @@ def main(argv=None) -> int:
                 f"top 3 {'the same' if top[1] == top[0] else f'{top[1]} vs {top[0]}'}; C against A: "
                 f"{float(np.abs(c - a).max()) / scale:.1%}, top 3 {'the same' if top[2] == top[0] else f'{top[2]} vs {top[0]}'}")
             say()
-    say(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    write_atomic(args.out, "\n".join(lines) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    say.write(args.out)
     return 0
 
 

@@ -30,6 +30,24 @@ def plain_logprobs(lm, prompts, ids):
         lm.fast_path = True
 
 
+def long_context_prompts() -> list[str]:
+    """Five prompts of about 330 tokens: a 24-sentence context, whole and without one of its
+    sentences 23, 20, 3 and 0 (a late removal leaves a long start shared with the whole)."""
+    sentences = [f"Room {i} on floor {i % 7} holds {i * 3} boxes of spare parts." for i in range(24)]
+    contexts = [" ".join(sentences)] + [" ".join(sentences[:k] + sentences[k + 1:]) for k in (23, 20, 3, 0)]
+    return [gsmile.inputs.user_turn("How many boxes are in room 12?", c) for c in contexts]
+
+
+def spy_on_chains(monkeypatch) -> list:
+    """A list that grows by one each time rows are scored one after another (``_chain_hidden``)."""
+    from gsmile.backends import local
+
+    chained = []
+    chain = local.HFCausalLM._chain_hidden
+    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, *a: chained.append(1) or chain(self, *a))
+    return chained
+
+
 def test_fast_path_gives_the_plain_log_probs(lm):
     ids = lm.encode_response(RESPONSE)
     plain = plain_logprobs(lm, PROMPTS, ids)
@@ -79,14 +97,10 @@ def test_long_rows_scored_one_after_another_match_the_plain_path(lm, monkeypatch
     from gsmile.backends import local
 
     monkeypatch.setattr(local, "ROW_CHUNK", 128)  # three pieces per row
-    sentences = [f"Room {i} on floor {i % 7} holds {i * 3} boxes of spare parts." for i in range(24)]
-    contexts = [" ".join(sentences)] + [" ".join(sentences[:k] + sentences[k + 1:]) for k in (23, 20, 3, 0)]
-    prompts = [gsmile.inputs.user_turn("How many boxes are in room 12?", c) for c in contexts]
+    prompts = long_context_prompts()
     assert len(lm.prompt_ids(prompts[0])) > local.TREE_NODES + 30  # stems longer than CHAIN_STEMS, and than a tree
     ids = lm.encode_response("Room 12 holds 36 boxes.")
-    chained = []
-    chain = local.HFCausalLM._chain_hidden
-    monkeypatch.setattr(local.HFCausalLM, "_chain_hidden", lambda self, *a: chained.append(1) or chain(self, *a))
+    chained = spy_on_chains(monkeypatch)
     fast = lm.logprobs(prompts, ids)
     assert chained
     np.testing.assert_allclose(fast, plain_logprobs(lm, prompts, ids), atol=1e-4)
@@ -133,12 +147,78 @@ def test_the_scorer_gpus_run_gives_the_plain_log_probs(lm, monkeypatch):
     assert twin._shared_prefix(rows, len(ids))[0] >= len(twin._prefix[0]) + 3  # the common start was extended
 
 
+def test_long_rows_without_the_lean_body_reuse_their_shared_starts_on_the_cpu(lm, monkeypatch):
+    """A model the lean body does not run (another architecture, or float16) still scores long
+    rows one after another on the CPU, each from the start it shares with the row before it,
+    in pieces: the log-probs are those of transformers' forward over each whole row, and the
+    model is fed fewer tokens. Where that is not done (a GPU), it scores whole rows."""
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "ROW_CHUNK", 128)
+    twin = scored_as_on_a_gpu(lm)
+    prompts = long_context_prompts()
+    ids = lm.encode_response("Room 12 holds 36 boxes.")
+    fed = []
+    forward = twin.model.model.forward
+    monkeypatch.setattr(twin.model.model, "forward", lambda *a, **k: fed.append(k["input_ids"].numel()) or forward(*a, **k))
+    chained = twin.logprobs(prompts, ids)
+    chained_tokens = sum(fed)
+    plain = plain_logprobs(lm, prompts, ids)
+    np.testing.assert_allclose(chained, plain, atol=1e-4)
+    one_by_one = np.concatenate([twin.logprobs([p], ids) for p in prompts[::-1]])[::-1]
+    np.testing.assert_allclose(chained, one_by_one, atol=1e-4)
+    whole_rows = sum(len(r) for r in twin._rows(prompts, ids)) - len(prompts) * len(twin._prefix[0])
+    assert chained_tokens < 0.75 * whole_rows, (chained_tokens, whole_rows)  # 4 of 5 rows share a long start
+    assert twin.suggest_batch_size(len(twin._rows(prompts, ids)[0])) == local.CHAIN_BATCH
+    monkeypatch.setattr(local.HFCausalLM, "_chains_without_body", lambda self: False)  # as on a GPU
+    fed.clear()
+    np.testing.assert_allclose(twin.logprobs(prompts, ids), plain, atol=1e-4)
+    assert sum(fed) >= whole_rows
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(lm, tmp_path_factory):
+    """A real other architecture: a tiny Qwen2 (biased q/k/v projections, so the lean body
+    does not run it) with random weights large enough that positions and context move its
+    log-probs, and the embedded model's tokenizer and chat template."""
+    import torch
+    import transformers
+
+    from gsmile.backends.local import HFCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_qwen")
+    config = transformers.Qwen2Config(vocab_size=len(lm.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                      initializer_range=0.5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(config).eval().save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return HFCausalLM.from_path(str(path)).load()
+
+
+def test_another_architecture_scores_long_rows_from_their_shared_starts(tiny_qwen, monkeypatch):
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "ROW_CHUNK", 128)
+    assert tiny_qwen.model.config.model_type == "qwen2" and tiny_qwen._fast_body() is None
+    prompts = long_context_prompts()
+    ids = tiny_qwen.encode_response("Room 12 holds 36 boxes.")
+    chained = spy_on_chains(monkeypatch)
+    got = tiny_qwen.logprobs(prompts, ids)
+    assert chained
+    plain = plain_logprobs(tiny_qwen, prompts, ids)
+    np.testing.assert_allclose(got, plain, atol=1e-4)
+    assert np.abs(plain[0] - plain[1]).max() > 1e-2  # the context moves the log-probs: a wrong reuse would show
+
+
 def test_an_explanation_scored_as_on_a_gpu_matches_the_lean_body_and_says_how_it_was_scored(lm):
     twin = scored_as_on_a_gpu(lm)
     exps = [gsmile.Explainer(m, method="occlusion", target="logprob").explain(PROMPTS[0], RESPONSE) for m in (lm, twin)]
     np.testing.assert_allclose(exps[1].coefficients, exps[0].coefficients, atol=1e-3)
     assert exps[0].extras["fast_path"] is True and exps[1].extras["fast_path"] is False
-    assert "transformers' forward scores (with the shared template cache)" in exps[1].extras["fast_path_reason"]
+    assert exps[1].extras["fast_path_reason"] == ("not a plain Llama-architecture model: transformers' forward scores (from the "
+                                                  "shared template cache; long inputs row after row, each from the start it shares "
+                                                  "with the row before)")
 
 
 def test_prefix_is_not_used_when_a_row_does_not_start_with_it(lm):

@@ -168,10 +168,11 @@ class HFCausalLM:
             return None
         from . import llama_fast
 
+        how = ("transformers' forward scores (from the shared template cache"
+               + ("; long inputs row after row, each from the start it shares with the row before)" if self._chains_without_body() else ")"))
         if self.dtype not in llama_fast.DTYPES or self.device != "cpu":
-            return (f"the lean Llama body runs on the cpu in {' or '.join(llama_fast.DTYPES)} only; on {self.device} in {self.dtype} "
-                    "transformers' forward scores (with the shared template cache)")
-        return "not a plain Llama-architecture model: transformers' forward scores (with the shared template cache)"
+            return f"the lean Llama body runs on the cpu in {' or '.join(llama_fast.DTYPES)} only; on {self.device} in {self.dtype} {how}"
+        return f"not a plain Llama-architecture model: {how}"
 
     @property
     def model(self):
@@ -237,7 +238,7 @@ class HFCausalLM:
         ``max_batch_tokens`` tokens per pass, at most 64. Measured on a 2-core CPU for the
         example prompt (91 tokens, 200 samples): 13.8 s at batch 8, 12.3 s at 16, 11.9 s at
         24, 12.2 s at 32, 13.7 s at 48."""
-        chained = self.fast_path and self._fast_body() is not None  # the lean body scores long stems row after row
+        chained = self.fast_path and (self._fast_body() is not None or self._chains_without_body())  # long stems row after row
         if chained and n_tokens - len(self._template_prefix()[0]) > CHAIN_STEMS:
             return CHAIN_BATCH  # memory is per row there
         return int(min(64, max(1, round(self.max_batch_tokens / max(1, n_tokens)))))
@@ -277,6 +278,11 @@ class HFCausalLM:
                 picked = self._tree_hidden(body, rows, n_resp)
                 if picked is not None:
                     return self._head_log_softmax(picked, reduce)
+        if fast and self._chains_without_body():
+            split = self._stems_and_tail(rows, n_resp)
+            if split is not None and max(map(len, split[2])) > CHAIN_STEMS:
+                with torch.inference_mode():
+                    return self._head_log_softmax(self._chain_hidden(_ForwardSteps(self.model), *split, n_resp), reduce)
         prefix_len = 0
         past = None
         if fast:
@@ -314,6 +320,13 @@ class HFCausalLM:
             gather = gather.to(hidden.device)  # (built on the CPU; the model may run elsewhere)
             picked = torch.gather(hidden, 1, gather[:, :, None].expand(-1, -1, hidden.shape[-1]))
             return self._head_log_softmax(picked, reduce)
+
+    def _chains_without_body(self) -> bool:
+        """Whether transformers' forward scores long stems row after row (``_chain_hidden``)
+        when the lean body does not run: on the CPU, where a model's time is its arithmetic
+        and reusing each row's shared start saves it. Not on a GPU: there a batch of whole
+        rows may beat one row at a time, and nothing has been measured there."""
+        return self.device_.type == "cpu" and self.device != "auto-map"
 
     def _fast_body(self):
         """The lean Llama body for this model (built once), or None for other architectures."""
@@ -380,23 +393,13 @@ class HFCausalLM:
         results are those of a forward pass over each row, to float rounding."""
         import torch
 
-        ids, past = self._template_prefix()
-        start = len(ids)
-        if past is None or start == 0 or any(r[:start] != ids for r in rows):
+        split = self._stems_and_tail(rows, n_resp)
+        if split is None:
             return None
-        rest = [r[start:] for r in rows]
-        first, shortest = rest[0], min(map(len, rest))
-        tail = 0
-        while tail < shortest and all(r[-1 - tail] == first[-1 - tail] for r in rest[1:]):
-            tail += 1
-        if tail < max(n_resp, 1):
-            return None
-        # The tail runs in one pass per row: at most a piece long (a lone row, or rows sharing a
-        # long end, leave the rest to the stems and so to pieces), unless the response is longer.
-        tail = min(tail, max(n_resp, min(ROW_CHUNK, self.max_batch_tokens)))
-        stems = [row[: len(row) - tail] for row in rest]
+        past, start, stems, tail_ids = split
+        tail = len(tail_ids)
         if max(map(len, stems)) > CHAIN_STEMS:
-            return self._chain_hidden(body, past, start, stems, first[len(first) - tail :], n_resp)
+            return self._chain_hidden(body, past, start, stems, tail_ids, n_resp)
         # At most about max_batch_tokens per pass: a larger batch (given, or long rows with a
         # long response) is scored in balanced parts.
         fits = max(1, round(self.max_batch_tokens / max(map(len, rows))))
@@ -450,9 +453,30 @@ class HFCausalLM:
         mask[:, 0, :, start:known] = (torch.arange(depth)[None, :] < lengths[:, None])[:, None, :]
         mask[..., known:] = torch.ones((tail, tail), dtype=torch.bool).tril()
         positions = start + lengths[:, None] + torch.arange(tail)[None, :]
-        tail_ids = torch.tensor(first[len(first) - tail :], dtype=torch.long)[None].expand(n, -1)
-        hidden = body(tail_ids, row_past, known, positions=positions, mask=mask)
+        hidden = body(torch.tensor(tail_ids, dtype=torch.long)[None].expand(n, -1), row_past, known, positions=positions, mask=mask)
         return hidden[:, tail - n_resp :]
+
+    def _stems_and_tail(self, rows: list[list[int]], n_resp: int):
+        """``(past, start, stems, tail)``: the template prefix's keys and values and length, each
+        row's *stem* (its tokens after the prefix, up to the tail) and the *tail* every row ends
+        with (the template's end and the response; at most a piece long unless the response is
+        longer); None when the rows do not all start with the prefix or share no tail that
+        holds the response (the caller then scores them as they are)."""
+        ids, past = self._template_prefix()
+        start = len(ids)
+        if past is None or start == 0 or any(r[:start] != ids for r in rows):
+            return None
+        rest = [r[start:] for r in rows]
+        first, shortest = rest[0], min(map(len, rest))
+        tail = 0
+        while tail < shortest and all(r[-1 - tail] == first[-1 - tail] for r in rest[1:]):
+            tail += 1
+        if tail < max(n_resp, 1):
+            return None
+        # The tail runs in one pass per row: at most a piece long (a lone row, or rows sharing a
+        # long end, leave the rest to the stems and so to pieces), unless the response is longer.
+        tail = min(tail, max(n_resp, min(ROW_CHUNK, self.max_batch_tokens)))
+        return past, start, [row[: len(row) - tail] for row in rest], first[len(first) - tail :]
 
     def _chain_hidden(self, body, past, start: int, stems: list[list[int]], tail: list[int], n_resp: int):
         """Hidden states ``(rows, n_resp, hidden)`` at the predicting positions of rows
@@ -461,11 +485,12 @@ class HFCausalLM:
         the keys and values of the start it shares with the row before it (all it shares with
         any earlier row, as they are sorted) and computes only the rest, at most ``ROW_CHUNK``
         tokens per pass. A perturbation that removes a late sentence leaves most of its row
-        to be reused; a token tree over such stems would be one stem per tree."""
+        to be reused; a token tree over such stems would be one stem per tree. ``body``: the
+        lean body, or :class:`_ForwardSteps` (transformers' forward) for other models."""
         import torch
 
-        hidden_size = body.body.embed_tokens.embedding_dim
-        out = torch.empty((len(stems), n_resp, hidden_size), dtype=self.model.dtype)
+        hidden_size = self.model.get_input_embeddings().embedding_dim
+        out = torch.empty((len(stems), n_resp, hidden_size), dtype=self.model.dtype, device=self.device_)
         prev: list[int] | None = None
         kv = past  # keys and values of the template prefix and of the previous row's stem
         for i in sorted(range(len(stems)), key=stems.__getitem__):
@@ -569,3 +594,23 @@ def _stem_trees(stems: list[list[int]]):
             path.append(child)
         paths.append((len(groups) - 1, path))
     return groups, paths
+
+
+class _ForwardSteps:
+    """transformers' forward behind the call ``_chain_hidden`` makes of the lean body:
+    ``steps(ids, kv, start, keep_kv=True)`` → ``(hidden, kv)``, the hidden states of ``ids``
+    ``(1, width)`` continuing the per-layer (keys, values) ``kv`` at position ``start``, and
+    the keys and values of both together."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, input_ids, past, start: int, keep_kv: bool = True):
+        import torch
+        from transformers import DynamicCache
+
+        device = self.model.get_input_embeddings().weight.device
+        width = input_ids.shape[1]
+        out = self.model.model(input_ids=input_ids.to(device), past_key_values=DynamicCache(ddp_cache_data=list(past)),
+                               position_ids=torch.arange(start, start + width, device=device)[None], use_cache=True)
+        return out.last_hidden_state, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
