@@ -109,9 +109,10 @@ def test_long_rows_scored_one_after_another_match_the_plain_path(lm, monkeypatch
 
 
 def scored_as_on_a_gpu(lm):
-    """A twin of ``lm`` on the same weights that scores the way a GPU (or a model that is not a
-    plain Llama) does: transformers' forward from the template's key/value cache, extended
-    over a batch's common start; the lean body is never used."""
+    """A twin of ``lm`` on the same weights that scores short rows the way a GPU (or a model
+    that is not a plain Llama) does: transformers' forward from the template's key/value
+    cache, extended over a batch's common start; the lean body is never used. (Long rows it
+    scores one after another, as on the CPU, unless ``_chains_without_body`` says no.)"""
     from gsmile.backends.local import HFCausalLM
 
     twin = HFCausalLM(lm.path, model_id=lm.model_id)
@@ -148,7 +149,7 @@ def test_the_scorer_gpus_run_gives_the_plain_log_probs(lm, monkeypatch):
 
 
 def test_long_rows_without_the_lean_body_reuse_their_shared_starts_on_the_cpu(lm, monkeypatch):
-    """A model the lean body does not run (another architecture, or float16) still scores long
+    """A model the lean body does not run (another architecture) still scores long
     rows one after another on the CPU, each from the start it shares with the row before it,
     in pieces: the log-probs are those of transformers' forward over each whole row, and the
     model is fed fewer tokens. Where that is not done (a GPU), it scores whole rows."""
