@@ -140,7 +140,7 @@ def test_only_local_llamas_are_accepted(tiny_lm):
     scalar = resolve_model(lambda texts: [0.0 for _ in texts])
     api = OpenAIBackend("some-model", base_url="http://127.0.0.1:9/v1", api_key="x")
     for model in (scalar, api, "local"):
-        with pytest.raises(InvalidInputError, match=r"^attnlrp methods need a local model \(local, hf:PATH\); .* is not one$"):
+        with pytest.raises(InvalidInputError, match=r"^attnlrp methods need a local model \(local, hf:PATH\) whose internals gsmile can read; .* is not one$"):
             attnlrp_attribution(model, "a b", [(0, 1)], [1])
 
     class NotLlama:

@@ -125,7 +125,7 @@ def test_only_local_models_are_accepted():
     for model in (scalar, api, "local"):
         for call in (lambda m: gradient_attribution(m, "a b", [(0, 1)], [1], method="gradient_x_input"),
                      lambda m: attention_attribution(m, "a b", [(0, 1)], [1], method="attention")):
-            with pytest.raises(InvalidInputError, match=r"^(gradient|attention) methods need a local model \(local, hf:PATH\); .* is not one$"):
+            with pytest.raises(InvalidInputError, match=r"^(gradient|attention) methods need a local model \(local, hf:PATH\) whose internals gsmile can read; .* is not one$"):
                 call(model)
 
 

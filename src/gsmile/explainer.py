@@ -56,6 +56,9 @@ _GSMILE_OPTIONS = {name: spec.default for name, spec in option_specs("gsmile").i
 
 __all__ = ["CONTEXT_TEMPLATE", "DEFAULT_SAMPLES", "Explainer", "GsmileWarning", "explain"]
 
+#: what a white-box method given a model it cannot look inside advises
+NOT_LOCAL_ADVICE = ": use a perturbation method"
+
 
 class GsmileWarning(UserWarning):
     """Something about an explanation the user should know (low fidelity, few units...)."""
@@ -258,7 +261,10 @@ class Explainer:
         model = self.model
         remote = isinstance(model, str) and model.startswith(("openai:", "openai-images:", "diffusers:"))
         if remote or isinstance(model, (PerExplanation, ScalarModel, ImageModel)) or (callable(model) and not isinstance(model, (str, LanguageModel))):
-            raise _not_local(method, model if isinstance(model, str) else getattr(model, "model_id", type(model).__name__))
+            from .backends.local import not_local
+
+            raise not_local(f"{method.name} needs", model if isinstance(model, str) else getattr(model, "model_id", type(model).__name__),
+                            NOT_LOCAL_ADVICE, field="method")
 
     def _check_refine(self) -> None:
         """The coarse-to-fine options on their own (their fit to the units is checked by
@@ -418,7 +424,7 @@ class Explainer:
         """A white-box method's explanation: read from inside the local model (no sampling, no
         surrogate; see :mod:`gsmile.methods.whitebox`). With a contrast, the attributions of
         log p(contrast) are subtracted (gradients are linear in the explained function)."""
-        from .backends.local import HFCausalLM
+        from .backends.local import require_local
 
         given = [name for name, value, default in (("runs", self.runs, 1), ("until_stable", self.until_stable, False),
                                                     ("refine", self.refine, None), ("interactions", self.interactions, 0),
@@ -426,8 +432,7 @@ class Explainer:
         if given:
             raise InvalidInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to perturbation methods; "
                                     f"{method.name} samples nothing", field=given[0])
-        if not isinstance(run.route.model, HFCausalLM):
-            raise _not_local(method, run.route.model.model_id)
+        require_local(run.route.model, f"{method.name} needs", advice=NOT_LOCAL_ADVICE, field="method")
         tic = time.perf_counter()
         spans = self._spans_in_user_turn(run)
         result = method.attribute(run.route.model, run.original, spans, list(run.response_ids))
@@ -927,12 +932,6 @@ def _image_record(run: "_Run", coefficients) -> dict:
     return image_record(seeds=model.seeds, distance=model.target.describe(),
                         original=[encode_png(im, IMAGE_THUMBNAIL) for im in model.reference_images_],
                         without=without, generation=extras.get("generation"))
-
-
-def _not_local(method: WhiteBoxMethod, name: str) -> InvalidInputError:
-    """The error for a white-box method given a model it cannot look inside."""
-    return InvalidInputError(f"{method.name} needs a local model (local, hf:PATH) whose gradients and attention can be read; "
-                             f"{name} is not one: use a perturbation method", field="method")
 
 
 def peak_rss_mb() -> float:

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InvalidInputError, ModelError
 
 #: Shared tokens beyond the template after which a batch's own common start is cached too
 #: (transformers' forward; the lean body shares starts through its token tree instead).
@@ -59,6 +59,24 @@ def check_batch_tokens(value) -> int:
 
     check_int("max_batch_tokens", value, 64, 10_000_000)
     return int(value)
+
+
+def not_local(needs: str, name: str, advice: str = "", field: str = "model") -> InvalidInputError:
+    """The one error for a model whose internals gsmile cannot read (white-box methods,
+    activation patching): "{needs} a local model (local, hf:PATH) whose internals gsmile can
+    read; {name} is not one{advice}"."""
+    return InvalidInputError(f"{needs} a local model (local, hf:PATH) whose internals gsmile can read; {name} is not one{advice}",
+                             field=field)
+
+
+def require_local(lm, needs: str, *, one_device: bool = False, advice: str = "", field: str = "model") -> "HFCausalLM":
+    """``lm`` loaded, when it is a local model (:class:`HFCausalLM`); else :func:`not_local`.
+    one_device: refuse a model whose layers auto-map spread over several devices."""
+    if not isinstance(lm, HFCausalLM):
+        raise not_local(needs, getattr(lm, "model_id", None) or type(lm).__name__, advice, field)
+    if one_device and lm.device == "auto-map":
+        raise InvalidInputError(f"{needs} a model on one device; {lm.model_id} is spread by auto-map", field="device")
+    return lm.load()
 
 
 class HFCausalLM:

@@ -190,8 +190,10 @@ def check_patch(params: dict[str, Any], holder: ModelHolder) -> None:
     from ..whitebox.patching import check_components
 
     if not holder.is_local:
-        raise FieldError("model", f"activation patching needs a local model whose activations gsmile can read (local or "
-                                  f"hf:PATH); this service runs {holder.model_id}, a {holder.kind} model it only calls")
+        from ..backends.local import not_local
+
+        raise FieldError("model", str(not_local("activation patching needs", f"this service's {holder.model_id}",
+                                            f" (a {holder.kind} model it only calls)")))
     if params.get("components") is not None:
         check_components(params["components"])
 

@@ -22,18 +22,6 @@ import numpy as np
 from ..errors import ComputationError, InvalidInputError
 
 
-def check_local(lm, family: str):
-    """``lm`` loaded, or InvalidInputError when it is not a local HFCausalLM."""
-    from ..backends.local import HFCausalLM
-
-    if not isinstance(lm, HFCausalLM):
-        name = getattr(lm, "model_id", None) or type(lm).__name__
-        raise InvalidInputError(f"{family} methods need a local model (local, hf:PATH); {name} is not one", field="model")
-    if lm.device == "auto-map":
-        raise InvalidInputError(f"{family} methods need a model on one device; {lm.model_id} is spread by auto-map", field="device")
-    return lm.load()
-
-
 @dataclass
 class Row:
     ids: list[int]  # prompt ids + response ids but the last

@@ -28,8 +28,9 @@ import threading
 import time
 import weakref
 
+from ..backends.local import require_local
 from ..errors import InvalidInputError
-from ._tokens import build_row, check_local, outside_units, to_units, token_table
+from ._tokens import build_row, outside_units, to_units, token_table
 from .gradients import WhiteBoxResult
 
 METHODS = ("attention", "attention_rollout")
@@ -66,7 +67,7 @@ def attention_attribution(lm, text: str, spans, response_ids, *, method: str) ->
     an attribution. Anything but a local model raises InvalidInputError."""
     import torch
 
-    lm = check_local(lm, "attention")
+    lm = require_local(lm, "attention methods need", one_device=True)
     if method not in METHODS:
         raise InvalidInputError(f"unknown attention method {method!r}; choose one of: {', '.join(METHODS)}", field="method")
     row = build_row(lm, text, spans, response_ids)

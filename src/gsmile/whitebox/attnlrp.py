@@ -47,8 +47,9 @@ import time
 
 import numpy as np
 
+from ..backends.local import require_local
 from ..errors import InvalidInputError
-from ._tokens import build_row, check_local, outside_units, to_units, token_table
+from ._tokens import build_row, outside_units, to_units, token_table
 from .gradients import WhiteBoxResult
 
 TARGET = ("sum over response tokens of the response token's logit at its predicting position "
@@ -206,7 +207,7 @@ def attnlrp_attribution(lm, text: str, spans, response_ids, *, per_token: bool |
     the whole row / the explained output) is in ``extras["conservation"]``."""
     import torch
 
-    lm = check_local(lm, "attnlrp")
+    lm = require_local(lm, "attnlrp methods need", one_device=True)
     model = lm.model
     check_llama(model)
     if per_token is None:

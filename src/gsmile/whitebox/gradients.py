@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends.local import require_local
 from ..errors import InvalidInputError, check_int
-from ._tokens import build_row, check_local, outside_units, to_units, token_table
+from ._tokens import build_row, outside_units, to_units, token_table
 
 METHODS = ("gradient_x_input", "integrated_gradients")
 BASELINES = ("zero", "pad")
@@ -111,7 +112,7 @@ def gradient_attribution(lm, text: str, spans, response_ids, *, method: str, ste
     methods are: the rows sum to the total to float rounding)."""
     import torch
 
-    lm = check_local(lm, "gradient")
+    lm = require_local(lm, "gradient methods need", one_device=True)
     if method not in METHODS:
         raise InvalidInputError(f"unknown gradient method {method!r}; choose one of: {', '.join(METHODS)}", field="method")
     if baseline not in BASELINES:

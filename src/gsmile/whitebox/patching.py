@@ -215,19 +215,15 @@ def _progress(progress, total: int) -> tuple[Callable[[int], None], Callable[[],
 def local_model(lm):
     """``lm`` as a loaded :class:`~gsmile.backends.local.HFCausalLM`: a model name (``local``,
     ``smollm2``, ``hf:PATH``) is resolved; anything else is an :class:`InvalidInputError`."""
-    from ..backends.local import HFCausalLM
+    from ..backends.local import not_local, require_local
 
     if isinstance(lm, str):
         from ..backends import MODELS, resolve_model
 
         if lm not in MODELS and not lm.startswith("hf:"):
-            raise InvalidInputError(f"activation patching needs a local model whose activations gsmile can read "
-                                    f"(local or hf:PATH), got {lm!r}", field="model")
+            raise not_local("activation patching needs", lm)
         lm = resolve_model(lm)
-    if not isinstance(lm, HFCausalLM):
-        raise InvalidInputError(f"activation patching needs a local model whose activations gsmile can read (local or "
-                                f"hf:PATH); {type(lm).__name__} is not one", field="model")
-    return lm.load()
+    return require_local(lm, "activation patching needs")
 
 
 def check_components(components) -> tuple[str, ...]:
