@@ -289,10 +289,10 @@ def test_auto_map_loads_through_accelerate_and_scores_like_the_plain_load(tiny_l
     ``device_map="auto"``) would never run in CI; with the refusal lifted, accelerate puts the
     tiny Llama on the CPU, its one device, the explanation records it, and the log-probs are
     those of the model loaded without a device map."""
+    from transformers import AutoModelForCausalLM
+
     from gsmile.backends import devices
     from gsmile.backends.local import HFCausalLM
-
-    from transformers import AutoModelForCausalLM
 
     real = devices.resolve_device
     monkeypatch.setattr(devices, "resolve_device", lambda d=None, t=None: ("auto-map", "float32") if d == "auto-map" else real(d, t))

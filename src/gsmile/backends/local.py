@@ -296,7 +296,7 @@ class HFCausalLM:
                 picked = self._tree_hidden(body, rows, n_resp)
                 if picked is not None:
                     return self._head_log_softmax(picked, reduce)
-        if fast and self._chains_without_body():
+        if fast and body is None and self._chains_without_body():  # (the lean body's tree already chained what it could)
             split = self._stems_and_tail(rows, n_resp)
             if split is not None and max(map(len, split[2])) > CHAIN_STEMS:
                 with torch.inference_mode():
