@@ -177,6 +177,25 @@ def test_long_rows_without_the_lean_body_reuse_their_shared_starts_on_the_cpu(lm
     assert sum(fed) >= whole_rows
 
 
+def test_long_rows_without_the_lean_body_scored_at_once_in_two_threads_are_those_scored_alone(lm, monkeypatch):
+    """The row-after-row path of transformers' forward keeps its keys and values per call:
+    two threads scoring different long inputs on one shared backend at the same moment get
+    what each gets alone."""
+    from threads import run_together
+
+    from gsmile.backends import local
+
+    monkeypatch.setattr(local, "ROW_CHUNK", 128)
+    twin = scored_as_on_a_gpu(lm)
+    prompts = long_context_prompts()
+    ids = lm.encode_response("Room 12 holds 36 boxes.")
+    batches = [prompts[:3], prompts[2:]]
+    alone = [twin.logprobs(b, ids) for b in batches]
+    together = [r for r, _, _ in run_together([lambda b=b: twin.logprobs(b, ids) for b in batches])]
+    for got, want in zip(together, alone):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny_qwen(lm, tmp_path_factory):
     """A real other architecture: a tiny Qwen2 (biased q/k/v projections, so the lean body
